@@ -1,0 +1,141 @@
+"""``python -m bench {all,core,bare,full,naive,latency,scaling}``: streamscore's figures.
+
+Everything but ``core`` runs against the local stack (``scripts/stack up``): Kafka on
+127.0.0.1:9092 and Redis on :6379 (``BENCH_KAFKA`` / ``BENCH_REDIS`` to change). Each run uses
+its own topics, consumer groups and Redis key prefix and deletes them at the end. Results go
+to ``bench/results/bench-<time>.json`` and a Markdown summary beside it.
+
+These are figures, never assertions: nothing here fails because a number is low.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS_DIR, ROOT, DatasetSpec, Stack, dump_json, log, make_dataset
+from bench.report import markdown, profiles_text
+
+COMMANDS = ("all", "core", "bare", "full", "naive", "latency", "scaling")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=COMMANDS, help="what to measure (all: everything)")
+    p.add_argument("--events", type=int, default=150_000, help="events in the data set")
+    p.add_argument("--users", type=int, default=5000, help="users of the simulated shop")
+    p.add_argument("--days", type=float, default=90.0, help="days the shop is simulated for")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--rate", type=int, default=5000, help="offered events/s for latency")
+    p.add_argument("--latency-seconds", type=float, default=20.0, help="paced load duration")
+    p.add_argument(
+        "--naive-seconds", type=float, default=45.0, help="time cap of the naive variant"
+    )
+    p.add_argument("--no-profile", action="store_true", help="skip the profiled runs")
+    p.add_argument("--out", default=None, help="JSON result path (default bench/results/...)")
+    return p
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit measured, and whether src/ had uncommitted changes (editable install)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "src_changes": git("status", "--porcelain", "src").splitlines(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    spec = DatasetSpec(users=args.users, days=args.days, seed=args.seed, events=args.events)
+    cmd = args.command
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results: dict[str, Any] = {
+        "command": cmd,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg(),
+            "kafka_python": version("kafka-python"),
+            "river": version("river"),
+            "redis_py": version("redis"),
+        },
+        "code": _code_version(),
+    }
+    started = time.monotonic()
+    log(
+        f"generating the data set: {spec.events:,} events of {spec.users:,} users "
+        f"over {spec.days:g} days"
+    )
+    data = make_dataset(spec)
+    if cmd in {"all", "core"}:
+        from bench.core import core
+
+        results["core"] = core(spec, data, profile=not args.no_profile)
+    if cmd != "core":
+        from bench import stack_runs as sr
+
+        stack = Stack()
+        log(f"stack run {stack.tag}: logs in {stack.log_dir}")
+        ctx = sr.Context(stack, spec, data)
+        results["dataset"] = sr.dataset_facts(ctx)
+        try:
+            if cmd in {"all", "bare"}:
+                results["bare"] = sr.run_bare(ctx)
+            if cmd in {"all", "full"}:
+                results["full"] = sr.run_scorer(ctx, label="full", measure_redis=True)
+                if not args.no_profile:
+                    results["profile"] = sr.profile_scorer(ctx)
+            if cmd in {"all", "naive"}:
+                naive = sr.run_scorer(ctx, label="naive", naive=True, timeout_s=args.naive_seconds)
+                full = results.get("full")
+                if full:
+                    same = sr.same_prefix_rate(full["series"], naive["events_committed"])
+                    naive["full_same_events_per_s"] = round(same, 1) if same else None
+                    naive.update(sr.round_trip_cost(full, naive))
+                results["naive"] = naive
+            if cmd in {"all", "latency"}:
+                results["latency"] = {
+                    kind: sr.run_latency(
+                        ctx, kind=kind, rate=args.rate, seconds=args.latency_seconds
+                    )
+                    for kind in ("bare", "full")
+                }
+                results["anatomy"] = sr.run_anatomy(
+                    ctx, rate=args.rate, seconds=min(args.latency_seconds, 15.0)
+                )
+            if cmd in {"all", "scaling"}:
+                results["scaling"] = sr.run_scaling(ctx)
+        finally:
+            stack.cleanup()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    path = args.out or str(RESULTS_DIR / f"bench-{cmd}-{stamp}.json")
+    dump_json(Path(path), results)
+    md = markdown(results)
+    prof = profiles_text(results)
+    with open(path.removesuffix(".json") + ".md", "w") as fp:
+        fp.write(md + "\n\n```\n" + prof + "\n```\n" if prof else md + "\n")
+    print()
+    print(md)
+    log(f"done in {results['seconds']:.0f}s; results in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

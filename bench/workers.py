@@ -1,0 +1,188 @@
+"""Processes the benchmarks start: ``python -m bench.workers bare|naive``.
+
+``bare`` is the client's limit: the same consumer and producer settings as streamscore's
+``KafkaSource``/``KafkaSink``, polling the same batches, producing each record's bytes
+unchanged to one output topic, flushing and committing per batch. No decoding, no state.
+
+``naive`` is ``streamscore run`` itself (the same ``run_service``, scorer and Kafka adapters)
+with one change: its Redis state store goes user by user. Every user of a batch costs one
+round trip to load and one to save, instead of one pipelined round trip for the whole batch;
+the due-user query and the watermarks stay one round trip per batch, and offsets are still
+committed once per batch. The number of round trips is written to ``BENCH_STATS_FILE`` at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Collection, Mapping
+from types import FrameType
+from typing import Any
+
+import orjson
+
+
+def bare(args: argparse.Namespace) -> int:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+    from kafka.structs import OffsetAndMetadata
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    servers = args.bootstrap.split(",")
+    consumer = KafkaConsumer(
+        group_id=args.group,
+        bootstrap_servers=servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=args.batch,
+        fetch_max_bytes=16 * 1024 * 1024,
+        partition_assignment_strategy=(CooperativeStickyAssignor,),
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        batch_size=256 * 1024,
+        max_in_flight_requests_per_connection=5,
+    )
+    consumer.subscribe([args.input])
+    out = args.output
+    records = 0
+    try:
+        while not stop.is_set():
+            batches = consumer.poll(timeout_ms=200, max_records=args.batch)
+            if not batches:
+                continue
+            offsets = {}
+            for tp, messages in batches.items():
+                for m in messages:
+                    producer.send(out, key=m.key, value=m.value)
+                offsets[TopicPartition(tp.topic, tp.partition)] = OffsetAndMetadata(
+                    messages[-1].offset + 1, "", -1
+                )
+                records += len(messages)
+            producer.flush()
+            consumer.commit(offsets)
+    finally:
+        producer.close()
+        consumer.close(autocommit=False)
+    print(f"bare loop: {records} records", file=sys.stderr)
+    return 0
+
+
+class NaiveStore:
+    """A ``RedisStateStore`` whose ``load`` and ``save`` go one user (one round trip) at a time."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.round_trips = {"load": 0, "save": 0, "due": 0, "watermarks": 0}
+        self.users_loaded = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def load(self, user_ids: Collection[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for u in user_ids:
+            out.update(self.inner.load([u]))
+            self.round_trips["load"] += 1
+        self.users_loaded += len(user_ids)
+        return out
+
+    def save(
+        self,
+        states: Mapping[str, bytes],
+        due: Mapping[int, Mapping[str, int | None]],
+        watermarks: Mapping[int, int],
+    ) -> None:
+        per_user: dict[str, dict[int, dict[str, int | None]]] = {}
+        for partition, entries in due.items():
+            for u, at in entries.items():
+                per_user.setdefault(u, {}).setdefault(partition, {})[u] = at
+        for u in dict.fromkeys([*states, *per_user]):
+            blob = {u: states[u]} if u in states else {}
+            self.inner.save(blob, per_user.get(u, {}), {})
+            self.round_trips["save"] += 1
+        if watermarks:
+            self.inner.save({}, {}, watermarks)
+            self.round_trips["watermarks"] += 1
+
+    def due(self, up_to: Mapping[int, int], limit: int) -> dict[int, list[str]]:
+        self.round_trips["due"] += 1
+        return self.inner.due(up_to, limit)
+
+
+def naive(args: argparse.Namespace) -> int:
+    from streamscore import cli, service
+    from streamscore.adapters.redis_store import RedisStateStore
+
+    stores: list[NaiveStore] = []
+
+    class NaiveRedis:
+        @staticmethod
+        def from_settings(settings: Any) -> NaiveStore:
+            store = NaiveStore(RedisStateStore.from_settings(settings))
+            stores.append(store)
+            return store
+
+    service.RedisStateStore = NaiveRedis  # type: ignore[assignment,misc]
+    try:
+        return cli.main(["run"])
+    finally:
+        path = os.environ.get("BENCH_STATS_FILE")
+        if path and stores:
+            s = stores[0]
+            data = {"round_trips": s.round_trips, "users_loaded": s.users_loaded}
+            with open(path, "wb") as fp:
+                fp.write(orjson.dumps(data))
+
+
+def produce(args: argparse.Namespace) -> int:
+    """Paced production of a slice of the benchmark data set (outside the measured process)."""
+    from bench.common import DatasetSpec, make_dataset
+    from bench.stack_runs import produce_paced
+
+    spec = DatasetSpec(users=args.users, days=args.days, seed=args.seed, events=args.events)
+    data = make_dataset(spec)[args.skip : args.skip + args.count]
+    print("ready", flush=True)
+    sys.stdin.readline()  # go
+    took = produce_paced(args.topic, data, args.rate)
+    print(orjson.dumps({"records": len(data), "seconds": took}).decode(), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.workers")
+    sub = p.add_subparsers(dest="kind", required=True)
+    b = sub.add_parser("bare", help="consume → produce the same bytes → flush → commit")
+    b.add_argument("--bootstrap", default="127.0.0.1:9092")
+    b.add_argument("--input", required=True)
+    b.add_argument("--output", required=True)
+    b.add_argument("--group", required=True)
+    b.add_argument("--batch", type=int, default=2000)
+    sub.add_parser("naive", help="streamscore run with a user-by-user Redis store (env config)")
+    pr = sub.add_parser("produce", help="a slice of the data set at a fixed rate")
+    pr.add_argument("--topic", required=True)
+    pr.add_argument("--rate", type=int, required=True)
+    pr.add_argument("--skip", type=int, default=0)
+    pr.add_argument("--count", type=int, required=True)
+    pr.add_argument("--users", type=int, required=True)
+    pr.add_argument("--days", type=float, required=True)
+    pr.add_argument("--seed", type=int, required=True)
+    pr.add_argument("--events", type=int, required=True)
+    args = p.parse_args(argv)
+    return {"bare": bare, "naive": naive, "produce": produce}[args.kind](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Adapters: the ports implemented for memory, files, Kafka and Redis."""

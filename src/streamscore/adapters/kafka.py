@@ -1,0 +1,353 @@
+"""Kafka source and sink on kafka-python 3.x.
+
+The consumer never auto-commits: the runtime commits a batch's offsets only after its outputs
+are flushed and its states saved. Cooperative-sticky assignment (KIP-429) moves only the
+partitions that must move; the rebalance listener runs on the client's I/O thread, so it only
+queues what changed and the runtime applies it between batches, on its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import socket
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    SaslAuthenticationFailedError,
+)
+from kafka.structs import OffsetAndMetadata
+
+from streamscore.config import Settings
+from streamscore.core.records import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS
+from streamscore.core.scorer import Output
+from streamscore.errors import ConfigError, TransientError
+from streamscore.ports import RebalanceHook, SourceRecord
+
+log = logging.getLogger("streamscore.kafka")
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Connection and security options shared by consumer, producer and admin client."""
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "client_id": settings.kafka_client_id,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        cfg["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        cfg["sasl_plain_username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        cfg["sasl_plain_password"] = password.get_secret_value() if password else None
+    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        for key, value in (
+            ("ssl_cafile", settings.kafka_ssl_cafile),
+            ("ssl_certfile", settings.kafka_ssl_certfile),
+            ("ssl_keyfile", settings.kafka_ssl_keyfile),
+        ):
+            if value is not None:
+                cfg[key] = str(value)
+    return cfg
+
+
+UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
+# How long one commit or flush may wait for an unavailable broker before it is reported as a
+# TransientError (logged, counted in streamscore_transient_errors_total, retried with
+# backoff). Without a bound a broker outage blocked the loop silently inside kafka-python
+# (commit: request_timeout_ms, 30 s; flush: 60 s) and never showed in our logs or metrics.
+BROKER_WAIT_S = 10.0
+
+
+def _accepts_connections(servers: str) -> bool:
+    """True when a TCP connection to one of the bootstrap servers succeeds."""
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), 2.0):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def unreachable_error(settings: Settings, exc: Exception) -> ConfigError:
+    where = settings.kafka_bootstrap_servers
+    credentials = (
+        "check STREAMSCORE_KAFKA_SASL_USERNAME, STREAMSCORE_KAFKA_SASL_PASSWORD and "
+        "STREAMSCORE_KAFKA_SASL_MECHANISM"
+    )
+    if isinstance(exc, SaslAuthenticationFailedError):
+        return ConfigError(f"Kafka at {where} refused our SASL login ({exc}); {credentials}")
+    if (
+        settings.kafka_security_protocol.startswith("SASL")
+        and isinstance(exc, KafkaTimeoutError)
+        and _accepts_connections(where)
+    ):
+        # The broker often closes a refused login before kafka-python reads its answer: all
+        # that is left is a bootstrap timeout against a broker that accepts connections.
+        return ConfigError(
+            f"Kafka at {where} refused our SASL login (it accepts connections, but no login "
+            f"completed before the bootstrap timeout); {credentials} (and "
+            "STREAMSCORE_KAFKA_SECURITY_PROTOCOL)"
+        )
+    return ConfigError(
+        f"cannot reach Kafka at {settings.kafka_bootstrap_servers} ({exc}); "
+        "start it with scripts/stack up, or set STREAMSCORE_KAFKA_BOOTSTRAP_SERVERS "
+        "and the STREAMSCORE_KAFKA_SECURITY_PROTOCOL / SASL settings"
+    )
+
+
+class _AuthFailureWatch(logging.Filter):
+    """Remembers a refused SASL login that kafka-python only logs.
+
+    kafka-python 3.0 retries a bootstrap connection whose SASL login the broker refused, logs
+    the ``SaslAuthenticationFailedError`` (logger ``kafka.net.manager``, at ERROR and WARNING)
+    and, once ``bootstrap_timeout_ms`` has passed, raises a bare ``KafkaTimeoutError``. This
+    filter picks the refusal out of those log records, so the error can name the credentials
+    instead of calling Kafka unreachable. It never drops a record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failure: SaslAuthenticationFailedError | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, SaslAuthenticationFailedError):
+                self.failure = arg
+        return True
+
+
+@contextmanager
+def _watch_auth_failures() -> Iterator[_AuthFailureWatch]:
+    watch = _AuthFailureWatch()
+    logger = logging.getLogger("kafka.net.manager")
+    logger.addFilter(watch)
+    try:
+        yield watch
+    finally:
+        logger.removeFilter(watch)
+
+
+class _RedactSaslBytes(logging.Filter):
+    """Keeps SASL secrets out of kafka-python's DEBUG request log.
+
+    At DEBUG, kafka-python logs every request and response object, SASL logins included: a
+    PLAIN login carries the password in clear and a SCRAM one its salt and proof (enough to
+    guess the password offline). Those records keep their text with the bytes redacted.
+    """
+
+    _BYTES = re.compile(r"""auth_bytes=b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG:
+            text = record.getMessage()
+            if "auth_bytes=" in text:
+                record.msg, record.args = self._BYTES.sub("auth_bytes=<redacted>", text), ()
+        return True
+
+
+logging.getLogger("kafka.net.connection").addFilter(_RedactSaslBytes())
+# kafka-python's wire dump (the raw bytes of every request and response, SASL logins and
+# their passwords included) stays off even when streamscore logs at DEBUG.
+logging.getLogger("kafka.protocol.parser").setLevel(logging.INFO)
+
+
+class _QueueingListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands rebalance events to the runtime thread instead of doing I/O on the client's."""
+
+    def __init__(self, events: queue.SimpleQueue[tuple[str, set[int]]]) -> None:
+        self.events = events
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.events.put(("revoked", {tp.partition for tp in revoked}))
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.events.put(("assigned", {tp.partition for tp in assigned}))
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        self.events.put(("lost", {tp.partition for tp in lost}))
+
+
+class KafkaSource:
+    """The input topic through a consumer group, committed by the runtime only."""
+
+    def __init__(
+        self, settings: Settings, *, topic: str | None = None, group_id: str | None = None
+    ) -> None:
+        self.topic = topic or settings.input_topic
+        self._events: queue.SimpleQueue[tuple[str, set[int]]] = queue.SimpleQueue()
+        self._assigned_hook: RebalanceHook | None = None
+        self._revoked_hook: RebalanceHook | None = None
+        self.owned: set[int] = set()
+        try:
+            with _watch_auth_failures() as auth:
+                self.consumer = KafkaConsumer(
+                    group_id=group_id or settings.kafka_group_id,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    max_poll_records=settings.batch_max_records,
+                    max_poll_interval_ms=settings.max_poll_interval_ms,
+                    session_timeout_ms=settings.session_timeout_ms,
+                    heartbeat_interval_ms=min(3000, settings.session_timeout_ms // 3),
+                    partition_assignment_strategy=(CooperativeStickyAssignor,),
+                    fetch_max_bytes=16 * 1024 * 1024,
+                    **client_config(settings),
+                )
+        except (*UNREACHABLE, SaslAuthenticationFailedError) as exc:
+            raise unreachable_error(settings, auth.failure or exc) from None
+        except KafkaError as exc:
+            raise ConfigError(f"cannot start the Kafka consumer: {exc}") from None
+        topics = self.consumer.topics()
+        if self.topic not in topics:
+            self.consumer.close()
+            raise ConfigError(
+                f"input topic {self.topic!r} does not exist on "
+                f"{settings.kafka_bootstrap_servers}; create it (scripts/stack up creates the "
+                "default topics) or set STREAMSCORE_INPUT_TOPIC"
+            )
+        self.consumer.subscribe([self.topic], listener=_QueueingListener(self._events))
+
+    def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
+        self._assigned_hook, self._revoked_hook = assigned, revoked
+
+    def _apply_rebalances(self) -> None:
+        while True:
+            try:
+                kind, parts = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "assigned":
+                self.owned |= parts
+                if self._assigned_hook is not None:
+                    self._assigned_hook(parts)
+            else:
+                self.owned -= parts
+                if self._revoked_hook is not None:
+                    self._revoked_hook(parts)
+
+    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        try:
+            batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            raise TransientError(f"Kafka poll failed: {exc}") from exc
+        self._apply_rebalances()
+        out: list[SourceRecord] = []
+        for tp, messages in batches.items():
+            if tp.partition not in self.owned:
+                continue  # fetched just before a revocation: the new owner reads it
+            for m in messages:
+                if m.value is None:
+                    continue  # tombstones carry no event
+                out.append(SourceRecord(tp.topic, tp.partition, m.offset, m.value, m.timestamp))
+        return out
+
+    def commit(self, next_offsets: Mapping[int, int]) -> None:
+        offsets = {
+            TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+            for p, o in next_offsets.items()
+            if p in self.owned
+        }
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets, timeout_ms=int(BROKER_WAIT_S * 1000))
+        except CommitFailedError as exc:
+            # The group moved on (rebalance or eviction) while the batch ran. Its states are
+            # saved, so the new owner's replay of these offsets is a no-op: nothing to undo.
+            log.warning("offset commit refused after a rebalance (%s); the new owner resumes", exc)
+        except KafkaError as exc:
+            raise TransientError(f"Kafka offset commit failed: {exc}") from exc
+
+    def lag(self) -> dict[int, int]:
+        """Records between our position and the end of each owned partition."""
+        parts = [TopicPartition(self.topic, p) for p in self.owned]
+        if not parts:
+            return {}
+        try:
+            ends = self.consumer.end_offsets(parts)
+            return {tp.partition: max(ends[tp] - self.consumer.position(tp), 0) for tp in parts}
+        except KafkaError:
+            return {}
+
+    def exhausted(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+class KafkaSink:
+    """The four output topics through one idempotent producer (acks=all)."""
+
+    def __init__(self, settings: Settings, *, resend_attempts: int = 3) -> None:
+        self.topics = {
+            TOPIC_SCORES: settings.scores_topic,
+            TOPIC_ALERTS: settings.alerts_topic,
+            TOPIC_SEGMENTS: settings.segments_topic,
+            TOPIC_DLQ: settings.dlq_topic,
+        }
+        self.resend_attempts = resend_attempts
+        self._pending: list[tuple[str, bytes | None, bytes, Any]] = []
+        try:
+            with _watch_auth_failures() as auth:
+                self.producer = KafkaProducer(
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=5,
+                    batch_size=256 * 1024,
+                    max_in_flight_requests_per_connection=5,
+                    **client_config(settings),
+                )
+        except (*UNREACHABLE, SaslAuthenticationFailedError) as exc:
+            raise unreachable_error(settings, auth.failure or exc) from None
+
+    def send(self, outputs: Iterable[Output]) -> None:
+        for o in outputs:
+            topic = self.topics[o.topic]
+            key = o.key.encode() if o.key else None
+            value = orjson.dumps(o.value)
+            self._pending.append((topic, key, value, self._send(topic, key, value)))
+
+    def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        try:
+            return self.producer.send(topic, key=key, value=value)
+        except KafkaError as exc:
+            return exc
+
+    def flush(self) -> None:
+        """Wait for every pending record; resend failures; raise if some still failed."""
+        for _ in range(self.resend_attempts + 1):
+            try:
+                self.producer.flush(timeout=BROKER_WAIT_S)
+            except KafkaError as exc:
+                raise TransientError(f"Kafka producer flush failed: {exc}") from exc
+            failed = [
+                (t, k, v, f)
+                for t, k, v, f in self._pending
+                if isinstance(f, Exception) or not f.succeeded()
+            ]
+            if not failed:
+                self._pending.clear()
+                return
+            log.warning("%d records were not delivered; resending", len(failed))
+            self._pending = [(t, k, v, self._send(t, k, v)) for t, k, v, _ in failed]
+        raise TransientError(f"{len(self._pending)} output records could not be delivered to Kafka")
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.producer.close(timeout=10)

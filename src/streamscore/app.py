@@ -1,0 +1,249 @@
+"""Wiring for the embedded default (memory store, file source and sinks): replay and demo.
+
+Production (``streamscore run``) wires the same ``Pipeline`` to Kafka and Redis instead; see
+``service.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streamscore.adapters.files import JsonlSink, JsonlSource
+from streamscore.adapters.memory import ListSource, MemoryStateStore
+from streamscore.config import Settings
+from streamscore.core.drift import DriftEvent
+from streamscore.core.records import OUTPUT_TOPICS
+from streamscore.core.scorer import LabelOutcome, Scorer
+from streamscore.core.state import UserState
+from streamscore.core.validation import exact_auc
+from streamscore.ports import Sink, Source, SourceRecord
+from streamscore.progress import Progress
+from streamscore.runtime import BatchStats, Pipeline, wall_clock_ms
+from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What a finite run did, for the closing summary and report.json."""
+
+    records: int = 0
+    events: int = 0
+    seconds: float = 0.0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    outputs: Counter[str] = field(default_factory=Counter)
+    last_event_ms: int = 0
+    users: int = 0
+
+    def add(self, stats: BatchStats) -> None:
+        """Fold one batch in."""
+        self.records += stats.records
+        self.events += stats.events
+        self.dead_letters.update(stats.dead_letters)
+        self.outputs.update(stats.outputs)
+        self.last_event_ms = max(self.last_event_ms, stats.max_event_ms)
+
+    @property
+    def events_per_second(self) -> float:
+        """Input records processed per wall-clock second."""
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+def build_pipeline(
+    settings: Settings,
+    source: Source,
+    store: MemoryStateStore,
+    sink: Sink,
+    scorer: Scorer | None = None,
+) -> Pipeline:
+    """A pipeline on the embedded default adapters."""
+    return Pipeline(
+        source,
+        store,
+        sink,
+        scorer or Scorer(settings.scoring()),
+        limits=settings.event_limits(),
+        batch_size=settings.batch_max_records,
+        poll_timeout_s=0.0,
+    )
+
+
+def drive(pipeline: Pipeline, progress: Progress | None) -> RunSummary:
+    """Run a finite source to its end, collecting a summary."""
+    summary = RunSummary()
+    started = time.perf_counter()
+
+    def on_batch(stats: BatchStats) -> None:
+        summary.add(stats)
+        if progress is not None:
+            progress.update(stats.records, stats.max_event_ms or None)
+
+    pipeline.run_until_exhausted(on_batch)
+    summary.seconds = time.perf_counter() - started
+    if progress is not None:
+        progress.close()
+    return summary
+
+
+def iter_states(store: MemoryStateStore) -> Iterator[UserState]:
+    """Every user state in the store."""
+    for uid, raw in store.states.items():
+        yield UserState.from_bytes(uid, raw)
+
+
+def final_scores(
+    scorer: Scorer, store: MemoryStateStore, as_of_ms: int, now_ms: int
+) -> Iterator[dict[str, Any]]:
+    """Every user scored as of ``as_of_ms`` (users first seen later are skipped)."""
+    for state in iter_states(store):
+        if state.features.empty or state.features.first_seen_ms > as_of_ms:
+            continue
+        ev = scorer.evaluate(state, as_of_ms)
+        yield scorer.score_record(
+            state, ev, as_of_ms, now_ms, trigger="silence", key=f"final:{as_of_ms}"
+        )
+
+
+def report(scorer: Scorer, summary: RunSummary) -> dict[str, Any]:
+    """Progressive-validation metrics and run counts, as written to report.json."""
+    return {
+        "records": summary.records,
+        "events": summary.events,
+        "seconds": round(summary.seconds, 3),
+        "events_per_second": round(summary.events_per_second, 1),
+        "dead_letters": dict(summary.dead_letters),
+        "outputs": dict(summary.outputs),
+        "churn": scorer.quality.churn.report(),
+        "value": scorer.quality.value.report(),
+        "model_version": scorer.models.version,
+        "config": {
+            "churn_horizon_days": scorer.config.churn_horizon_days,
+            "value_horizon_days": scorer.config.value_horizon_days,
+            "snapshot_period_days": scorer.config.snapshot_period_days,
+        },
+    }
+
+
+def replay(
+    settings: Settings,
+    events_path: Path,
+    out_dir: Path,
+    as_of_ms: int | None = None,
+    *,
+    show_progress: bool = True,
+    store: MemoryStateStore | None = None,
+) -> tuple[RunSummary, dict[str, Any]]:
+    """``streamscore replay``: the pipeline over a JSONL file, outputs as JSONL files."""
+    # Scoring "as of" a time must not see what happened after it: the replay stops there.
+    source = JsonlSource(events_path, topic=settings.input_topic, until_ms=as_of_ms)
+    store = store if store is not None else MemoryStateStore()
+    sink = JsonlSink(out_dir)
+    sink.ensure(OUTPUT_TOPICS)
+    scorer = Scorer(settings.scoring())
+    pipeline = build_pipeline(settings, source, store, sink, scorer)
+    summary = drive(pipeline, Progress("replay") if show_progress else None)
+    sink.close()
+    cutoff = as_of_ms if as_of_ms is not None else summary.last_event_ms
+    now = wall_clock_ms()
+    with (out_dir / "final_scores.jsonl").open("wb") as fp:
+        for record in final_scores(scorer, store, cutoff, now):
+            fp.write(orjson.dumps(record) + b"\n")
+            summary.users += 1
+    rep = report(scorer, summary)
+    rep["as_of"] = cutoff
+    rep["users_scored"] = summary.users
+    (out_dir / "report.json").write_bytes(orjson.dumps(rep, option=orjson.OPT_INDENT_2))
+    return summary, rep
+
+
+def simulated_records(sim: ShopSimulator, topic: str) -> Iterator[SourceRecord]:
+    """The simulator's events as source records of partition 0."""
+    for offset, event in enumerate(sim.events()):
+        yield SourceRecord(topic, 0, offset, encode_event(event))
+
+
+@dataclass(slots=True)
+class DemoResult:
+    """Everything the demo summary shows."""
+
+    summary: RunSummary
+    report: dict[str, Any]
+    model_auc: float | None
+    oracle_auc: float | None
+    warm_model_auc: float | None
+    warm_oracle_auc: float | None
+    labels: int
+    segments: Counter[str]
+    lifecycles: Counter[str]
+    drift_day: float | None
+    drift_events: list[DriftEvent] = field(default_factory=list)
+    """Every drift detection of the run, in order."""
+
+
+def demo(
+    settings: Settings,
+    sim_config: SimulationConfig,
+    out_dir: Path,
+    *,
+    show_progress: bool = True,
+    expected_events: int | None = None,
+    on_batch: Callable[[BatchStats], None] | None = None,
+) -> DemoResult:
+    """``streamscore demo``: a simulated shop through the whole pipeline, against ground truth."""
+    sim = ShopSimulator(sim_config)
+    store = MemoryStateStore()
+    sink = JsonlSink(out_dir)
+    sink.ensure(OUTPUT_TOPICS)
+    scorer = Scorer(settings.scoring())
+    outcomes: list[LabelOutcome] = []
+    scorer.outcomes = outcomes
+    source = ListSource(simulated_records(sim, settings.input_topic), topic=settings.input_topic)
+    pipeline = build_pipeline(settings, source, store, sink, scorer)
+    progress = Progress("demo", total=expected_events) if show_progress else None
+    summary = drive(pipeline, progress)
+    sink.close()
+    horizon = settings.churn_horizon_days
+    oracle = [
+        sim.oracle_churn_probability(
+            o.user_id, o.t_ms, o.t_ms - round(o.recency_days * 86_400_000), horizon
+        )
+        for o in outcomes
+    ]
+    labels = [o.churned for o in outcomes]
+    preds = [o.predicted for o in outcomes]
+    warm_from = len(outcomes) // 5
+    segments: Counter[str] = Counter()
+    lifecycles: Counter[str] = Counter()
+    for state in iter_states(store):
+        segments[state.segment or "-"] += 1
+        lifecycles[state.lifecycle or "-"] += 1
+    summary.users = sum(segments.values())
+    return DemoResult(
+        summary=summary,
+        report=report(scorer, summary),
+        model_auc=exact_auc(preds, labels) if outcomes else None,
+        oracle_auc=exact_auc(oracle, labels) if outcomes else None,
+        warm_model_auc=exact_auc(preds[warm_from:], labels[warm_from:]) if outcomes else None,
+        warm_oracle_auc=exact_auc(oracle[warm_from:], labels[warm_from:]) if outcomes else None,
+        labels=len(outcomes),
+        segments=segments,
+        lifecycles=lifecycles,
+        drift_day=sim_config.drift_day,
+        drift_events=list(scorer.drift.events),
+    )
+
+
+def write_events(events: Iterable[dict[str, object] | bytes], path: Path) -> int:
+    """Write simulated events as JSONL; returns the count."""
+    n = 0
+    with path.open("wb") as fp:
+        for e in events:
+            fp.write(encode_event(e) + b"\n")
+            n += 1
+    return n

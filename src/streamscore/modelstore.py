@@ -1,0 +1,116 @@
+"""Model checkpoints in the state store: restore at start, save periodically and on shutdown."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from importlib.metadata import version as package_version
+from typing import Any
+
+from streamscore import __version__
+from streamscore.config import Settings
+from streamscore.core import checkpoint
+from streamscore.core.models import FEATURE_SCHEMA
+from streamscore.core.scorer import Scorer
+from streamscore.errors import CheckpointError, ConfigError, TransientError
+from streamscore.ports import StateStore
+
+log = logging.getLogger("streamscore.models")
+BLOB = "models"
+
+
+class ModelKeeper:
+    """Owns the signed checkpoint of the scorer's learnt state (models, RFM quantiles)."""
+
+    def __init__(self, settings: Settings, store: StateStore, scorer: Scorer) -> None:
+        self.store = store
+        self.scorer = scorer
+        self.interval = settings.checkpoint_interval_seconds
+        self.on_bad = settings.on_bad_checkpoint
+        self.key_id = settings.checkpoint_key_id
+        self.keys = {
+            k: v.get_secret_value().encode() for k, v in settings.checkpoint_old_keys.items()
+        }
+        self.key = (
+            settings.checkpoint_key.get_secret_value().encode() if settings.checkpoint_key else None
+        )
+        if self.key is not None:
+            self.keys[self.key_id] = self.key
+        self.last_saved = time.monotonic()
+        self.last_saved_wall = 0.0
+        self.offsets: dict[int, int] = {}
+
+    def restore(self) -> bool:
+        """Load the latest checkpoint if there is one; True when models were restored."""
+        blob = self.store.get_blob(BLOB)
+        if blob is None:
+            log.info("no model checkpoint yet: starting with fresh models")
+            return False
+        if not self.keys:
+            raise ConfigError(
+                "a model checkpoint exists but STREAMSCORE_CHECKPOINT_KEY is not set, so it "
+                "cannot be verified; set the key it was signed with"
+            )
+        try:
+            ckpt = checkpoint.load(blob, self.keys)
+        except CheckpointError as exc:
+            if self.on_bad == "fresh":
+                log.error("%s; starting with fresh models (on_bad_checkpoint=fresh)", exc)
+                return False
+            raise CheckpointError(
+                f"{exc}. Fix or remove it, or set STREAMSCORE_ON_BAD_CHECKPOINT=fresh"
+            ) from None
+        if ckpt.header.get("feature_schema") != FEATURE_SCHEMA:
+            log.warning("checkpoint was made for another feature schema: starting fresh models")
+            return False
+        state: dict[str, Any] = ckpt.state
+        self.scorer.models = state["models"]
+        self.scorer.rfm = state["rfm"]
+        # Carry the restored lineage's offsets forward: this process may never read some of
+        # those partitions again, and its checkpoints must still say what the models reflect.
+        saved = ckpt.header.get("offsets")
+        if isinstance(saved, dict):
+            self.offsets = {int(p): int(o) for p, o in saved.items()}
+        log.info("restored models %s from checkpoint", self.scorer.models.version)
+        return True
+
+    def maybe_save(self, offsets: dict[int, int]) -> None:
+        """Save when the interval has passed."""
+        self.offsets.update(offsets)
+        if time.monotonic() - self.last_saved >= self.interval:
+            try:
+                self.save()
+            except TransientError as exc:
+                # A checkpoint is an optimisation: a store hiccup must not stop the scorer.
+                log.warning(
+                    "model checkpoint failed (%s); trying again in %.0fs", exc, self.interval
+                )
+
+    def save(self) -> None:
+        """Write a signed checkpoint now (no-op without a key)."""
+        self.last_saved = time.monotonic()
+        if self.key is None:
+            return
+        models = self.scorer.models
+        models.generation += 1
+        header = {
+            "model_version": models.version,
+            "feature_schema": FEATURE_SCHEMA,
+            "streamscore": __version__,
+            "river": package_version("river"),
+            "kafka-python": package_version("kafka-python"),
+            "python": platform.python_version(),
+            "created_unix": time.time(),
+            "offsets": {str(p): o for p, o in self.offsets.items()},
+            "labels_learnt": {"churn": models.churn_learnt, "value": models.value_learnt},
+        }
+        blob = checkpoint.dump(
+            {"models": models, "rfm": self.scorer.rfm},
+            key_id=self.key_id,
+            key=self.key,
+            header=header,
+        )
+        self.store.put_blob(BLOB, blob)
+        self.last_saved_wall = time.time()
+        log.info("checkpointed models %s (%d bytes)", models.version, len(blob))

@@ -1,0 +1,104 @@
+"""The three ports the runtime talks to; adapters implement them for Kafka, Redis, files and
+memory. Anything crossing a process boundary is batched: one call per batch, not per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from streamscore.core.scorer import Output
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One input record and where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    timestamp_ms: int | None = None
+
+
+RebalanceHook = Callable[[set[int]], None]
+
+
+class Source(Protocol):
+    """Where events come from: Kafka, a JSONL file, a list."""
+
+    topic: str
+
+    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        """Up to ``max_records`` records; an empty list means none yet (or the end)."""
+        ...
+
+    def commit(self, next_offsets: Mapping[int, int]) -> None:
+        """Record that everything before these offsets (per partition) is fully processed."""
+        ...
+
+    def exhausted(self) -> bool:
+        """True when a finite source has nothing more to give."""
+        ...
+
+    def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
+        """Register callbacks for partitions gained and lost."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class StateStore(Protocol):
+    """Per-user states, due queues and watermarks. Values are opaque bytes."""
+
+    def load(self, user_ids: Collection[str]) -> dict[str, bytes]:
+        """States of the users that have one, in one round trip."""
+        ...
+
+    def save(
+        self,
+        states: Mapping[str, bytes],
+        due: Mapping[int, Mapping[str, int | None]],
+        watermarks: Mapping[int, int],
+    ) -> None:
+        """Write states, due-queue entries (None removes) and watermarks in one round trip."""
+        ...
+
+    def due(self, up_to: Mapping[int, int], limit: int) -> dict[int, list[str]]:
+        """Per partition, users whose due time is at or before the given watermark."""
+        ...
+
+    def watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Saved watermarks of these partitions."""
+        ...
+
+    def get_blob(self, name: str) -> bytes | None:
+        """A named blob (model checkpoints)."""
+        ...
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        """Store a named blob atomically."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class Sink(Protocol):
+    """Where output records go."""
+
+    def send(self, outputs: Iterable[Output]) -> None:
+        """Queue records for delivery."""
+        ...
+
+    def flush(self) -> None:
+        """Block until every queued record is durably delivered, or raise."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release."""
+        ...

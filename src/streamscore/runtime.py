@@ -1,0 +1,357 @@
+"""The thin loop that wires a source, a state store and a sink around the pure scorer.
+
+One batch, in this order (DESIGN.md §1, with one deliberate change, see below):
+
+    poll → decode (bad → DLQ) → watermark → load states (1 round trip) → apply events
+    → due users (1 round trip) → resolve labels / rescore silences → send outputs
+    → flush producer → save states (1 round trip) → commit offsets
+
+Outputs are flushed *before* states are saved. Saved states make replayed events no-ops, so
+if states were saved first and the process died before the flush, that batch's scores would
+never be sent; this order makes outputs at-least-once (ids let consumers deduplicate) and
+still commits nothing that is not saved.
+
+Every step that crosses a process boundary retries ``TransientError`` with backoff; processing
+itself runs once per batch, so a retry never learns a label twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from streamscore.core.events import Event, EventLimits, decode_event
+from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS, dead_letter
+from streamscore.core.scorer import Output, Scorer
+from streamscore.core.state import UserState, id_hash
+from streamscore.errors import DeadLetterLimitExceeded, InvalidEvent, TransientError
+from streamscore.ports import Sink, Source, SourceRecord, StateStore
+
+log = logging.getLogger("streamscore.runtime")
+T = TypeVar("T")
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch; only for ``scored_at``, DLQ times and the future-skew check."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What one batch did, for progress display and metrics."""
+
+    records: int = 0
+    events: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)
+    users: int = 0
+    due_users: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    watermarks: dict[int, int] = field(default_factory=dict)
+    max_event_ms: int = 0
+    input_timestamps_ms: list[int] = field(default_factory=list)
+    churn_scores: list[float] = field(default_factory=list)
+    predicted_values: list[float] = field(default_factory=list)
+    segment_moves: dict[tuple[str, str], int] = field(default_factory=dict)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """Exponential backoff for transient failures; ``attempts=0`` retries forever."""
+
+    initial_s: float = 0.2
+    max_s: float = 10.0
+    attempts: int = 0
+
+    def run(
+        self, what: str, fn: Callable[[], T], on_retry: Callable[[str], None] | None = None
+    ) -> T:
+        """Call ``fn`` until it stops raising ``TransientError``."""
+        delay = self.initial_s
+        tries = 0
+        while True:
+            try:
+                return fn()
+            except TransientError as exc:
+                tries += 1
+                if self.attempts and tries >= self.attempts:
+                    raise
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                if on_retry is not None:
+                    on_retry(what)
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_s)
+
+
+class DeadLetterGuard:
+    """Stops the service when most recent input is invalid: a wrong topic, a broken producer."""
+
+    def __init__(self, max_ratio: float, window: int) -> None:
+        self.max_ratio = max_ratio
+        self.window = window
+        self._bad = 0
+        self._total = 0
+
+    def observe(self, bad: int, total: int) -> None:
+        """Count a batch; raise ``DeadLetterLimitExceeded`` once a full window is mostly bad."""
+        self._bad += bad
+        self._total += total
+        if self._total >= self.window:
+            ratio = self._bad / self._total
+            self._bad = self._total = 0
+            if ratio > self.max_ratio:
+                raise DeadLetterLimitExceeded(
+                    f"{ratio:.0%} of the last {self.window}+ records were invalid (limit "
+                    f"{self.max_ratio:.0%}); is the input topic right? Inspect the dead-letter "
+                    "topic, fix the producer, or raise STREAMSCORE_DLQ_MAX_RATIO."
+                )
+
+
+class Pipeline:
+    """Runs batches from a source through the scorer into a sink, state in a store."""
+
+    def __init__(
+        self,
+        source: Source,
+        store: StateStore,
+        sink: Sink,
+        scorer: Scorer,
+        *,
+        limits: EventLimits,
+        batch_size: int = 2000,
+        poll_timeout_s: float = 0.2,
+        due_limit: int = 20_000,
+        clock: Clock = wall_clock_ms,
+        retry: RetryPolicy | None = None,
+        dlq_guard: DeadLetterGuard | None = None,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.sink = sink
+        self.scorer = scorer
+        self.limits = limits
+        self.batch_size = batch_size
+        self.poll_timeout_s = poll_timeout_s
+        self.due_limit = due_limit
+        self.clock = clock
+        self.retry = retry or RetryPolicy()
+        self.dlq_guard = dlq_guard
+        self.on_retry = on_retry
+        self.watermarks: dict[int, int] = {}
+        self.lateness_ms = scorer.config.allowed_lateness_ms
+        source.on_rebalance(self._assigned, self._revoked)
+
+    # -- rebalancing ----------------------------------------------------------------------
+
+    def _assigned(self, partitions: set[int]) -> None:
+        """Pick up where the previous owner of these partitions saved its watermarks."""
+        saved = self.retry.run("load watermarks", lambda: self.store.watermarks(partitions))
+        for p in partitions:
+            self.watermarks[p] = saved.get(p, self.watermarks.get(p, 0))
+        log.info("assigned partitions %s (watermarks %s)", sorted(partitions), saved)
+
+    def _revoked(self, partitions: set[int]) -> None:
+        """Forget partitions another process now owns; their state is already saved."""
+        for p in partitions:
+            self.watermarks.pop(p, None)
+        log.info("revoked partitions %s", sorted(partitions))
+
+    # -- one batch ------------------------------------------------------------------------
+
+    def run_once(self) -> BatchStats:
+        """Poll, process and persist one batch; returns what it did."""
+        stats = BatchStats()
+        t0 = time.perf_counter()
+        records = self.source.poll(self.batch_size, self.poll_timeout_s)
+        now = self.clock()
+        stats.records = len(records)
+        outputs: list[Output] = []
+        groups: dict[str, list[tuple[int, int, Event]]] = {}
+        next_offsets: dict[int, int] = {}
+        late: list[tuple[SourceRecord, Event, InvalidEvent]] = []
+        for rec in records:
+            next_offsets[rec.partition] = rec.offset + 1
+            if rec.timestamp_ms is not None:
+                stats.input_timestamps_ms.append(rec.timestamp_ms)
+            try:
+                event = decode_event(rec.value, now_ms=now, limits=self.limits)
+            except InvalidEvent as exc:
+                outputs.append(self._dead_letter(rec, exc, now, stats))
+                continue
+            try:
+                self._admit(rec.partition, event.ts)
+            except InvalidEvent as exc:
+                late.append((rec, event, exc))
+                continue
+            stats.events += 1
+            stats.max_event_ms = max(stats.max_event_ms, event.ts)
+            groups.setdefault(event.user_id, []).append((rec.partition, rec.offset, event))
+        t1 = time.perf_counter()
+
+        late_only = [e.user_id for _, e, _ in late if e.user_id not in groups]
+        states = self._load([*groups, *dict.fromkeys(late_only)])
+        # An event behind the watermark that its user's state has already applied is a
+        # redelivery (the process died after saving a batch, before committing it) or a
+        # duplicate: ignored like any duplicate. Only the others are late, and dead-lettered.
+        # Checked against the saved state here, and against this batch's ids after applying.
+        late = [
+            (rec, event, why)
+            for rec, event, why in late
+            if not self._duplicate(states[event.user_id], rec, event)
+        ]
+        for uid in late_only:
+            states.pop(uid, None)
+        # Due-queue entries to drop: users whose partition changed (the topic grew) and
+        # queued users whose state has expired.
+        dropped: dict[int, dict[str, int | None]] = {}
+        previous = {u: s.partition for u, s in states.items()}
+        t2 = time.perf_counter()
+        for uid, events in groups.items():
+            outputs.extend(self.scorer.apply_events(states[uid], events, now))
+        for uid, before in previous.items():
+            if before >= 0 and before != states[uid].partition:
+                dropped.setdefault(before, {})[uid] = None
+        for rec, event, why in late:
+            state = states.get(event.user_id)
+            if state is not None and id_hash(event.event_id) in state.recent_ids:
+                self.scorer.counters["duplicates"] += 1  # a copy of an event of this batch
+            else:
+                outputs.append(self._dead_letter(rec, why, now, stats))
+        if self.dlq_guard is not None and records:
+            self.dlq_guard.observe(sum(stats.dead_letters.values()), len(records))
+        t3 = time.perf_counter()
+
+        live = {p: wm for p, wm in self.watermarks.items() if wm > 0}
+        due = self.retry.run(
+            "query due users", lambda: self.store.due(live, self.due_limit), self.on_retry
+        )
+        # A list, not a set: the order users are advanced in is the order the models learn
+        # in, and it must not depend on the interpreter's hash seed.
+        extra = list(dict.fromkeys(u for users in due.values() for u in users if u not in states))
+        found = self._load(extra, missing_ok=False)
+        for partition, users in due.items():
+            for uid in users:
+                if uid in extra and uid not in found:
+                    dropped.setdefault(partition, {})[uid] = None
+        states.update(found)
+        stats.due_users = len(found)
+        for state in states.values():
+            wm = self.watermarks.get(state.partition)
+            if wm:
+                outputs.extend(self.scorer.advance(state, wm, now))
+        t4 = time.perf_counter()
+
+        for o in outputs:
+            stats.outputs[o.topic] = stats.outputs.get(o.topic, 0) + 1
+            if o.topic == TOPIC_SCORES:
+                stats.churn_scores.append(o.value["churn_probability"])
+                stats.predicted_values.append(o.value["predicted_value"])
+            elif o.topic == TOPIC_SEGMENTS:
+                move = (str(o.value["previous"] or "none"), str(o.value["current"]))
+                stats.segment_moves[move] = stats.segment_moves.get(move, 0) + 1
+        stats.next_offsets = next_offsets
+        self.retry.run("send outputs", lambda: self.sink.send(outputs), self.on_retry)
+        self.retry.run("flush producer", self.sink.flush, self.on_retry)
+        t5 = time.perf_counter()
+        self._save(states, dropped)
+        t6 = time.perf_counter()
+        if next_offsets:
+            self.retry.run(
+                "commit offsets", lambda: self.source.commit(next_offsets), self.on_retry
+            )
+        t7 = time.perf_counter()
+        stats.users = len(states)
+        stats.watermarks = dict(self.watermarks)
+        stats.seconds = {
+            "poll_decode": t1 - t0,
+            "load": t2 - t1,
+            "score": (t3 - t2) + (t4 - t3),
+            "produce": t5 - t4,
+            "save": t6 - t5,
+            "commit": t7 - t6,
+            "total": t7 - t0,
+        }
+        return stats
+
+    def _duplicate(self, state: UserState, rec: SourceRecord, event: Event) -> bool:
+        if state.seen(rec.partition, rec.offset, event.event_id):
+            self.scorer.counters["duplicates"] += 1
+            return True
+        return False
+
+    def _dead_letter(
+        self, rec: SourceRecord, exc: InvalidEvent, now: int, stats: BatchStats
+    ) -> Output:
+        stats.dead_letters[exc.error_type] = stats.dead_letters.get(exc.error_type, 0) + 1
+        return Output(
+            TOPIC_DLQ,
+            "",
+            dead_letter(
+                topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                raw=rec.value,
+                error_type=exc.error_type,
+                error=exc.message,
+                now_ms=now,
+            ),
+        )
+
+    def _admit(self, partition: int, ts: int) -> None:
+        """Advance the partition's watermark, or refuse an event at or before it.
+
+        The watermark promises that every event at or before it has been seen: labels and
+        silences up to it are final. So it trails the newest event by the lateness plus one
+        millisecond, and an event exactly at the lateness bound is still on time.
+        """
+        wm = self.watermarks.get(partition, 0)
+        if ts <= wm:
+            behind = (wm - ts) / 1000
+            raise InvalidEvent(
+                "late_event",
+                f"event time is {behind:.0f}s behind partition {partition}'s watermark "
+                f"(allowed lateness {self.lateness_ms / 1000:.0f}s); labels up to the watermark "
+                "are already final",
+            )
+        candidate = ts - self.lateness_ms - 1
+        if candidate > wm:
+            self.watermarks[partition] = candidate
+
+    def _load(self, user_ids: Iterable[str], *, missing_ok: bool = True) -> dict[str, UserState]:
+        """States of these users; unknown users get a fresh state unless ``missing_ok`` is off."""
+        ids = list(user_ids)
+        if not ids:
+            return {}
+        raw = self.retry.run("load states", lambda: self.store.load(ids), self.on_retry)
+        if not missing_ok:
+            return {u: UserState.from_bytes(u, b) for u, b in raw.items()}
+        return {
+            u: UserState.from_bytes(u, raw[u]) if u in raw else UserState(user_id=u) for u in ids
+        }
+
+    def _save(
+        self, states: dict[str, UserState], dropped: dict[int, dict[str, int | None]]
+    ) -> None:
+        if not states and not self.watermarks and not dropped:
+            return
+        blobs = {u: s.to_bytes() for u, s in states.items()}
+        due: dict[int, dict[str, int | None]] = {p: dict(d) for p, d in dropped.items()}
+        for u, s in states.items():
+            due.setdefault(s.partition, {})[u] = self.scorer.due_ms(s)
+        wms = dict(self.watermarks)
+        self.retry.run("save states", lambda: self.store.save(blobs, due, wms), self.on_retry)
+
+    # -- driving --------------------------------------------------------------------------
+
+    def run_until_exhausted(self, on_batch: Callable[[BatchStats], None] | None = None) -> None:
+        """Process a finite source to its end, then let the watermark settle due users."""
+        while not self.source.exhausted():
+            stats = self.run_once()
+            if on_batch is not None:
+                on_batch(stats)

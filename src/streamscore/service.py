@@ -1,0 +1,153 @@
+"""``streamscore run`` and ``simulate --rate``: the pipeline on Kafka and Redis.
+
+Shutdown on SIGTERM/SIGINT is graceful: the batch in hand finishes (flush, save, commit),
+the models are checkpointed, then the clients close.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+from streamscore import metrics
+from streamscore.adapters.kafka import KafkaSink, KafkaSource
+from streamscore.adapters.redis_store import RedisStateStore
+from streamscore.config import Settings
+from streamscore.core.records import TOPIC_EVENTS
+from streamscore.core.scorer import Scorer
+from streamscore.modelstore import ModelKeeper
+from streamscore.progress import Progress
+from streamscore.runtime import DeadLetterGuard, Pipeline
+from streamscore.simulator import ShopSimulator, encode_event
+
+log = logging.getLogger("streamscore.service")
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checks it between batches."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        """Route both signals here."""
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        log.info(
+            "received %s: finishing the current batch, then stopping", signal.Signals(signum).name
+        )
+        self.event.set()
+
+
+def build_service(settings: Settings) -> tuple[Pipeline, ModelKeeper, KafkaSource]:
+    """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
+    store = RedisStateStore.from_settings(settings)
+    scorer = Scorer(settings.scoring())
+    keeper = ModelKeeper(settings, store, scorer)
+    keeper.restore()
+    source = KafkaSource(settings)
+    sink = KafkaSink(settings)
+    pipeline = Pipeline(
+        source,
+        store,
+        sink,
+        scorer,
+        limits=settings.event_limits(),
+        batch_size=settings.batch_max_records,
+        poll_timeout_s=settings.poll_timeout_ms / 1000,
+        due_limit=settings.due_users_per_batch,
+        dlq_guard=DeadLetterGuard(settings.dlq_max_ratio, settings.dlq_window),
+        on_retry=lambda step: metrics.RETRIES.labels(step).inc(),
+    )
+    return pipeline, keeper, source
+
+
+def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
+    """Run the scorer until stopped."""
+    stop = stop or StopFlag()
+    if threading.current_thread() is threading.main_thread():
+        stop.install()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    if settings.checkpoint_key is None:
+        log.warning("STREAMSCORE_CHECKPOINT_KEY is not set: models will not be checkpointed")
+    pipeline, keeper, source = build_service(settings)
+    log.info("scoring %s from %s", settings.input_topic, settings.kafka_bootstrap_servers)
+    last_lag = 0.0
+    offsets: dict[int, int] = {}
+    watch = metrics.ScorerWatch(pipeline.scorer, log)
+    try:
+        while not stop.event.is_set():
+            stats = pipeline.run_once()
+            now = time.time()
+            metrics.observe_batch(stats, now)
+            metrics.MODEL_INFO.clear()
+            metrics.MODEL_INFO.labels(pipeline.scorer.models.version).set(1)
+            if keeper.last_saved_wall:
+                metrics.CHECKPOINT_AGE.set(now - keeper.last_saved_wall)
+            offsets.update(stats.next_offsets)
+            if now - last_lag > 5:
+                last_lag = now
+                watch.update()
+                for p, lag in source.lag().items():
+                    metrics.CONSUMER_LAG.labels(str(p)).set(lag)
+            keeper.maybe_save(offsets)
+    finally:
+        log.info("stopping: checkpointing models and closing clients")
+        try:
+            keeper.save()
+        finally:
+            pipeline.sink.close()
+            source.close()
+            pipeline.store.close()
+    log.info("stopped cleanly")
+    return 0
+
+
+def simulate_to_kafka(
+    settings: Settings, sim: ShopSimulator, *, rate: float | None, limit: int | None
+) -> int:
+    """Produce simulated events into the input topic at ``rate`` events/s (default: flat out)."""
+    from kafka import KafkaProducer
+
+    from streamscore.adapters.kafka import UNREACHABLE, client_config, unreachable_error
+
+    try:
+        producer = KafkaProducer(
+            acks="all", linger_ms=10, batch_size=256 * 1024, **client_config(settings)
+        )
+    except UNREACHABLE as exc:
+        raise unreachable_error(settings, exc) from None
+    progress = Progress(f"simulate → {settings.input_topic}", total=limit)
+    started = time.perf_counter()
+    sent = 0
+    try:
+        for event in sim.events():
+            if limit is not None and sent >= limit:
+                break
+            key = event["user_id"] if isinstance(event, dict) else None
+            producer.send(
+                settings.input_topic if settings.input_topic else TOPIC_EVENTS,
+                key=str(key).encode() if key is not None else None,
+                value=encode_event(event),
+            )
+            sent += 1
+            if sent % 1000 == 0:
+                progress.update(1000)
+                if rate:
+                    ahead = sent / rate - (time.perf_counter() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        producer.flush()
+    finally:
+        producer.close()
+        progress.close()
+    took = time.perf_counter() - started
+    print(f"produced {sent:,} events to {settings.input_topic} in {took:.1f}s")
+    return 0

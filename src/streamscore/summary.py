@@ -1,0 +1,96 @@
+"""Readable closing summaries of the demo and of a replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from streamscore.app import DemoResult, RunSummary
+from streamscore.core.timeutil import iso
+
+
+def _f(value: object, fmt: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def print_demo(result: DemoResult, out_dir: Path) -> None:
+    """The demo's summary: throughput, model quality next to the oracle, segments, alerts."""
+    s = result.summary
+    churn: dict[str, Any] = result.report["churn"]
+    value: dict[str, Any] = result.report["value"]
+    dlq = sum(s.dead_letters.values())
+    lines = [
+        "",
+        "streamscore demo — summary",
+        "─" * 64,
+        f"events           {s.records:>12,}   in {s.seconds:.1f}s"
+        f" = {s.events_per_second:,.0f} events/s",
+        f"users            {s.users:>12,}",
+        f"labels resolved  {result.labels:>12,}   churn base rate {_f(churn['base_rate'], '.1%')}",
+        "",
+        "churn (prequential: each label scored with the prediction stored before it was learnt)",
+        f"  ROC AUC  model {_f(result.model_auc)}   oracle {_f(result.oracle_auc)}"
+        f"   gap {_f(_gap(result.oracle_auc, result.model_auc))}",
+        f"  after warm-up (last 80% of labels): model {_f(result.warm_model_auc)}"
+        f"   oracle {_f(result.warm_oracle_auc)}",
+        f"  log loss {_f(churn['log_loss'])}",
+        "",
+        "value (spend in the next horizon)",
+        f"  MAE model {_f(value['mae'], '.2f')}   naive baseline {_f(value['naive_mae'], '.2f')}"
+        f"   (past daily spend × horizon)   normalised Gini {_f(value['normalised_gini'])}",
+        "",
+        "segments (users now)                 lifecycle (users now)",
+    ]
+    segs = result.segments.most_common()
+    lcs = result.lifecycles.most_common()
+    for i in range(max(len(segs), len(lcs))):
+        left = f"  {segs[i][0]:<22}{segs[i][1]:>8,}" if i < len(segs) else " " * 32
+        right = f"       {lcs[i][0]:<14}{lcs[i][1]:>8,}" if i < len(lcs) else ""
+        lines.append(left + right)
+    lines += [
+        "",
+        f"churn alerts     {s.outputs.get('churn-alerts', 0):>12,}",
+        f"segment changes  {s.outputs.get('segment-changes', 0):>12,}",
+        f"scores           {s.outputs.get('user-scores', 0):>12,}",
+        f"dead letters     {dlq:>12,}   {dict(s.dead_letters) if dlq else ''}",
+    ]
+    if result.drift_day is not None:
+        lines.append(f"drift            competitor opened on day {result.drift_day:g}")
+    if result.drift_events:
+        lines.append(f"drift detected   {len(result.drift_events)} time(s); first ones:")
+        lines += [f"  {iso(e.t_ms)[:10]}  {e.detail}" for e in result.drift_events[:3]]
+    else:
+        lines.append("drift detected   none")
+    lines += [f"outputs          {out_dir}/<topic>.jsonl", ""]
+    print("\n".join(lines))
+
+
+def _gap(oracle: float | None, model: float | None) -> float | None:
+    return None if oracle is None or model is None else oracle - model
+
+
+def print_replay(summary: RunSummary, rep: dict[str, Any], out_dir: Path) -> None:
+    """The replay's summary."""
+    churn = rep["churn"]
+    value = rep["value"]
+    dlq = sum(summary.dead_letters.values())
+    print(
+        "\n".join(
+            [
+                "",
+                "streamscore replay — summary",
+                "─" * 64,
+                f"records      {summary.records:>12,}   in {summary.seconds:.1f}s "
+                f"= {summary.events_per_second:,.0f}/s",
+                f"users scored {summary.users:>12,}",
+                f"churn        ROC AUC {_f(churn['roc_auc'])}  log loss {_f(churn['log_loss'])}"
+                f"  labels {churn['labels']:,}",
+                f"value        MAE {_f(value['mae'], '.2f')}  naive {_f(value['naive_mae'], '.2f')}"
+                f"  Gini {_f(value['normalised_gini'])}  labels {value['labels']:,}",
+                f"outputs      {dict(summary.outputs)}",
+                f"dead letters {dlq:>12,}   {dict(summary.dead_letters) if dlq else ''}",
+                f"written      {out_dir}/<topic>.jsonl, final_scores.jsonl, report.json",
+                "",
+            ]
+        )
+    )

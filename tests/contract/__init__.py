@@ -1,0 +1,1 @@
+"""Contract tests: one suite that every ``StateStore`` implementation must pass."""

@@ -1,0 +1,525 @@
+"""Delayed labels, the watermark and silent-user rescoring (DESIGN.md §4), on hand-built
+timelines driven straight through ``Scorer.apply_events`` and ``Scorer.advance``.
+
+Config: churn horizon 14 d, value horizon 30 d, a snapshot at most every 7 d, silent users
+rescored after 3, 7 and 21 days of silence, plus the churn horizon (14 d) which is always a
+rescoring point. Users without purchases can never raise an alert (min_purchases = 1), which
+keeps the expected outputs exact.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from streamscore.core.events import Event, EventType
+from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS
+from streamscore.core.scorer import LabelOutcome, Output, Scorer, ScoringConfig
+from streamscore.core.state import Snapshot, UserState
+from streamscore.core.validation import log_loss
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+DAY = 86_400_000
+MINUTE = 60_000
+NOW = T0 + 400 * DAY  # wall clock: only used for scored_at
+
+CFG = ScoringConfig(
+    churn_horizon_days=14,
+    value_horizon_days=30,
+    snapshot_period_days=7,
+    rescore_after_days=(3.0, 7.0, 21.0),
+)
+
+
+class Feed:
+    """One user's events with increasing offsets on partition 0."""
+
+    def __init__(self, scorer: Scorer, user_id: str = "u1") -> None:
+        self.scorer = scorer
+        self.state = UserState(user_id=user_id)
+        self.offset = 0
+        self.n = 0
+
+    def event(self, type_: str, ts: int, amount: float | None = None) -> tuple[int, int, Event]:
+        self.n += 1
+        e = Event(
+            event_id=f"{self.state.user_id}-e{self.n}",
+            user_id=self.state.user_id,
+            type=EventType(type_),
+            ts=ts,
+            amount=amount,
+        )
+        self.offset += 1
+        return (0, self.offset, e)
+
+    def apply(self, *events: tuple[str, int] | tuple[str, int, float]) -> list[Output]:
+        batch = [self.event(*e) for e in events]
+        return self.scorer.apply_events(self.state, batch, NOW)
+
+    def advance(self, watermark: int) -> list[Output]:
+        return self.scorer.advance(self.state, watermark, NOW)
+
+    def snapshot_times(self) -> list[int]:
+        return [s.t_ms for s in self.state.snapshots]
+
+
+def new_scorer(config: ScoringConfig = CFG) -> Scorer:
+    scorer = Scorer(config)
+    scorer.outcomes = []
+    return scorer
+
+
+def topics(outputs: list[Output]) -> list[str]:
+    return [o.topic for o in outputs]
+
+
+def spy_learning(scorer: Scorer) -> list[tuple[str, int, Any]]:
+    """Record, at every learn call, how many labels the quality metrics had seen by then."""
+    calls: list[tuple[str, int, Any]] = []
+    models = scorer.models
+    learn_churn, learn_value = models.learn_churn, models.learn_value
+
+    def churn(x: list[float], churned: bool) -> None:
+        calls.append(("churn", scorer.quality.churn.count, (list(x), churned)))
+        learn_churn(x, churned)
+
+    def value(x: list[float], spend: float) -> None:
+        calls.append(("value", scorer.quality.value.count, (list(x), spend)))
+        learn_value(x, spend)
+
+    models.learn_churn = churn  # type: ignore[method-assign]
+    models.learn_value = value  # type: ignore[method-assign]
+    return calls
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_churn_horizon_is_always_a_rescoring_point() -> None:
+    assert CFG.rescore_points_ms == (3 * DAY, 7 * DAY, 14 * DAY, 21 * DAY)
+    assert ScoringConfig(rescore_after_days=()).rescore_points_ms == (14 * DAY,)
+    assert CFG.churn_horizon_ms == 14 * DAY
+    assert CFG.value_horizon_ms == 30 * DAY
+
+
+# -- snapshots ----------------------------------------------------------------------------------
+
+
+def test_snapshot_at_first_event_then_at_most_once_per_period() -> None:
+    feed = Feed(new_scorer())
+    feed.apply(("session_start", T0))
+    assert feed.snapshot_times() == [T0]
+    feed.apply(("page_view", T0 + DAY))
+    feed.apply(("page_view", T0 + 7 * DAY - 1))  # 1 ms short of a period
+    assert feed.snapshot_times() == [T0]
+    feed.apply(("page_view", T0 + 7 * DAY))
+    feed.apply(("page_view", T0 + 8 * DAY))
+    assert feed.snapshot_times() == [T0, T0 + 7 * DAY]
+    assert feed.state.last_snapshot_ms == T0 + 7 * DAY
+    assert feed.scorer.counters["snapshots"] == 2
+
+
+def test_snapshot_stores_the_prediction_made_then() -> None:
+    scorer = new_scorer()
+    feed = Feed(scorer)
+    feed.apply(("session_start", T0))
+    (snap,) = feed.state.snapshots
+    # A first-ever event: no recency yet, and the prediction is the models' at that moment.
+    assert math.expm1(snap.churn_x[2]) == pytest.approx(0.0)
+    assert (snap.churn_p, snap.value_p) == scorer.models.predict(snap.churn_x, snap.value_x)
+    assert 0.0 < snap.churn_p < 1.0
+    assert snap.value_p == 0.0  # the value model has learnt nothing yet
+    assert snap.naive_value == 0.0  # nothing spent yet
+    assert not snap.returned and snap.spend == 0.0
+
+
+# -- activity and the churn label ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("after_ms", "returned"),
+    [
+        (1, False),
+        (30 * MINUTE, False),  # still the same visit: the grace period is inclusive
+        (30 * MINUTE + 1, True),
+        (2 * DAY, True),
+        (14 * DAY, True),  # the horizon is inclusive
+    ],
+)
+def test_activity_after_the_grace_period_marks_the_snapshot_returned(
+    after_ms: int, returned: bool
+) -> None:
+    assert CFG.activity_grace_ms == 30 * MINUTE
+    feed = Feed(new_scorer())
+    feed.apply(("session_start", T0))
+    feed.apply(("page_view", T0 + after_ms))
+    assert feed.state.snapshots[0].t_ms == T0
+    assert feed.state.snapshots[0].returned is returned
+
+
+def test_activity_after_the_horizon_does_not_count() -> None:
+    feed = Feed(new_scorer())
+    feed.apply(("session_start", T0))
+    feed.apply(("page_view", T0 + 14 * DAY + 1))
+    assert feed.state.snapshots[0].returned is False
+
+
+def test_return_is_learnt_as_not_churned_only_at_the_horizon() -> None:
+    scorer = new_scorer()
+    calls = spy_learning(scorer)
+    feed = Feed(scorer)
+    feed.apply(("session_start", T0))
+    feed.apply(("page_view", T0 + 2 * DAY))
+    s0 = feed.state.snapshots[0]
+    assert s0.returned
+    stored_p = s0.churn_p
+    stored_x = list(s0.churn_x)
+
+    # Silent since day 2: rescored at day 5 and day 9 (a new snapshot at day 9, a period
+    # after the first); nothing is learnt while the watermark is short of day 14.
+    out = feed.advance(T0 + 14 * DAY - 1)
+    assert [o.value["as_of"] for o in out if o.topic == TOPIC_SCORES] == [
+        "2026-01-06T00:00:00.000Z",
+        "2026-01-10T00:00:00.000Z",
+    ]
+    assert feed.snapshot_times() == [T0, T0 + 9 * DAY]
+    assert scorer.quality.churn.count == 0
+    assert scorer.models.churn_learnt == 0
+    assert calls == []
+    assert not s0.churn_learnt
+
+    feed.advance(T0 + 14 * DAY)
+    assert s0.churn_learnt and not s0.value_learnt
+    q = scorer.quality.churn
+    assert (q.count, q.positives) == (1, 0)
+    assert q.loss_sum == pytest.approx(-math.log(1.0 - stored_p))
+    assert q.loss_sum == pytest.approx(log_loss(stored_p, False))
+    assert scorer.outcomes == [LabelOutcome("u1", T0, False, stored_p, 0.0)]
+    # Scored against the stored prediction first, learnt after.
+    assert calls == [("churn", 1, (stored_x, False))]
+    assert scorer.models.churn_learnt == 1
+    # The snapshot stays for its value label (day 30).
+    assert feed.snapshot_times() == [T0, T0 + 9 * DAY]
+
+
+def test_silence_is_learnt_as_churned_when_the_watermark_passes_the_horizon() -> None:
+    scorer = new_scorer()
+    calls = spy_learning(scorer)
+    feed = Feed(scorer)
+    feed.apply(("session_start", T0))
+    stored_p = feed.state.snapshots[0].churn_p
+
+    feed.advance(T0 + 14 * DAY - 1)
+    # Rescored at days 3 and 7; the day-7 rescoring is a period after the first snapshot.
+    assert feed.snapshot_times() == [T0, T0 + 7 * DAY]
+    assert scorer.quality.churn.count == 0
+    assert calls == []
+
+    feed.advance(T0 + 14 * DAY)
+    q = scorer.quality.churn
+    assert (q.count, q.positives) == (1, 1)
+    assert q.loss_sum == pytest.approx(-math.log(stored_p))
+    assert [(o.churned, o.predicted, o.t_ms) for o in scorer.outcomes] == [(True, stored_p, T0)]
+    assert calls[0][:2] == ("churn", 1) and calls[0][2][1] is True
+    assert scorer.models.churn_learnt == 1
+    # Day 14 is also a rescoring point, a period after day 7: one more snapshot.
+    assert feed.snapshot_times() == [T0, T0 + 7 * DAY, T0 + 14 * DAY]
+
+
+def test_every_label_is_scored_with_its_own_stored_prediction() -> None:
+    scorer = new_scorer()
+    calls = spy_learning(scorer)
+    feed = Feed(scorer)
+    feed.apply(("session_start", T0))
+    feed.advance(T0 + 7 * DAY)  # silent snapshot at day 7, with recency 7
+    s0, s1 = feed.state.snapshots
+    assert math.expm1(s1.churn_x[2]) == pytest.approx(7.0)
+    assert s1.churn_p != s0.churn_p
+    feed.advance(T0 + 21 * DAY)
+    assert [(o.t_ms, o.predicted, o.churned) for o in scorer.outcomes] == [
+        (T0, s0.churn_p, True),
+        (T0 + 7 * DAY, s1.churn_p, True),
+    ]
+    assert [o.recency_days for o in scorer.outcomes] == [
+        pytest.approx(0.0),
+        pytest.approx(7.0),
+    ]
+    assert [c[1] for c in calls if c[0] == "churn"] == [1, 2]
+    assert scorer.quality.churn.loss_sum == pytest.approx(
+        -math.log(s0.churn_p) - math.log(s1.churn_p)
+    )
+
+
+def test_pending_labels_survive_the_state_store() -> None:
+    scorer = new_scorer()
+    feed = Feed(scorer)
+    feed.apply(("session_start", T0))
+    feed.apply(("page_view", T0 + 3 * DAY))
+    stored_p = feed.state.snapshots[0].churn_p
+    feed.state = UserState.from_bytes("u1", feed.state.to_bytes())  # a restart
+    feed.advance(T0 + 14 * DAY)
+    assert scorer.quality.churn.count == 1
+    assert scorer.quality.churn.positives == 0
+    assert scorer.outcomes[0].predicted == pytest.approx(stored_p, abs=1e-6)
+
+
+# -- the value label ----------------------------------------------------------------------------
+
+
+def test_value_label_is_spend_in_the_horizon_learnt_at_its_end() -> None:
+    scorer = new_scorer()
+    calls = spy_learning(scorer)
+    feed = Feed(scorer)
+    feed.apply(("session_start", T0))
+    feed.apply(("purchase", T0 + DAY, 25.0))
+    feed.apply(("purchase", T0 + 20 * DAY, 40.0))
+    s0, s1 = feed.state.snapshots
+    assert (s0.t_ms, s1.t_ms) == (T0, T0 + 20 * DAY)
+    assert s0.spend == pytest.approx(65.0)
+    assert s1.spend == 0.0
+
+    # Day 14: S0's churn label (returned). Days 23 and 27: rescorings, a snapshot at 27.
+    feed.advance(T0 + 30 * DAY - 1)
+    assert s0.churn_learnt and not s0.value_learnt
+    assert scorer.models.value_learnt == 0
+    assert scorer.quality.value.count == 0
+    assert feed.snapshot_times() == [T0, T0 + 20 * DAY, T0 + 27 * DAY]
+
+    feed.advance(T0 + 30 * DAY)
+    v = scorer.quality.value
+    assert v.count == 1
+    assert v.total_actual == pytest.approx(65.0)
+    # Predicted 0 (untrained) and a naive 0 (nothing spent by day 0): both 65 off.
+    assert v.abs_err == pytest.approx(65.0)
+    assert v.naive_abs_err == pytest.approx(65.0)
+    assert [c for c in calls if c[0] == "value"] == [("value", 1, (s0.value_x, 65.0))]
+    assert scorer.models.value_learnt == 1
+    # Both labels learnt: the snapshot is gone.
+    assert feed.snapshot_times() == [T0 + 20 * DAY, T0 + 27 * DAY]
+
+
+def test_value_window_is_after_t_up_to_and_including_the_horizon() -> None:
+    feed = Feed(new_scorer())
+    feed.apply(("session_start", T0))
+    feed.apply(("purchase", T0, 5.0))  # at t itself: not "after t"
+    feed.apply(("purchase", T0 + 30 * DAY, 7.0))  # exactly at the horizon: counts
+    feed.apply(("purchase", T0 + 30 * DAY + 1, 11.0))  # just past it: not for S0
+    s0, s1 = feed.state.snapshots
+    assert s0.t_ms == T0 and s1.t_ms == T0 + 30 * DAY
+    assert s0.spend == pytest.approx(7.0)
+    assert s1.spend == pytest.approx(11.0)
+
+
+def test_refunds_are_not_spend() -> None:
+    feed = Feed(new_scorer())
+    feed.apply(("session_start", T0))
+    feed.apply(("refund", T0 + DAY, 9.0))
+    assert feed.state.snapshots[0].spend == 0.0
+    assert feed.state.snapshots[0].returned
+
+
+# -- silent users -------------------------------------------------------------------------------
+
+
+def test_silent_user_is_rescored_once_at_three_days() -> None:
+    feed = Feed(new_scorer())
+    feed.apply(("session_start", T0))
+    assert feed.advance(T0 + 3 * DAY - 1) == []
+    out = feed.advance(T0 + 3 * DAY + 1)
+    assert topics(out) == [TOPIC_SCORES]
+    record = out[0].value
+    assert record["trigger"] == "silence"
+    assert record["as_of"] == "2026-01-04T00:00:00.000Z"
+    assert record["user_id"] == "u1"
+    assert record["lifecycle_stage"] == "new"
+    # Nothing more is due until day 7: advancing again is a no-op.
+    assert feed.advance(T0 + 3 * DAY + 1) == []
+    assert feed.advance(T0 + 7 * DAY - 1) == []
+
+
+def test_jump_past_the_horizon_rescored_at_each_point_and_churned_at_fourteen_days() -> None:
+    scorer = new_scorer()
+    feed = Feed(scorer)
+    first = feed.apply(("session_start", T0))
+    assert topics(first) == [TOPIC_SCORES, TOPIC_SEGMENTS]
+    out = feed.advance(T0 + 15 * DAY)
+    assert topics(out) == [TOPIC_SCORES, TOPIC_SCORES, TOPIC_SCORES, TOPIC_SEGMENTS]
+    scores = [o.value for o in out if o.topic == TOPIC_SCORES]
+    assert [s["as_of"] for s in scores] == [
+        "2026-01-04T00:00:00.000Z",
+        "2026-01-08T00:00:00.000Z",
+        "2026-01-15T00:00:00.000Z",
+    ]
+    assert [s["trigger"] for s in scores] == ["silence"] * 3
+    assert [s["lifecycle_stage"] for s in scores] == ["new", "new", "churned"]
+    assert len({s["id"] for s in scores}) == 3
+    change = out[-1].value
+    assert change["as_of"] == "2026-01-15T00:00:00.000Z"
+    assert (change["lifecycle_previous"], change["lifecycle_current"]) == ("new", "churned")
+    assert change["previous"] == change["current"] == "Prospect"
+    assert feed.state.lifecycle == "churned"
+    # The churn label of the first snapshot was learnt on the way (silence: churned).
+    assert (scorer.quality.churn.count, scorer.quality.churn.positives) == (1, 1)
+    assert feed.snapshot_times() == [T0, T0 + 7 * DAY, T0 + 14 * DAY]
+    # Next: the 21-day point.
+    assert scorer.due_ms(feed.state) == T0 + 21 * DAY
+
+
+def test_segment_changes_only_when_segment_or_lifecycle_changes() -> None:
+    feed = Feed(new_scorer())
+    out = feed.apply(("session_start", T0))
+    (change,) = [o.value for o in out if o.topic == TOPIC_SEGMENTS]
+    assert change["previous"] is None and change["lifecycle_previous"] is None
+    assert (change["current"], change["lifecycle_current"]) == ("Prospect", "new")
+    assert topics(feed.apply(("page_view", T0 + DAY))) == [TOPIC_SCORES]
+    assert TOPIC_SEGMENTS not in topics(feed.advance(T0 + 8 * DAY))  # rescored, still new
+    assert TOPIC_SEGMENTS in topics(feed.advance(T0 + 15 * DAY))  # churned
+    assert feed.state.lifecycle == "churned"
+
+    out = feed.apply(("session_start", T0 + 20 * DAY))  # back
+    (change,) = [o.value for o in out if o.topic == TOPIC_SEGMENTS]
+    assert (change["lifecycle_previous"], change["lifecycle_current"]) == (
+        "churned",
+        "reactivated",
+    )
+    assert feed.state.reactivated_ms == T0 + 20 * DAY
+    assert topics(feed.apply(("page_view", T0 + 20 * DAY + MINUTE))) == [TOPIC_SCORES]
+
+
+def test_new_events_restart_the_silence_clock() -> None:
+    scorer = new_scorer()
+    feed = Feed(scorer)
+    feed.apply(("session_start", T0))
+    feed.advance(T0 + 7 * DAY)
+    assert feed.state.rescore_step == 2
+    feed.apply(("page_view", T0 + 8 * DAY))
+    assert feed.state.rescore_step == 0
+    assert scorer.due_ms(feed.state) == T0 + 11 * DAY
+
+
+# -- due_ms -------------------------------------------------------------------------------------
+
+
+def test_due_ms_is_the_earliest_pending_time() -> None:
+    scorer = new_scorer()
+    feed = Feed(scorer)
+    assert scorer.due_ms(feed.state) is None  # never seen
+    feed.apply(("session_start", T0))
+    assert scorer.due_ms(feed.state) == T0 + 3 * DAY  # before S0's churn label at 14
+    feed.advance(T0 + 3 * DAY)
+    assert scorer.due_ms(feed.state) == T0 + 7 * DAY
+    feed.advance(T0 + 7 * DAY)
+    assert scorer.due_ms(feed.state) == T0 + 14 * DAY
+    feed.advance(T0 + 14 * DAY)
+    # Candidates: rescoring at 21, S1 (day 7) churn at 21, S2 (day 14) at 28, S0 value at 30.
+    assert scorer.due_ms(feed.state) == T0 + 21 * DAY
+    feed.advance(T0 + 21 * DAY)
+    # Rescoring points exhausted; S2 churn at 28 comes before S0's value label at 30.
+    assert feed.state.rescore_step == 4
+    assert scorer.due_ms(feed.state) == T0 + 28 * DAY
+
+
+def test_due_ms_of_pending_snapshots_only() -> None:
+    scorer = new_scorer()
+    state = UserState(user_id="u9")
+    state.snapshots = [
+        Snapshot(T0, [0.0], [0.0], 0.5, 0.0, 0.0, churn_learnt=True),
+        Snapshot(T0 + 10 * DAY, [0.0], [0.0], 0.5, 0.0, 0.0, churn_learnt=True),
+    ]
+    assert scorer.due_ms(state) == T0 + 30 * DAY
+    state.snapshots.append(Snapshot(T0 + 12 * DAY, [0.0], [0.0], 0.5, 0.0, 0.0))
+    assert scorer.due_ms(state) == T0 + 26 * DAY
+
+
+# -- duplicates ---------------------------------------------------------------------------------
+
+
+def _event(event_id: str, ts: int, type_: str = "page_view") -> Event:
+    return Event(event_id=event_id, user_id="u1", type=EventType(type_), ts=ts)
+
+
+def test_replayed_offset_or_duplicate_id_changes_nothing() -> None:
+    scorer = new_scorer()
+    state = UserState(user_id="u1")
+    scorer.apply_events(state, [(0, 5, _event("a", T0, "session_start"))], NOW)
+    before = state.to_bytes()
+    events_before = scorer.counters["events"]
+
+    # The same record again, an older offset with a new id, the same id on another partition.
+    assert scorer.apply_events(state, [(0, 5, _event("a", T0, "session_start"))], NOW) == []
+    assert scorer.apply_events(state, [(0, 3, _event("zz", T0 + DAY))], NOW) == []
+    assert scorer.apply_events(state, [(1, 99, _event("a", T0, "session_start"))], NOW) == []
+    assert scorer.counters["duplicates"] == 3
+    assert scorer.counters["events"] == events_before
+    assert state.to_bytes() == before
+
+    # A new offset with a new id is applied.
+    out = scorer.apply_events(state, [(0, 6, _event("b", T0 + DAY))], NOW)
+    assert topics(out)[0] == TOPIC_SCORES
+    assert state.features.events == 2
+    assert scorer.counters["duplicates"] == 3
+
+
+def test_duplicate_inside_one_batch_is_applied_once() -> None:
+    scorer = new_scorer()
+    state = UserState(user_id="u1")
+    e = _event("a", T0, "session_start")
+    scorer.apply_events(state, [(0, 1, e), (0, 2, e)], NOW)
+    assert state.features.events == 1
+    assert scorer.counters["duplicates"] == 1
+
+
+def test_out_of_order_events_within_one_batch_are_all_applied() -> None:
+    scorer = new_scorer()
+    state = UserState(user_id="u1")
+    # Offset 10 happened a minute after offset 11 (well within the allowed lateness).
+    batch = [(0, 10, _event("later", T0 + MINUTE)), (0, 11, _event("earlier", T0))]
+    scorer.apply_events(state, batch, NOW)
+    assert scorer.counters["duplicates"] == 0
+    assert state.features.events == 2
+
+
+def test_user_moving_to_another_partition_keeps_receiving_events() -> None:
+    # Adding partitions to the topic moves keys: offsets of the new partition start low.
+    scorer = new_scorer()
+    state = UserState(user_id="u1")
+    scorer.apply_events(state, [(0, 1000, _event("a", T0, "session_start"))], NOW)
+    scorer.apply_events(state, [(1, 5, _event("b", T0 + MINUTE))], NOW)
+    scorer.apply_events(state, [(1, 6, _event("c", T0 + 2 * MINUTE))], NOW)
+    assert (state.partition, state.offset) == (1, 6)
+    assert state.features.events == 3
+    assert scorer.counters["duplicates"] == 0
+
+
+def test_reactivation_time_does_not_depend_on_batching() -> None:
+    def run(batches: list[list[tuple[str, int] | tuple[str, int, float]]]) -> UserState:
+        feed = Feed(new_scorer())
+        feed.apply(("session_start", T0))
+        feed.advance(T0 + 15 * DAY)
+        assert feed.state.lifecycle == "churned"
+        for batch in batches:
+            feed.apply(*batch)
+        return feed.state
+
+    back = T0 + 20 * DAY
+    steps: list[tuple[str, int] | tuple[str, int, float]] = [
+        ("session_start", back),
+        ("purchase", back + 10 * MINUTE, 30.0),
+        ("page_view", back + 20 * MINUTE),
+    ]
+    later = ("page_view", back + DAY)
+    one_by_one = run([[s] for s in steps] + [[later]])
+    together = run([steps, [later]])
+    assert one_by_one.reactivated_ms == back
+    assert one_by_one.lifecycle != "reactivated"  # bought something since coming back
+    assert together.reactivated_ms == back
+    assert together.lifecycle == one_by_one.lifecycle
+
+
+def test_no_alert_without_purchases() -> None:
+    feed = Feed(new_scorer())
+    feed.apply(("session_start", T0))
+    out = feed.advance(T0 + 60 * DAY)
+    assert TOPIC_ALERTS not in topics(out)

@@ -1,0 +1,253 @@
+"""The JSON Schemas in ``schemas/`` and the records the scorer really builds (DESIGN.md §2–§3)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from streamscore.app import demo
+from streamscore.cli import main
+from streamscore.config import load_settings
+from streamscore.core.events import Event
+from streamscore.core.records import (
+    OUTPUT_TOPICS,
+    SCHEMAS,
+    TOPIC_ALERTS,
+    TOPIC_DLQ,
+    TOPIC_EVENTS,
+    TOPIC_SCORES,
+    TOPIC_SEGMENTS,
+    ChurnAlert,
+    DeadLetter,
+    SegmentChange,
+    UserScore,
+)
+from streamscore.core.timeutil import parse_rfc3339
+from streamscore.schemas import render, schema_documents
+from streamscore.simulator import ShopSimulator, SimulationConfig
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+MODELS: dict[str, type[BaseModel]] = {
+    TOPIC_SCORES: UserScore,
+    TOPIC_ALERTS: ChurnAlert,
+    TOPIC_SEGMENTS: SegmentChange,
+    TOPIC_DLQ: DeadLetter,
+}
+SIM = SimulationConfig(users=80, days=40, bad_fraction=0.03, duplicate_fraction=0.02)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("STREAMSCORE_"):
+            monkeypatch.delenv(name)
+
+
+# -- checked-in schema files --------------------------------------------------------------------
+
+
+def test_every_topic_has_a_schema() -> None:
+    docs = schema_documents()
+    assert set(docs) == {f"{t}.schema.json" for t in (TOPIC_EVENTS, *OUTPUT_TOPICS)}
+    assert set(SCHEMAS) == {TOPIC_EVENTS, *OUTPUT_TOPICS}
+
+
+@pytest.mark.parametrize("name", sorted(schema_documents()))
+def test_checked_in_schema_matches_the_models(name: str) -> None:
+    path = SCHEMA_DIR / name
+    hint = (
+        f"schemas/{name} is out of date with the pydantic models in "
+        "streamscore/core/records.py; regenerate with `streamscore schemas` and commit"
+    )
+    assert path.is_file(), hint
+    assert path.read_bytes() == render(schema_documents()[name]), hint
+
+
+def test_no_stray_schema_files() -> None:
+    assert {p.name for p in SCHEMA_DIR.glob("*.json")} == set(schema_documents())
+
+
+def test_schemas_command_writes_the_same_files(tmp_path: Path, capsys: Any) -> None:
+    assert main(["schemas", "--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(schema_documents())
+    for name in written:
+        assert (tmp_path / name).read_bytes() == (SCHEMA_DIR / name).read_bytes()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_schema_documents_are_draft_2020_12_with_ids() -> None:
+    for name, doc in schema_documents().items():
+        assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert doc["$id"].endswith("/" + name)
+        assert doc["type"] == "object"
+
+
+def test_event_schema_states_the_contract() -> None:
+    doc = schema_documents()[f"{TOPIC_EVENTS}.schema.json"]
+    props = doc["properties"]
+    assert set(doc["required"]) == {"event_id", "user_id", "type", "ts"}
+    assert props["event_id"]["maxLength"] == 128 and props["event_id"]["minLength"] == 1
+    ts_forms = {alt.get("type") for alt in props["ts"]["anyOf"]}
+    assert ts_forms == {"string", "integer"}
+    types = doc["$defs"]["EventType"]["enum"]
+    assert sorted(types) == sorted(
+        [
+            "signup",
+            "session_start",
+            "page_view",
+            "add_to_cart",
+            "remove_from_cart",
+            "purchase",
+            "refund",
+            "support_ticket",
+        ]
+    )
+
+
+def test_output_schemas_require_every_documented_field() -> None:
+    docs = schema_documents()
+    required = {t: set(docs[f"{t}.schema.json"]["required"]) for t in OUTPUT_TOPICS}
+    assert required[TOPIC_SCORES] >= {
+        "id",
+        "user_id",
+        "as_of",
+        "churn_probability",
+        "predicted_value",
+        "value_horizon_days",
+        "segment",
+        "lifecycle_stage",
+        "model_version",
+        "scored_at",
+    }
+    assert required[TOPIC_ALERTS] >= {
+        "id",
+        "user_id",
+        "as_of",
+        "churn_probability",
+        "predicted_value",
+        "segment",
+        "reasons",
+        "recommended_action",
+        "model_version",
+    }
+    assert required[TOPIC_SEGMENTS] >= {
+        "id",
+        "user_id",
+        "as_of",
+        "previous",
+        "current",
+        "lifecycle_previous",
+        "lifecycle_current",
+    }
+    assert required[TOPIC_DLQ] >= {"id", "error_type", "error", "source", "raw", "received_at"}
+
+
+# -- records from a real run --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("STREAMSCORE_")}
+    try:
+        out = tmp_path_factory.mktemp("demo")
+        demo(load_settings(), SIM, out, show_progress=False)
+    finally:
+        os.environ.update(saved)
+    records: dict[str, list[dict[str, Any]]] = {}
+    for topic in OUTPUT_TOPICS:
+        path = out / f"{topic}.jsonl"
+        assert path.is_file(), f"no file for topic {topic}"
+        records[topic] = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    return records
+
+
+@pytest.mark.parametrize("topic", OUTPUT_TOPICS)
+def test_every_record_of_every_topic_validates(
+    demo_outputs: dict[str, list[dict[str, Any]]], topic: str
+) -> None:
+    records = demo_outputs[topic]
+    assert records, f"the demo run produced no {topic} records: nothing was checked"
+    model = MODELS[topic]
+    for record in records:
+        model.model_validate(record)  # extra fields are forbidden, required ones checked
+
+
+@pytest.mark.parametrize("topic", OUTPUT_TOPICS)
+def test_record_ids_are_unique_per_topic(
+    demo_outputs: dict[str, list[dict[str, Any]]], topic: str
+) -> None:
+    ids = Counter(r["id"] for r in demo_outputs[topic])
+    assert [i for i, n in ids.items() if n > 1] == []
+
+
+def test_times_are_rfc3339_utc(demo_outputs: dict[str, list[dict[str, Any]]]) -> None:
+    for topic, fields in {
+        TOPIC_SCORES: ("as_of", "scored_at"),
+        TOPIC_ALERTS: ("as_of",),
+        TOPIC_SEGMENTS: ("as_of",),
+        TOPIC_DLQ: ("received_at",),
+    }.items():
+        for record in demo_outputs[topic]:
+            for f in fields:
+                assert record[f].endswith("Z"), (topic, f, record[f])
+                parse_rfc3339(record[f])
+
+
+def test_score_values_are_in_range(demo_outputs: dict[str, list[dict[str, Any]]]) -> None:
+    for r in demo_outputs[TOPIC_SCORES]:
+        assert 0.0 <= r["churn_probability"] <= 1.0
+        assert r["predicted_value"] >= 0.0
+        assert r["value_horizon_days"] == 30.0
+        assert r["trigger"] in {"event", "silence"}
+    triggers = Counter(r["trigger"] for r in demo_outputs[TOPIC_SCORES])
+    assert triggers["event"] > 0 and triggers["silence"] > 0
+
+
+def test_alerts_carry_an_action_and_reasons(
+    demo_outputs: dict[str, list[dict[str, Any]]],
+) -> None:
+    actions = {
+        "personal_outreach",
+        "vip_discount",
+        "discount_offer",
+        "reengagement_email",
+        "newsletter_nudge",
+    }
+    for a in demo_outputs[TOPIC_ALERTS]:
+        assert a["churn_probability"] >= 0.7
+        assert a["recommended_action"] in actions
+        for reason in a["reasons"]:
+            assert reason["contribution"] > 0
+
+
+def test_dead_letters_keep_the_raw_bytes(demo_outputs: dict[str, list[dict[str, Any]]]) -> None:
+    bad = demo_outputs[TOPIC_DLQ]
+    kinds = Counter(r["error_type"] for r in bad)
+    assert kinds["invalid_json"] > 0 and kinds["invalid_field"] > 0
+    for r in bad:
+        try:
+            base64.b64decode(r["raw"], validate=True)
+        except binascii.Error:  # pragma: no cover - the assertion message is the point
+            pytest.fail(f"DLQ raw is not base64: {r['raw']!r}")
+        assert r["source"]["topic"] == TOPIC_EVENTS
+        assert r["source"]["partition"] == 0
+        assert r["error"]
+
+
+def test_simulated_events_satisfy_the_input_schema() -> None:
+    sim = ShopSimulator(SimulationConfig(users=20, days=10))
+    n = 0
+    for e in sim.events():
+        assert isinstance(e, dict)
+        Event.model_validate(e)
+        n += 1
+    assert n > 0
