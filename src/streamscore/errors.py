@@ -5,6 +5,7 @@
 - ``ConfigError``: the service cannot start as configured; fatal with a clear message.
 - ``CheckpointError``: a model checkpoint is unsigned, tampered with or unreadable.
 - ``DeadLetterLimitExceeded``: most input is bad (a wrong topic, say); stop and say so.
+- ``RetryAbandoned``: a stop was asked for while a step was still failing; nothing committed.
 """
 
 from __future__ import annotations
@@ -37,3 +38,15 @@ class CheckpointError(StreamscoreError):
 
 class DeadLetterLimitExceeded(StreamscoreError):  # noqa: N818
     """Too large a share of recent input was invalid; the service stops rather than drain it."""
+
+
+class RetryAbandoned(StreamscoreError):  # noqa: N818
+    """A stop came while a step kept failing: the batch in hand stays uncommitted.
+
+    Giving up is safe at every step. Before the save, nothing of the batch is stored and Kafka
+    redelivers it; after the save, redelivered records are recognised as applied.
+    """
+
+    def __init__(self, step: str, cause: Exception) -> None:
+        super().__init__(f"gave up on {step!r} to stop ({cause})")
+        self.step = step

@@ -18,6 +18,7 @@ itself runs once per batch, so a retry never learns a label twice.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,7 +28,12 @@ from streamscore.core.events import Event, EventLimits, decode_event
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS, dead_letter
 from streamscore.core.scorer import Output, Scorer
 from streamscore.core.state import UserState, id_hash
-from streamscore.errors import DeadLetterLimitExceeded, InvalidEvent, TransientError
+from streamscore.errors import (
+    DeadLetterLimitExceeded,
+    InvalidEvent,
+    RetryAbandoned,
+    TransientError,
+)
 from streamscore.ports import Sink, Source, SourceRecord, StateStore
 
 log = logging.getLogger("streamscore.runtime")
@@ -62,11 +68,17 @@ class BatchStats:
 
 @dataclass(slots=True)
 class RetryPolicy:
-    """Exponential backoff for transient failures; ``attempts=0`` retries forever."""
+    """Exponential backoff for transient failures; ``attempts=0`` retries forever.
+
+    ``stop`` is the service's stop request: once set, a failing step gives up with
+    ``RetryAbandoned`` instead of retrying, so SIGTERM during an outage ends the process
+    without committing anything unsaved, rather than waiting for the outage to pass.
+    """
 
     initial_s: float = 0.2
     max_s: float = 10.0
     attempts: int = 0
+    stop: threading.Event | None = None
 
     def run(
         self, what: str, fn: Callable[[], T], on_retry: Callable[[str], None] | None = None
@@ -81,10 +93,15 @@ class RetryPolicy:
                 tries += 1
                 if self.attempts and tries >= self.attempts:
                     raise
+                if self.stop is not None and self.stop.is_set():
+                    raise RetryAbandoned(what, exc) from exc
                 log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
                 if on_retry is not None:
                     on_retry(what)
-                time.sleep(delay)
+                if self.stop is not None:
+                    self.stop.wait(delay)
+                else:
+                    time.sleep(delay)
                 delay = min(delay * 2, self.max_s)
 
 
@@ -144,6 +161,9 @@ class Pipeline:
         self.dlq_guard = dlq_guard
         self.on_retry = on_retry
         self.watermarks: dict[int, int] = {}
+        # True from the moment a batch touches the models until its states are saved: a
+        # model checkpoint taken then would hold learning that a restart repeats.
+        self.unsaved_learning = False
         self.lateness_ms = scorer.config.allowed_lateness_ms
         source.on_rebalance(self._assigned, self._revoked)
 
@@ -168,7 +188,9 @@ class Pipeline:
         """Poll, process and persist one batch; returns what it did."""
         stats = BatchStats()
         t0 = time.perf_counter()
-        records = self.source.poll(self.batch_size, self.poll_timeout_s)
+        records = self.retry.run(
+            "poll", lambda: self.source.poll(self.batch_size, self.poll_timeout_s), self.on_retry
+        )
         now = self.clock()
         stats.records = len(records)
         outputs: list[Output] = []
@@ -212,6 +234,7 @@ class Pipeline:
         dropped: dict[int, dict[str, int | None]] = {}
         previous = {u: s.partition for u, s in states.items()}
         t2 = time.perf_counter()
+        self.unsaved_learning = True
         for uid, events in groups.items():
             outputs.extend(self.scorer.apply_events(states[uid], events, now))
         for uid, before in previous.items():
@@ -260,6 +283,7 @@ class Pipeline:
         self.retry.run("flush producer", self.sink.flush, self.on_retry)
         t5 = time.perf_counter()
         self._save(states, dropped)
+        self.unsaved_learning = False
         t6 = time.perf_counter()
         if next_offsets:
             self.retry.run(

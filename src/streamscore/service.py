@@ -1,7 +1,8 @@
 """``streamscore run`` and ``simulate --rate``: the pipeline on Kafka and Redis.
 
 Shutdown on SIGTERM/SIGINT is graceful: the batch in hand finishes (flush, save, commit),
-the models are checkpointed, then the clients close.
+the models are checkpointed, then the clients close. During an outage the batch in hand cannot
+finish, so the stop abandons it uncommitted (see ``RetryAbandoned``) instead of waiting.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.scorer import Scorer
+from streamscore.errors import RetryAbandoned, TransientError
 from streamscore.modelstore import ModelKeeper
 from streamscore.progress import Progress
-from streamscore.runtime import DeadLetterGuard, Pipeline
+from streamscore.runtime import DeadLetterGuard, Pipeline, RetryPolicy
 from streamscore.simulator import ShopSimulator, encode_event
 
 log = logging.getLogger("streamscore.service")
@@ -44,7 +46,9 @@ class StopFlag:
         self.event.set()
 
 
-def build_service(settings: Settings) -> tuple[Pipeline, ModelKeeper, KafkaSource]:
+def build_service(
+    settings: Settings, stop: threading.Event | None = None
+) -> tuple[Pipeline, ModelKeeper, KafkaSource]:
     """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
     store = RedisStateStore.from_settings(settings)
     scorer = Scorer(settings.scoring())
@@ -62,6 +66,7 @@ def build_service(settings: Settings) -> tuple[Pipeline, ModelKeeper, KafkaSourc
         poll_timeout_s=settings.poll_timeout_ms / 1000,
         due_limit=settings.due_users_per_batch,
         dlq_guard=DeadLetterGuard(settings.dlq_max_ratio, settings.dlq_window),
+        retry=RetryPolicy(stop=stop),
         on_retry=lambda step: metrics.RETRIES.labels(step).inc(),
     )
     return pipeline, keeper, source
@@ -77,11 +82,12 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     if settings.checkpoint_key is None:
         log.warning("STREAMSCORE_CHECKPOINT_KEY is not set: models will not be checkpointed")
-    pipeline, keeper, source = build_service(settings)
+    pipeline, keeper, source = build_service(settings, stop.event)
     log.info("scoring %s from %s", settings.input_topic, settings.kafka_bootstrap_servers)
     last_lag = 0.0
     offsets: dict[int, int] = {}
     watch = metrics.ScorerWatch(pipeline.scorer, log)
+    abandoned = False
     try:
         while not stop.event.is_set():
             stats = pipeline.run_once()
@@ -98,15 +104,27 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
                 for p, lag in source.lag().items():
                     metrics.CONSUMER_LAG.labels(str(p)).set(lag)
             keeper.maybe_save(offsets)
+    except RetryAbandoned as exc:
+        abandoned = True
+        log.warning(
+            "%s; the batch in hand stays uncommitted and is read again after a restart, "
+            "where what it already changed is recognised and skipped",
+            exc,
+        )
     finally:
-        log.info("stopping: checkpointing models and closing clients")
         try:
-            keeper.save()
+            if pipeline.unsaved_learning:
+                log.warning("stopping without a model checkpoint: the last batch was not saved")
+            else:
+                log.info("stopping: checkpointing models and closing clients")
+                keeper.save()
+        except TransientError as exc:
+            log.warning("stopping without a model checkpoint: %s", exc)
         finally:
             pipeline.sink.close()
             source.close()
             pipeline.store.close()
-    log.info("stopped cleanly")
+    log.info("stopped with a batch left uncommitted" if abandoned else "stopped cleanly")
     return 0
 
 

@@ -102,9 +102,14 @@ def wait_until_committed(
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
-    """SIGTERM and wait: the graceful path."""
+    """SIGTERM and wait: the graceful path. A scorer that ignores it is killed, then failed."""
     proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=timeout_s)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def consume_all(

@@ -342,6 +342,51 @@ def test_redis_down_for_30s_mid_stream(names: dict[str, str], tmp_path: Path) ->
     assert sum(s.features.events for s in got.values()) == len(events)
 
 
+def test_sigterm_during_a_redis_outage_stops_at_once_and_commits_nothing(
+    names: dict[str, str], tmp_path: Path
+) -> None:
+    """An operator stops a scorer whose Redis is down: it gives up the failing batch instead
+    of waiting for Redis, commits nothing more, and a later start loses and doubles nothing."""
+    events = _events(users=200, days=40, seed=14)
+    group, topic = names["kafka_group_id"], names["input_topic"]
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    with PrivateRedis(tmp_path / "redis") as rds:
+        env = env_for(names, redis_url=rds.url, **FAST_GROUP)
+        produce(topic, _keyed(events))
+        progress = GroupProgress(SHARED, group, topic)
+        proc = start_scorer(env, first_log)
+        try:
+            _wait_for(
+                "a quarter committed", lambda: progress.fraction() > 0.25, [proc], first_log, 60
+            )
+            rds.stop()
+            _wait_for("a retry", lambda: RETRY_LOG in first_log.read_text(), [proc], first_log, 30)
+            frozen = progress.committed()
+            code = stop(proc)  # fails if the scorer waits for Redis instead of stopping
+            text = first_log.read_text()
+            assert code == 0, text[-4000:]
+            assert "gave up on '" in text, text[-4000:]
+            assert "stopped with a batch left uncommitted" in text, text[-4000:]
+            assert progress.committed() == frozen, "committed offsets while Redis was down"
+            assert progress.fraction() < 1.0
+            rds.start()
+            proc = start_scorer(env, second_log)
+            _wait_for(
+                "everything committed", lambda: progress.fraction() >= 1.0, [proc], second_log, 90
+            )
+        finally:
+            progress.close()
+            code = stop(proc)
+        assert code == 0, second_log.read_text()[-4000:]
+        users = {u for u, _ in events}
+        got = redis_states(
+            load_settings(redis_url=rds.url, redis_key_prefix=names["redis_key_prefix"]), users
+        )
+    want, _ = _replay(tmp_path, events)
+    assert_same_features(got, want)
+    assert sum(s.features.events for s in got.values()) == len(events)
+
+
 @pytest.mark.slow
 def test_kafka_broker_restarted_mid_stream(private_names: dict[str, str], tmp_path: Path) -> None:
     """A private broker stopped (clean shutdown) for 15 s while the scorer works, restarted."""

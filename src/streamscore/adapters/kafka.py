@@ -25,9 +25,10 @@ from kafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    RebalanceInProgressError,
     SaslAuthenticationFailedError,
 )
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS
@@ -181,6 +182,55 @@ class _QueueingListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.events.put(("lost", {tp.partition for tp in lost}))
 
 
+class _GroupJoinGuard:
+    """Keeps kafka-python 3.0.x from stalling in a half-finished group join.
+
+    kafka-python runs JoinGroup/SyncGroup as a background task that ``poll`` awaits for at
+    most its timeout. When a poll gives up first, the next one re-awaits the task, but only
+    while ``need_rejoin()`` holds. A rejoin started because metadata changed turns
+    ``need_rejoin()`` false while the task is still running (the leader's assignment
+    refreshes the metadata snapshot), so the finished join is never applied: the consumer
+    stays "rebalancing", keeps fetching its old partitions, and every commit is refused.
+    Reproduced here with kafka-python 3.0.12 and a scorer's 100 ms polls; a loaded machine
+    hits it at start-up (tests/integration/test_kafka_source.py).
+
+    Two measures, both through the consumer's coordinator: while a join is in flight, polls
+    wait long enough for it to finish; and a finished join that was left unapplied is
+    restarted. Without the attributes this relies on (another kafka-python), it does nothing.
+    """
+
+    def __init__(self, consumer: KafkaConsumer, join_wait_s: float) -> None:
+        self.coordinator = getattr(consumer, "_coordinator", None)
+        self.join_wait_s = join_wait_s
+        self.stalled_polls = 0
+
+    def _joining(self) -> bool:
+        c = self.coordinator
+        return c is not None and getattr(c, "state", None) == MemberState.REBALANCING
+
+    def poll_timeout(self, timeout_s: float) -> float:
+        """The caller's timeout, or long enough for an in-flight join to finish."""
+        return max(timeout_s, self.join_wait_s) if self._joining() else timeout_s
+
+    def after_poll(self) -> None:
+        """Restart a join that finished while no poll awaited it and will not be applied."""
+        c = self.coordinator
+        if c is None or not self._joining():
+            self.stalled_polls = 0
+            return
+        task = getattr(c, "_join_task", None)
+        if (task is None or task.is_done) and not c.need_rejoin():
+            # Seen twice in a row, so a join finishing on the I/O thread right now is not
+            # mistaken for a stalled one.
+            self.stalled_polls += 1
+            if self.stalled_polls >= 2:
+                log.warning("group join finished but was not applied (kafka-python); rejoining")
+                c.request_rejoin()
+                self.stalled_polls = 0
+        else:
+            self.stalled_polls = 0
+
+
 class KafkaSource:
     """The input topic through a consumer group, committed by the runtime only."""
 
@@ -192,6 +242,8 @@ class KafkaSource:
         self._assigned_hook: RebalanceHook | None = None
         self._revoked_hook: RebalanceHook | None = None
         self.owned: set[int] = set()
+        self.uncommitted: dict[int, int] = {}
+        self._deferring = False
         try:
             with _watch_auth_failures() as auth:
                 self.consumer = KafkaConsumer(
@@ -219,6 +271,9 @@ class KafkaSource:
                 "default topics) or set STREAMSCORE_INPUT_TOPIC"
             )
         self.consumer.subscribe([self.topic], listener=_QueueingListener(self._events))
+        self._join_guard = _GroupJoinGuard(
+            self.consumer, min(10.0, settings.session_timeout_ms / 2000)
+        )
 
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
         self._assigned_hook, self._revoked_hook = assigned, revoked
@@ -235,15 +290,27 @@ class KafkaSource:
                     self._assigned_hook(parts)
             else:
                 self.owned -= parts
+                for p in parts:
+                    # The next owner starts from the group's committed offset; ours is stale.
+                    self.uncommitted.pop(p, None)
                 if self._revoked_hook is not None:
                     self._revoked_hook(parts)
 
     def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        timeout_s = self._join_guard.poll_timeout(timeout_s)
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:
             raise TransientError(f"Kafka poll failed: {exc}") from exc
+        self._join_guard.after_poll()
         self._apply_rebalances()
+        if self.uncommitted:
+            # Offsets a rebalance deferred. A failure here must not lose the polled records
+            # (the consumer's position has moved past them): the next poll tries again.
+            try:
+                self._commit_uncommitted()
+            except TransientError as exc:
+                log.warning("deferred offset commit failed (%s); retrying after the next poll", exc)
         out: list[SourceRecord] = []
         for tp, messages in batches.items():
             if tp.partition not in self.owned:
@@ -255,21 +322,45 @@ class KafkaSource:
         return out
 
     def commit(self, next_offsets: Mapping[int, int]) -> None:
+        """Commit saved offsets, or keep them for after the group settles.
+
+        During a rebalance the coordinator refuses commits until this consumer rejoins, and
+        it rejoins only inside ``poll``: retrying here would wait forever. The offsets wait
+        in ``uncommitted`` and go out after the next poll, for partitions still owned.
+        """
+        for p, o in next_offsets.items():
+            self.uncommitted[p] = max(o, self.uncommitted.get(p, o))
+        self._commit_uncommitted()
+
+    def _commit_uncommitted(self) -> None:
         offsets = {
             TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
-            for p, o in next_offsets.items()
+            for p, o in self.uncommitted.items()
             if p in self.owned
         }
         if not offsets:
             return
         try:
             self.consumer.commit(offsets, timeout_ms=int(BROKER_WAIT_S * 1000))
-        except CommitFailedError as exc:
-            # The group moved on (rebalance or eviction) while the batch ran. Its states are
-            # saved, so the new owner's replay of these offsets is a no-op: nothing to undo.
-            log.warning("offset commit refused after a rebalance (%s); the new owner resumes", exc)
+        except (RebalanceInProgressError, CommitFailedError) as exc:
+            # The group is rebalancing, or moved on without this consumer while the batch ran.
+            # Either way the states are saved: the offsets wait for the next poll, and if the
+            # partitions went elsewhere, the new owner's replay of them changes nothing.
+            if not self._deferring:
+                log.warning("offset commit deferred until the group settles (%s)", exc)
+            self._deferring = True
+            return
         except KafkaError as exc:
             raise TransientError(f"Kafka offset commit failed: {exc}") from exc
+        if self._deferring:
+            log.info(
+                "deferred offsets committed: %s",
+                {tp.partition: m.offset for tp, m in offsets.items()},
+            )
+        self._deferring = False
+        for tp, meta in offsets.items():
+            if self.uncommitted.get(tp.partition) == meta.offset:
+                del self.uncommitted[tp.partition]
 
     def lag(self) -> dict[int, int]:
         """Records between our position and the end of each owned partition."""
@@ -347,7 +438,14 @@ class KafkaSink:
         raise TransientError(f"{len(self._pending)} output records could not be delivered to Kafka")
 
     def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self.producer.close(timeout=10)
+        """Close without retrying: every batch flushes before it commits.
+
+        Outputs still pending here belong to a batch abandoned uncommitted during an outage,
+        so a restart produces them again; waiting out the outage would only delay the stop.
+        """
+        if self._pending:
+            log.warning(
+                "closing with %d outputs unconfirmed; a restart sends them again",
+                len(self._pending),
+            )
+        self.producer.close(timeout=5)

@@ -1,0 +1,121 @@
+"""The Kafka source's commit path during a rebalance, on the real broker.
+
+A consumer that is mid-batch when another member joins cannot commit until it polls again
+and rejoins. The source must neither block nor retry in a loop there (the rejoin only happens
+in ``poll``), and must not drop the offsets either: they go out after the next poll for the
+partitions it still owns. A scorer that lost this ran on without committing anything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+
+from streamscore.adapters.kafka import KafkaSource
+from streamscore.ports import SourceRecord
+
+from .conftest import BOOTSTRAP
+from .helpers import produce, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def two_partition_topic(names: dict[str, str]) -> Iterator[str]:
+    topic = names["input_topic"] + "-2p"
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin.create_topics([NewTopic(topic, 2, 1)])
+    try:
+        yield topic
+    finally:
+        admin.delete_topics([topic])
+        admin.close()
+
+
+def _group_state(group: str) -> str:
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    try:
+        return str(admin.describe_groups([group])[group].get("group_state", ""))
+    finally:
+        admin.close()
+
+
+def _committed(group: str, topic: str) -> dict[int, int]:
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+def _poll_until(source: KafkaSource, cond: object, timeout_s: float) -> list[SourceRecord]:
+    got: list[SourceRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got += source.poll(500, 0.2)
+        if callable(cond) and cond(got):
+            return got
+    raise AssertionError(f"condition not met in {timeout_s}s; owned={source.owned}")
+
+
+def test_commit_during_a_rebalance_is_deferred_not_lost(
+    names: dict[str, str], two_partition_topic: str
+) -> None:
+    topic, group = two_partition_topic, names["kafka_group_id"]
+    produce(topic, [(f"u{i}".encode(), b"{}") for i in range(40)])
+    settings = settings_for(names, session_timeout_ms=10_000)
+    first = KafkaSource(settings, topic=topic, group_id=group)
+    second: KafkaSource | None = None
+    stop = threading.Event()
+    poller: threading.Thread | None = None
+    try:
+        records = _poll_until(first, lambda got: len(got) == 40, 60)
+        assert first.owned == {0, 1}
+        saved = {r.partition: r.offset + 1 for r in records}
+
+        # A second member joins while the first is "busy" (not polling): the group waits for
+        # the first to rejoin, and any commit it sends meanwhile is refused.
+        second = KafkaSource(settings, topic=topic, group_id=group)
+        joined = second
+
+        def keep_polling() -> None:
+            while not stop.is_set():
+                joined.poll(500, 0.2)
+
+        poller = threading.Thread(target=keep_polling, daemon=True)
+        poller.start()
+        deadline = time.monotonic() + 30
+        while "Rebalance" not in _group_state(group):
+            assert time.monotonic() < deadline, _group_state(group)
+            time.sleep(0.1)
+
+        # As in the scorer: a short poll starts the rejoin and returns, the batch is
+        # processed, then its offsets are committed while the client is mid-rebalance.
+        while True:
+            first.poll(500, 0.01)
+            started = time.monotonic()
+            first.commit(saved)  # must neither raise nor wait for the rebalance
+            assert time.monotonic() - started < 5
+            if first.uncommitted:
+                break
+            assert time.monotonic() < deadline, "the commit was never refused"
+        assert first.uncommitted == saved, "refused offsets must be kept, not dropped"
+
+        # The next polls rejoin; the offsets of the partitions still owned then go out.
+        _poll_until(first, lambda _: not first.uncommitted and len(first.owned) == 1, 60)
+        kept = next(iter(first.owned))
+        committed = _committed(group, topic)
+        assert committed.get(kept) == saved[kept], committed
+    finally:
+        stop.set()
+        if poller is not None:
+            poller.join(10)
+        first.close()
+        if second is not None:
+            second.close()
