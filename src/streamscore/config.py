@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="silent users rescored per batch; the rest wait for the next, so a burst "
         "of silences cannot stall fresh events (p99 latency)",
     )
+    due_users_per_record: float = Field(
+        default=0.5,
+        gt=0,
+        description="a batch rescores at most this many silent users per input record (and "
+        "25 per partition whatever the batch size), so their work grows with the batch "
+        "instead of spiking; the average need is about 0.1-0.3 per record",
+    )
     session_timeout_ms: int = Field(default=45_000, ge=6_000)
 
     # Redis

@@ -38,6 +38,8 @@ from streamscore.ports import Sink, Source, SourceRecord, StateStore
 
 log = logging.getLogger("streamscore.runtime")
 T = TypeVar("T")
+# Due users a partition may rescore in any batch, however small: an idle input still drains.
+DUE_FLOOR_PER_PARTITION = 25
 Clock = Callable[[], int]
 
 
@@ -143,6 +145,7 @@ class Pipeline:
         batch_size: int = 2000,
         poll_timeout_s: float = 0.2,
         due_limit: int = 20_000,
+        due_per_record: float | None = None,
         clock: Clock = wall_clock_ms,
         retry: RetryPolicy | None = None,
         dlq_guard: DeadLetterGuard | None = None,
@@ -156,6 +159,7 @@ class Pipeline:
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.due_limit = due_limit
+        self.due_per_record = due_per_record
         self.clock = clock
         self.retry = retry or RetryPolicy()
         self.dlq_guard = dlq_guard
@@ -248,12 +252,16 @@ class Pipeline:
                 outputs.append(self._dead_letter(rec, why, now, stats))
         if self.dlq_guard is not None and records:
             self.dlq_guard.observe(sum(stats.dead_letters.values()), len(records))
+        # The scores of this batch's events go to the producer now, ahead of the silent users'
+        # work below, so a batch heavy with due users does not delay them. Safety is the same:
+        # everything is flushed before any state is saved.
+        self.retry.run("send outputs", lambda: self.sink.send(outputs), self.on_retry)
+        sent = len(outputs)
         t3 = time.perf_counter()
 
         live = {p: wm for p, wm in self.watermarks.items() if wm > 0}
-        due = self.retry.run(
-            "query due users", lambda: self.store.due(live, self.due_limit), self.on_retry
-        )
+        limit = self._due_limit(len(records), len(live))
+        due = self.retry.run("query due users", lambda: self.store.due(live, limit), self.on_retry)
         # A list, not a set: the order users are advanced in is the order the models learn
         # in, and it must not depend on the interpreter's hash seed.
         extra = list(dict.fromkeys(u for users in due.values() for u in users if u not in states))
@@ -279,7 +287,7 @@ class Pipeline:
                 move = (str(o.value["previous"] or "none"), str(o.value["current"]))
                 stats.segment_moves[move] = stats.segment_moves.get(move, 0) + 1
         stats.next_offsets = next_offsets
-        self.retry.run("send outputs", lambda: self.sink.send(outputs), self.on_retry)
+        self.retry.run("send outputs", lambda: self.sink.send(outputs[sent:]), self.on_retry)
         self.retry.run("flush producer", self.sink.flush, self.on_retry)
         t5 = time.perf_counter()
         self._save(states, dropped)
@@ -302,6 +310,19 @@ class Pipeline:
             "total": t7 - t0,
         }
         return stats
+
+    def _due_limit(self, records: int, partitions: int) -> int:
+        """Due users per partition for this batch.
+
+        Silences and label horizons fall due in bursts (many users share a horizon), and a
+        batch that rescored a whole burst held back the scores of the events behind it
+        (p99 latency). Tied to the batch's record count, the work stays proportional, and
+        a burst drains over the next batches while the average need stays below the ratio.
+        """
+        if self.due_per_record is None or partitions == 0:
+            return self.due_limit
+        share = int(records * self.due_per_record / partitions)
+        return min(self.due_limit, max(DUE_FLOOR_PER_PARTITION, share))
 
     def _duplicate(self, state: UserState, rec: SourceRecord, event: Event) -> bool:
         if state.seen(rec.partition, rec.offset, event.event_id):

@@ -65,6 +65,7 @@ def build_service(
         batch_size=settings.batch_max_records,
         poll_timeout_s=settings.poll_timeout_ms / 1000,
         due_limit=settings.due_users_per_batch,
+        due_per_record=settings.due_users_per_record,
         dlq_guard=DeadLetterGuard(settings.dlq_max_ratio, settings.dlq_window),
         retry=RetryPolicy(stop=stop),
         on_retry=lambda step: metrics.RETRIES.labels(step).inc(),
