@@ -69,6 +69,35 @@ class BatchStats:
 
 
 @dataclass(slots=True)
+class _Batch:
+    """One batch's working set, handed from step to step of ``Pipeline.run_once``."""
+
+    records: list[SourceRecord]
+    now: int
+    stats: BatchStats = field(default_factory=BatchStats)
+    outputs: list[Output] = field(default_factory=list)
+    groups: dict[str, list[tuple[int, int, Event]]] = field(default_factory=dict)
+    late: list[tuple[SourceRecord, Event, InvalidEvent]] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    states: dict[str, UserState] = field(default_factory=dict)
+    # Due-queue entries to drop, by partition: users whose partition changed (the topic
+    # grew) and queued users whose state has expired.
+    dropped: dict[int, dict[str, int | None]] = field(default_factory=dict)
+
+
+def _count_outputs(stats: BatchStats, outputs: list[Output]) -> None:
+    """Fold a batch's outputs into its stats, for metrics and the progress display."""
+    for o in outputs:
+        stats.outputs[o.topic] = stats.outputs.get(o.topic, 0) + 1
+        if o.topic == TOPIC_SCORES:
+            stats.churn_scores.append(o.value["churn_probability"])
+            stats.predicted_values.append(o.value["predicted_value"])
+        elif o.topic == TOPIC_SEGMENTS:
+            move = (str(o.value["previous"] or "none"), str(o.value["current"]))
+            stats.segment_moves[move] = stats.segment_moves.get(move, 0) + 1
+
+
+@dataclass(slots=True)
 class RetryPolicy:
     """Exponential backoff for transient failures; ``attempts=0`` retries forever.
 
@@ -189,79 +218,121 @@ class Pipeline:
     # -- one batch ------------------------------------------------------------------------
 
     def run_once(self) -> BatchStats:
-        """Poll, process and persist one batch; returns what it did."""
-        stats = BatchStats()
+        """Poll, process and persist one batch; returns what it did.
+
+        The steps in order; each crossing of a process boundary is retried on its own.
+        """
         t0 = time.perf_counter()
         records = self.retry.run(
             "poll", lambda: self.source.poll(self.batch_size, self.poll_timeout_s), self.on_retry
         )
-        now = self.clock()
-        stats.records = len(records)
-        outputs: list[Output] = []
-        groups: dict[str, list[tuple[int, int, Event]]] = {}
-        next_offsets: dict[int, int] = {}
-        late: list[tuple[SourceRecord, Event, InvalidEvent]] = []
-        for rec in records:
-            next_offsets[rec.partition] = rec.offset + 1
+        batch = _Batch(records, self.clock())
+        self._decode(batch)
+        t1 = time.perf_counter()
+        self._load_event_users(batch)
+        t2 = time.perf_counter()
+        self.unsaved_learning = True
+        self._apply_events(batch)
+        # The scores of this batch's events go to the producer now, ahead of the silent users'
+        # work below, so a batch heavy with due users does not delay them. Safety is the same:
+        # everything is flushed before any state is saved.
+        self.retry.run("send outputs", lambda: self.sink.send(batch.outputs), self.on_retry)
+        sent = len(batch.outputs)
+        self._advance_due_users(batch)
+        t4 = time.perf_counter()
+        self.retry.run("send outputs", lambda: self.sink.send(batch.outputs[sent:]), self.on_retry)
+        self.retry.run("flush producer", self.sink.flush, self.on_retry)
+        t5 = time.perf_counter()
+        self._save(batch.states, batch.dropped)
+        self.unsaved_learning = False
+        t6 = time.perf_counter()
+        if batch.next_offsets:
+            offsets = batch.next_offsets
+            self.retry.run("commit offsets", lambda: self.source.commit(offsets), self.on_retry)
+        t7 = time.perf_counter()
+
+        stats = batch.stats
+        _count_outputs(stats, batch.outputs)
+        stats.next_offsets = batch.next_offsets
+        stats.users = len(batch.states)
+        stats.watermarks = dict(self.watermarks)
+        stats.seconds = {
+            "poll_decode": t1 - t0,
+            "load": t2 - t1,
+            "score": t4 - t2,
+            "produce": t5 - t4,
+            "save": t6 - t5,
+            "commit": t7 - t6,
+            "total": t7 - t0,
+        }
+        return stats
+
+    def _decode(self, batch: _Batch) -> None:
+        """Decode records, dead-letter the bad, and group good events by user."""
+        stats, now = batch.stats, batch.now
+        stats.records = len(batch.records)
+        for rec in batch.records:
+            batch.next_offsets[rec.partition] = rec.offset + 1
             if rec.timestamp_ms is not None:
                 stats.input_timestamps_ms.append(rec.timestamp_ms)
             try:
                 event = decode_event(rec.value, now_ms=now, limits=self.limits)
             except InvalidEvent as exc:
-                outputs.append(self._dead_letter(rec, exc, now, stats))
+                batch.outputs.append(self._dead_letter(rec, exc, now, stats))
                 continue
             try:
                 self._admit(rec.partition, event.ts)
             except InvalidEvent as exc:
-                late.append((rec, event, exc))
+                batch.late.append((rec, event, exc))
                 continue
             stats.events += 1
             stats.max_event_ms = max(stats.max_event_ms, event.ts)
-            groups.setdefault(event.user_id, []).append((rec.partition, rec.offset, event))
-        t1 = time.perf_counter()
+            batch.groups.setdefault(event.user_id, []).append((rec.partition, rec.offset, event))
 
-        late_only = [e.user_id for _, e, _ in late if e.user_id not in groups]
-        states = self._load([*groups, *dict.fromkeys(late_only)])
-        # An event behind the watermark that its user's state has already applied is a
-        # redelivery (the process died after saving a batch, before committing it) or a
-        # duplicate: ignored like any duplicate. Only the others are late, and dead-lettered.
-        # Checked against the saved state here, and against this batch's ids after applying.
-        late = [
+    def _load_event_users(self, batch: _Batch) -> None:
+        """Load the states of the batch's users, and tell redeliveries from late events.
+
+        An event behind the watermark that its user's state has already applied is a
+        redelivery (the process died after saving a batch, before committing it) or a
+        duplicate: ignored like any duplicate. Only the others are late, and dead-lettered.
+        Checked against the saved state here, and against this batch's ids after applying.
+        """
+        late_only = [e.user_id for _, e, _ in batch.late if e.user_id not in batch.groups]
+        states = self._load([*batch.groups, *dict.fromkeys(late_only)])
+        batch.late = [
             (rec, event, why)
-            for rec, event, why in late
+            for rec, event, why in batch.late
             if not self._duplicate(states[event.user_id], rec, event)
         ]
         for uid in late_only:
             states.pop(uid, None)
-        # Due-queue entries to drop: users whose partition changed (the topic grew) and
-        # queued users whose state has expired.
-        dropped: dict[int, dict[str, int | None]] = {}
+        batch.states = states
+
+    def _apply_events(self, batch: _Batch) -> None:
+        """Apply each user's events, then dead-letter the late ones no user has applied."""
+        states, now = batch.states, batch.now
         previous = {u: s.partition for u, s in states.items()}
-        t2 = time.perf_counter()
-        self.unsaved_learning = True
-        for uid, events in groups.items():
-            outputs.extend(self.scorer.apply_events(states[uid], events, now))
+        for uid, events in batch.groups.items():
+            batch.outputs.extend(self.scorer.apply_events(states[uid], events, now))
         for uid, before in previous.items():
             if before >= 0 and before != states[uid].partition:
-                dropped.setdefault(before, {})[uid] = None
-        for rec, event, why in late:
+                batch.dropped.setdefault(before, {})[uid] = None  # the topic grew
+        for rec, event, why in batch.late:
             state = states.get(event.user_id)
             if state is not None and id_hash(event.event_id) in state.recent_ids:
                 self.scorer.counters["duplicates"] += 1  # a copy of an event of this batch
             else:
-                outputs.append(self._dead_letter(rec, why, now, stats))
-        if self.dlq_guard is not None and records:
-            self.dlq_guard.observe(sum(stats.dead_letters.values()), len(records))
-        # The scores of this batch's events go to the producer now, ahead of the silent users'
-        # work below, so a batch heavy with due users does not delay them. Safety is the same:
-        # everything is flushed before any state is saved.
-        self.retry.run("send outputs", lambda: self.sink.send(outputs), self.on_retry)
-        sent = len(outputs)
-        t3 = time.perf_counter()
+                batch.outputs.append(self._dead_letter(rec, why, now, batch.stats))
+        if self.dlq_guard is not None and batch.records:
+            self.dlq_guard.observe(sum(batch.stats.dead_letters.values()), len(batch.records))
 
+    def _advance_due_users(self, batch: _Batch) -> None:
+        """Resolve labels and rescore silences up to the watermarks, for the batch's users
+        and for users whose time has come although they sent nothing."""
         live = {p: wm for p, wm in self.watermarks.items() if wm > 0}
-        limit = self._due_limit(len(records), len(live))
+        limit = self._due_limit(len(batch.records), len(live))
         due = self.retry.run("query due users", lambda: self.store.due(live, limit), self.on_retry)
+        states = batch.states
         # A list, not a set: the order users are advanced in is the order the models learn
         # in, and it must not depend on the interpreter's hash seed.
         extra = list(dict.fromkeys(u for users in due.values() for u in users if u not in states))
@@ -269,47 +340,13 @@ class Pipeline:
         for partition, users in due.items():
             for uid in users:
                 if uid in extra and uid not in found:
-                    dropped.setdefault(partition, {})[uid] = None
+                    batch.dropped.setdefault(partition, {})[uid] = None  # state expired
         states.update(found)
-        stats.due_users = len(found)
+        batch.stats.due_users = len(found)
         for state in states.values():
             wm = self.watermarks.get(state.partition)
             if wm:
-                outputs.extend(self.scorer.advance(state, wm, now))
-        t4 = time.perf_counter()
-
-        for o in outputs:
-            stats.outputs[o.topic] = stats.outputs.get(o.topic, 0) + 1
-            if o.topic == TOPIC_SCORES:
-                stats.churn_scores.append(o.value["churn_probability"])
-                stats.predicted_values.append(o.value["predicted_value"])
-            elif o.topic == TOPIC_SEGMENTS:
-                move = (str(o.value["previous"] or "none"), str(o.value["current"]))
-                stats.segment_moves[move] = stats.segment_moves.get(move, 0) + 1
-        stats.next_offsets = next_offsets
-        self.retry.run("send outputs", lambda: self.sink.send(outputs[sent:]), self.on_retry)
-        self.retry.run("flush producer", self.sink.flush, self.on_retry)
-        t5 = time.perf_counter()
-        self._save(states, dropped)
-        self.unsaved_learning = False
-        t6 = time.perf_counter()
-        if next_offsets:
-            self.retry.run(
-                "commit offsets", lambda: self.source.commit(next_offsets), self.on_retry
-            )
-        t7 = time.perf_counter()
-        stats.users = len(states)
-        stats.watermarks = dict(self.watermarks)
-        stats.seconds = {
-            "poll_decode": t1 - t0,
-            "load": t2 - t1,
-            "score": (t3 - t2) + (t4 - t3),
-            "produce": t5 - t4,
-            "save": t6 - t5,
-            "commit": t7 - t6,
-            "total": t7 - t0,
-        }
-        return stats
+                batch.outputs.extend(self.scorer.advance(state, wm, batch.now))
 
     def _due_limit(self, records: int, partitions: int) -> int:
         """Due users per partition for this batch.
