@@ -329,7 +329,8 @@ class KafkaSource:
         in ``uncommitted`` and go out after the next poll, for partitions still owned.
         """
         for p, o in next_offsets.items():
-            self.uncommitted[p] = max(o, self.uncommitted.get(p, o))
+            if p in self.owned:  # a revoked partition's next owner commits for it
+                self.uncommitted[p] = max(o, self.uncommitted.get(p, o))
         self._commit_uncommitted()
 
     def _commit_uncommitted(self) -> None:
