@@ -378,6 +378,12 @@ class KafkaSource:
         return False
 
     def close(self) -> None:
+        if self.uncommitted:
+            # One last try for deferred offsets; left behind, they only mean a short replay.
+            try:
+                self._commit_uncommitted()
+            except TransientError as exc:
+                log.warning("closing with offsets uncommitted (%s)", exc)
         self.consumer.close(autocommit=False)
 
 
