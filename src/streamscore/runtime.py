@@ -78,7 +78,6 @@ class _Batch:
     outputs: list[Output] = field(default_factory=list)
     groups: dict[str, list[tuple[int, int, Event]]] = field(default_factory=dict)
     late: list[tuple[SourceRecord, Event, InvalidEvent]] = field(default_factory=list)
-    next_offsets: dict[int, int] = field(default_factory=dict)
     states: dict[str, UserState] = field(default_factory=dict)
     # Due-queue entries to drop, by partition: users whose partition changed (the topic
     # grew) and queued users whose state has expired.
@@ -246,14 +245,13 @@ class Pipeline:
         self._save(batch.states, batch.dropped)
         self.unsaved_learning = False
         t6 = time.perf_counter()
-        if batch.next_offsets:
-            offsets = batch.next_offsets
+        offsets = batch.stats.next_offsets
+        if offsets:
             self.retry.run("commit offsets", lambda: self.source.commit(offsets), self.on_retry)
         t7 = time.perf_counter()
 
         stats = batch.stats
         _count_outputs(stats, batch.outputs)
-        stats.next_offsets = batch.next_offsets
         stats.users = len(batch.states)
         stats.watermarks = dict(self.watermarks)
         stats.seconds = {
@@ -272,7 +270,7 @@ class Pipeline:
         stats, now = batch.stats, batch.now
         stats.records = len(batch.records)
         for rec in batch.records:
-            batch.next_offsets[rec.partition] = rec.offset + 1
+            stats.next_offsets[rec.partition] = rec.offset + 1
             if rec.timestamp_ms is not None:
                 stats.input_timestamps_ms.append(rec.timestamp_ms)
             try:

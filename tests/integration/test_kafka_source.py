@@ -21,6 +21,7 @@ from streamscore.ports import SourceRecord
 
 from .conftest import BOOTSTRAP
 from .helpers import produce, settings_for
+from .kafka_broker import GroupProgress
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +44,6 @@ def _group_state(group: str) -> str:
         return str(admin.describe_groups([group])[group].get("group_state", ""))
     finally:
         admin.close()
-
-
-def _committed(group: str, topic: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 def _poll_until(source: KafkaSource, cond: object, timeout_s: float) -> list[SourceRecord]:
@@ -110,7 +102,11 @@ def test_commit_during_a_rebalance_is_deferred_not_lost(
         # The next polls rejoin; the offsets of the partitions still owned then go out.
         _poll_until(first, lambda _: not first.uncommitted and len(first.owned) == 1, 60)
         kept = next(iter(first.owned))
-        committed = _committed(group, topic)
+        progress = GroupProgress({"bootstrap_servers": [BOOTSTRAP]}, group, topic)
+        try:
+            committed = progress.committed()
+        finally:
+            progress.close()
         assert committed.get(kept) == saved[kept], committed
     finally:
         stop.set()
