@@ -77,6 +77,19 @@ def require_jars() -> None:
     pytest.skip(problem)
 
 
+def _cluster_id() -> str:
+    """A random KRaft cluster id that the storage tool's parser accepts.
+
+    Base64 of a UUID starts with '-' one time in 64; the tool's argument parser
+    then reads it as an option and formatting fails (CI hit this).  Kafka's own
+    Uuid.randomUuid skips such ids for the same reason.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _java(*args: str, log: Path | None = None, heap: str = "-Xmx256m") -> list[str]:
     return [
         "java",
@@ -208,12 +221,10 @@ class PrivateBroker:
         self.log_config.write_text(_LOG4J)
 
     def _format(self) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         cmd = _java(
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
+            f"--cluster-id={_cluster_id()}",
             "-c",
             str(self.props),
             log=self.log_config,
