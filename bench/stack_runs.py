@@ -16,6 +16,7 @@ event is the consumer processes' CPU seconds over that window ÷ events in it.
 from __future__ import annotations
 
 import bisect
+import gc
 import shutil
 import subprocess
 import sys
@@ -468,6 +469,20 @@ def produce_paced(topic: str, records: Sequence[tuple[bytes, bytes]], rate: int)
 # -- the anatomy of a batch at a fixed rate -------------------------------------------------------
 
 
+class _GcPauses:
+    """A ``gc.callbacks`` hook adding up the collector's pauses since ``taken_s`` was reset."""
+
+    def __init__(self) -> None:
+        self.taken_s = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.taken_s += time.perf_counter() - self._started
+
+
 def run_anatomy(
     ctx: Context, *, rate: int, seconds: float, warmup: int = 2000, partitions: int = 4
 ) -> dict[str, Any]:
@@ -479,6 +494,7 @@ def run_anatomy(
     checkpoints of ``run_service``: a diagnostic for the latency figures, not one of them.
     """
     from streamscore.config import load_settings
+    from streamscore.heap import freeze_startup_heap
     from streamscore.service import build_service
 
     stack = ctx.stack
@@ -490,6 +506,7 @@ def run_anatomy(
         kafka_bootstrap_servers=BOOTSTRAP, redis_url=REDIS_URL, metrics_port=0, **names
     )
     pipeline, _, source = build_service(settings)
+    freeze_startup_heap()  # as run_service does
     spec = ctx.spec
     argv = [sys.executable, "-m", "bench.workers", "produce", "--topic", topic]
     argv += ["--rate", str(rate), "--skip", str(warmup), "--count", str(count)]
@@ -504,6 +521,8 @@ def run_anatomy(
     quiet = wait_quiet()
     log(f"{label}: the pipeline in-process at {rate:,} events/s for {seconds:g}s")
     batches: list[dict[str, Any]] = []
+    gc_pause = _GcPauses()
+    gc.callbacks.append(gc_pause)
     try:
         assert producer.stdout is not None and producer.stdin is not None
         producer.stdout.readline()  # data set ready
@@ -515,7 +534,10 @@ def run_anatomy(
         producer.stdin.flush()
         done = 0
         while done < count:
+            gc_pause.taken_s = 0.0
+            cpu0 = time.thread_time()
             stats = pipeline.run_once()
+            cpu_ms = (time.thread_time() - cpu0) * 1000
             now = time.time() * 1000
             if not stats.records:
                 if producer.poll() is not None and producer.returncode != 0:
@@ -527,13 +549,18 @@ def run_anatomy(
                     "records": stats.records,
                     "users": stats.users,
                     "due_users": stats.due_users,
-                    "ms": {k: v * 1000 for k, v in stats.seconds.items()},
+                    "ms": {
+                        **{k: v * 1000 for k, v in stats.seconds.items()},
+                        "cpu": cpu_ms,
+                        "gc": gc_pause.taken_s * 1000,
+                    },
                     "oldest_age_ms": now - min(stats.input_timestamps_ms),
                     "newest_age_ms": now - max(stats.input_timestamps_ms),
                 }
             )
         producer.wait(timeout=60)
     finally:
+        gc.callbacks.remove(gc_pause)
         if producer.poll() is None:
             producer.kill()
             producer.wait()
@@ -542,7 +569,9 @@ def run_anatomy(
         pipeline.store.close()
     steady = batches[len(batches) // 10 :] or batches  # skip the ramp-up
     n = len(steady)
-    stages = ("poll_decode", "load", "score", "produce", "save", "commit", "total")
+    # cpu: this thread's CPU time in the batch (total − cpu is waiting: for I/O, or for a
+    # core while other processes run); gc: the cyclic collector's pauses inside the batch.
+    stages = ("poll_decode", "load", "score", "produce", "save", "commit", "total", "cpu", "gc")
     oldest = sorted(b["oldest_age_ms"] for b in steady)
     slow = sorted(steady, key=lambda b: b["ms"]["total"])[-max(1, n // 50) :]  # slowest 2%
     result = {

@@ -23,6 +23,7 @@ from streamscore.core.records import OUTPUT_TOPICS
 from streamscore.core.scorer import LabelOutcome, Scorer
 from streamscore.core.state import UserState
 from streamscore.core.validation import exact_auc
+from streamscore.heap import freeze_startup_heap
 from streamscore.ports import Sink, Source, SourceRecord
 from streamscore.progress import Progress
 from streamscore.runtime import BatchStats, Pipeline, wall_clock_ms
@@ -77,6 +78,7 @@ def build_pipeline(
 def drive(pipeline: Pipeline, progress: Progress | None) -> RunSummary:
     """Run a finite source to its end, collecting a summary."""
     summary = RunSummary()
+    freeze_startup_heap()
     started = time.perf_counter()
 
     def on_batch(stats: BatchStats) -> None:

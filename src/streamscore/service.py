@@ -20,6 +20,7 @@ from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.scorer import Scorer
 from streamscore.errors import RetryAbandoned, TransientError
+from streamscore.heap import freeze_startup_heap
 from streamscore.modelstore import ModelKeeper
 from streamscore.progress import Progress
 from streamscore.runtime import DeadLetterGuard, Pipeline, RetryPolicy
@@ -84,9 +85,16 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
     if settings.checkpoint_key is None:
         log.warning("STREAMSCORE_CHECKPOINT_KEY is not set: models will not be checkpointed")
     pipeline, keeper, source = build_service(settings, stop.event)
-    log.info("scoring %s from %s", settings.input_topic, settings.kafka_bootstrap_servers)
+    frozen = freeze_startup_heap()
+    log.info(
+        "scoring %s from %s (%d start-up objects exempt from garbage collection)",
+        settings.input_topic,
+        settings.kafka_bootstrap_servers,
+        frozen,
+    )
     last_lag = 0.0
     offsets: dict[int, int] = {}
+    failed_commits = 0
     watch = metrics.ScorerWatch(pipeline.scorer, log)
     abandoned = False
     try:
@@ -99,6 +107,10 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
             if keeper.last_saved_wall:
                 metrics.CHECKPOINT_AGE.set(now - keeper.last_saved_wall)
             offsets.update(stats.next_offsets)
+            if source.failed_commits > failed_commits:
+                # Offset commits are asynchronous: their failures surface here, not as retries.
+                metrics.RETRIES.labels("commit offsets").inc(source.failed_commits - failed_commits)
+                failed_commits = source.failed_commits
             if now - last_lag > 5:
                 last_lag = now
                 watch.update()

@@ -1,0 +1,42 @@
+"""The start-up heap is frozen out of the collector's way, and later garbage is still collected."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from streamscore.heap import freeze_startup_heap
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_objects_alive_at_start_up_are_skipped_by_later_collections() -> None:
+    survivor = _Node()
+    frozen = freeze_startup_heap()
+    assert frozen > 0
+    tracked = gc.get_objects()
+    assert not any(o is survivor for o in tracked), "a start-up object is still walked"
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_cycles_made_after_the_freeze_are_still_collected() -> None:
+    freeze_startup_heap()
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    gc.collect()
+    assert gone() is None
