@@ -35,7 +35,9 @@ ID_HASH_CHARS = 8  # base64 of a 6-byte (48-bit) hash
 _N_CHURN = len(CHURN_INPUTS)
 _N_VALUE = len(VALUE_INPUTS)
 _F32_MAX = 3.0e38  # saturate rather than fail to pack an absurd sum
-_SNAPSHOT = struct.Struct(f"<qffffB{_N_CHURN + _N_VALUE}e")
+_HEAD = struct.Struct("<qffffB")  # t_ms, churn_p, value_p, naive value, spend, flags
+_INPUTS = struct.Struct(f"<{_N_CHURN + _N_VALUE}e")
+SNAPSHOT_SIZE = _HEAD.size + _INPUTS.size
 
 
 @functools.lru_cache(maxsize=8192)
@@ -45,56 +47,133 @@ def id_hash(event_id: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-@dataclass(slots=True)
 class Snapshot:
-    """A training example waiting for its label: inputs and the prediction made at ``t_ms``."""
+    """A training example waiting for its label: inputs and the prediction made at ``t_ms``.
 
-    t_ms: int
-    churn_x: list[float]
-    value_x: list[float]
-    churn_p: float
-    value_p: float
-    naive_value: float
-    returned: bool = False  # activity after t (past the grace period) within the churn horizon
-    spend: float = 0.0
-    churn_learnt: bool = False
-    value_learnt: bool = False
+    A loaded snapshot keeps its model inputs packed until something reads them. Most batches
+    only look at ``t_ms`` and the label fields (activity marks it returned, the watermark
+    checks its horizon) and save it again unchanged: decoding and re-encoding ~30 float16
+    inputs per snapshot was the largest cost of loading and saving a state.
+    """
+
+    __slots__ = (
+        "_churn_x",
+        "_packed_x",
+        "_value_x",
+        "churn_learnt",
+        "churn_p",
+        "naive_value",
+        "returned",
+        "spend",
+        "t_ms",
+        "value_learnt",
+        "value_p",
+    )
+
+    def __init__(  # noqa: PLR0917 - the positional order of the dataclass it replaced
+        self,
+        t_ms: int,
+        churn_x: list[float],
+        value_x: list[float],
+        churn_p: float,
+        value_p: float,
+        naive_value: float,
+        returned: bool = False,  # activity after t (past the grace period) within the horizon
+        spend: float = 0.0,
+        churn_learnt: bool = False,
+        value_learnt: bool = False,
+    ) -> None:
+        self.t_ms = t_ms
+        self.churn_p = churn_p
+        self.value_p = value_p
+        self.naive_value = naive_value
+        self.returned = returned
+        self.spend = spend
+        self.churn_learnt = churn_learnt
+        self.value_learnt = value_learnt
+        self._churn_x: list[float] | None = churn_x
+        self._value_x: list[float] | None = value_x
+        self._packed_x: bytes | None = None
+
+    @property
+    def churn_x(self) -> list[float]:
+        """The churn model's inputs at ``t_ms``."""
+        if self._churn_x is None:
+            return self._unpack_inputs()[0]
+        return self._churn_x
+
+    @property
+    def value_x(self) -> list[float]:
+        """The value model's inputs at ``t_ms``."""
+        if self._value_x is None:
+            return self._unpack_inputs()[1]
+        return self._value_x
+
+    def _unpack_inputs(self) -> tuple[list[float], list[float]]:
+        assert self._packed_x is not None
+        xs = _INPUTS.unpack(self._packed_x)
+        self._churn_x, self._value_x = list(xs[:_N_CHURN]), list(xs[_N_CHURN:])
+        return self._churn_x, self._value_x
 
     @property
     def done(self) -> bool:
         """Both labels learnt: the snapshot can go."""
         return self.churn_learnt and self.value_learnt
 
+    def _key(self) -> tuple[object, ...]:
+        return (
+            self.t_ms,
+            self.churn_x,
+            self.value_x,
+            self.churn_p,
+            self.value_p,
+            self.naive_value,
+            self.returned,
+            self.spend,
+            self.churn_learnt,
+            self.value_learnt,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Snapshot) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaced
+
+    def __repr__(self) -> str:
+        return f"Snapshot{self._key()!r}"
+
     def pack(self) -> bytes:
         """Fixed-size binary form."""
         flags = self.returned | self.churn_learnt << 1 | self.value_learnt << 2
-        return _SNAPSHOT.pack(
+        head = _HEAD.pack(
             self.t_ms,
             self.churn_p,
             min(self.value_p, _F32_MAX),
             min(self.naive_value, _F32_MAX),
             min(self.spend, _F32_MAX),
             flags,
-            *self.churn_x,
-            *self.value_x,
         )
+        if self._packed_x is not None:
+            return head + self._packed_x
+        return head + _INPUTS.pack(*self.churn_x, *self.value_x)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> Snapshot:
-        """Inverse of ``pack``."""
-        t_ms, churn_p, value_p, naive, spend, flags, *xs = _SNAPSHOT.unpack(raw)
-        return cls(
-            t_ms,
-            list(xs[:_N_CHURN]),
-            list(xs[_N_CHURN:]),
-            churn_p,
-            value_p,
-            naive,
-            bool(flags & 1),
-            spend,
-            bool(flags & 2),
-            bool(flags & 4),
-        )
+    def unpack(cls, raw: bytes, offset: int = 0) -> Snapshot:
+        """Inverse of ``pack``, reading ``raw`` from ``offset``; inputs stay packed."""
+        t_ms, churn_p, value_p, naive, spend, flags = _HEAD.unpack_from(raw, offset)
+        snap = cls.__new__(cls)
+        snap.t_ms = t_ms
+        snap.churn_p = churn_p
+        snap.value_p = value_p
+        snap.naive_value = naive
+        snap.returned = bool(flags & 1)
+        snap.spend = spend
+        snap.churn_learnt = bool(flags & 2)
+        snap.value_learnt = bool(flags & 4)
+        snap._churn_x = snap._value_x = None
+        start = offset + _HEAD.size
+        snap._packed_x = raw[start : start + _INPUTS.size]
+        return snap
 
 
 def _pack_snapshots(snaps: list[Snapshot]) -> str:
@@ -103,8 +182,7 @@ def _pack_snapshots(snaps: list[Snapshot]) -> str:
 
 def _unpack_snapshots(text: str) -> list[Snapshot]:
     raw = base64.b64decode(text)
-    size = _SNAPSHOT.size
-    return [Snapshot.unpack(raw[i : i + size]) for i in range(0, len(raw), size)]
+    return [Snapshot.unpack(raw, i) for i in range(0, len(raw), SNAPSHOT_SIZE)]
 
 
 @dataclass(slots=True)
