@@ -206,6 +206,9 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+_DECAYED_NAMES = tuple((f"events_hl{hl:g}d", f"spend_hl{hl:g}d") for hl in HALF_LIVES_DAYS)
+
+
 def derive(f: UserFeatures, t_ms: int, horizon_days: float = 14.0) -> dict[str, float]:
     """Features as of event time ``t_ms``: what the models and segments look at."""
     day = DAY_MS
@@ -240,7 +243,7 @@ def derive(f: UserFeatures, t_ms: int, horizon_days: float = 14.0) -> dict[str, 
         "views_per_session": f.page_views / f.sessions if f.sessions else 0.0,
         "tickets": float(f.tickets),
     }
-    for hl, ev, sp in zip(HALF_LIVES_DAYS, dec_events, dec_spend, strict=True):
-        out[f"events_hl{hl:g}d"] = ev
-        out[f"spend_hl{hl:g}d"] = sp
+    for names, ev, sp in zip(_DECAYED_NAMES, dec_events, dec_spend, strict=True):
+        out[names[0]] = ev
+        out[names[1]] = sp
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 SECOND_MS = 1_000
@@ -31,10 +32,17 @@ def parse_rfc3339(text: str) -> int:
     return round(parsed.timestamp() * 1000)
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]
+
+
 def iso(ms: int) -> str:
-    """Render epoch milliseconds as RFC 3339 UTC with millisecond precision."""
-    return (
-        datetime.fromtimestamp(ms / 1000, tz=UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    """Render epoch milliseconds as RFC 3339 UTC with millisecond precision.
+
+    Every output record carries two or three of these. The calendar part is cached per
+    second (a batch's ``scored_at`` and a user's events share seconds), and the
+    milliseconds are integer arithmetic, so no float rounding can shift them.
+    """
+    seconds, millis = divmod(ms, 1000)
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
