@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=int, default=5000, help="offered events/s for latency")
     p.add_argument("--latency-seconds", type=float, default=20.0, help="paced load duration")
     p.add_argument(
+        "--latency-warmup", type=int, default=20_000, help="events processed before the paced load"
+    )
+    p.add_argument(
         "--naive-seconds", type=float, default=45.0, help="time cap of the naive variant"
     )
     p.add_argument("--no-profile", action="store_true", help="skip the profiled runs")
@@ -113,12 +116,19 @@ def main(argv: list[str] | None = None) -> int:
             if cmd in {"all", "latency"}:
                 results["latency"] = {
                     kind: sr.run_latency(
-                        ctx, kind=kind, rate=args.rate, seconds=args.latency_seconds
+                        ctx,
+                        kind=kind,
+                        rate=args.rate,
+                        seconds=args.latency_seconds,
+                        warmup=args.latency_warmup,
                     )
                     for kind in ("bare", "full")
                 }
                 results["anatomy"] = sr.run_anatomy(
-                    ctx, rate=args.rate, seconds=min(args.latency_seconds, 15.0)
+                    ctx,
+                    rate=args.rate,
+                    seconds=min(args.latency_seconds, 15.0),
+                    warmup=args.latency_warmup,
                 )
             if cmd in {"all", "scaling"}:
                 results["scaling"] = sr.run_scaling(ctx)
