@@ -499,7 +499,7 @@ def run_anatomy(
     checkpoints of ``run_service``: a diagnostic for the latency figures, not one of them.
     """
     from streamscore.config import load_settings
-    from streamscore.heap import freeze_startup_heap
+    from streamscore.heap import freeze_startup_heap, thaw_heap
     from streamscore.service import build_service
 
     stack = ctx.stack
@@ -566,6 +566,7 @@ def run_anatomy(
         producer.wait(timeout=60)
     finally:
         gc.callbacks.remove(gc_pause)
+        thaw_heap()
         if producer.poll() is None:
             producer.kill()
             producer.wait()

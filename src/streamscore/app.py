@@ -23,7 +23,7 @@ from streamscore.core.records import OUTPUT_TOPICS
 from streamscore.core.scorer import LabelOutcome, Scorer
 from streamscore.core.state import UserState
 from streamscore.core.validation import exact_auc
-from streamscore.heap import freeze_startup_heap
+from streamscore.heap import freeze_startup_heap, thaw_heap
 from streamscore.ports import Sink, Source, SourceRecord
 from streamscore.progress import Progress
 from streamscore.runtime import BatchStats, Pipeline, wall_clock_ms
@@ -86,7 +86,10 @@ def drive(pipeline: Pipeline, progress: Progress | None) -> RunSummary:
         if progress is not None:
             progress.update(stats.records, stats.max_event_ms or None)
 
-    pipeline.run_until_exhausted(on_batch)
+    try:
+        pipeline.run_until_exhausted(on_batch)
+    finally:
+        thaw_heap()
     summary.seconds = time.perf_counter() - started
     if progress is not None:
         progress.close()

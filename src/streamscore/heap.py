@@ -16,10 +16,20 @@ import gc
 def freeze_startup_heap() -> int:
     """Collect once, then exempt every surviving object from future collections.
 
-    Call after start-up (imports, clients, restored models) and before the loop. Frozen
-    objects that later become cyclic garbage are never reclaimed, so this is done once, not
-    periodically. Returns how many objects were frozen.
+    Call after start-up (imports, clients, restored models) and before the loop, and
+    ``thaw_heap`` after it. Frozen objects that become cyclic garbage are not reclaimed
+    until thawed, so this is done once per run, not periodically. Returns how many objects
+    were frozen.
     """
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def thaw_heap() -> None:
+    """Hand frozen objects back to the collector once the loop is over.
+
+    A process that runs the scorer more than once (tests, a notebook calling ``replay``)
+    would otherwise keep every earlier run's pipeline that ended up in a reference cycle.
+    """
+    gc.unfreeze()

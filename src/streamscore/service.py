@@ -20,7 +20,7 @@ from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.scorer import Scorer
 from streamscore.errors import RetryAbandoned, TransientError
-from streamscore.heap import freeze_startup_heap
+from streamscore.heap import freeze_startup_heap, thaw_heap
 from streamscore.modelstore import ModelKeeper
 from streamscore.progress import Progress
 from streamscore.runtime import DeadLetterGuard, Pipeline, RetryPolicy
@@ -134,6 +134,7 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
         except TransientError as exc:
             log.warning("stopping without a model checkpoint: %s", exc)
         finally:
+            thaw_heap()
             pipeline.sink.close()
             source.close()
             pipeline.store.close()

@@ -96,7 +96,10 @@ def test_commit_during_a_rebalance_is_deferred_not_lost(
             first.commit(saved)  # must neither raise nor wait for the rebalance
             assert time.monotonic() - started < 5
             assert time.monotonic() < deadline, "the commit was never refused"
-        assert first.uncommitted == saved, "refused offsets must be kept, not dropped"
+        # The poll that brought the refusal may also have finished the rebalance: offsets of
+        # partitions that moved are dropped (their new owner commits), the others kept.
+        kept_offsets = {p: o for p, o in saved.items() if p in first.owned}
+        assert first.uncommitted == kept_offsets, "refused offsets must be kept, not dropped"
 
         # The next polls rejoin; the offsets of the partitions still owned then go out.
         _poll_until(first, lambda _: not first.uncommitted and len(first.owned) == 1, 60)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamscore.heap import freeze_startup_heap
+from streamscore.heap import freeze_startup_heap, thaw_heap
 
 
 class _Node:
@@ -19,7 +19,7 @@ class _Node:
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
     yield
-    gc.unfreeze()
+    thaw_heap()
 
 
 @pytest.mark.usefixtures("unfrozen")
@@ -38,5 +38,18 @@ def test_cycles_made_after_the_freeze_are_still_collected() -> None:
     a.other, b.other = b, a
     gone = weakref.ref(a)
     del a, b
+    gc.collect()
+    assert gone() is None
+
+
+def test_thawed_objects_are_collected_again() -> None:
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    freeze_startup_heap()
+    del a, b
+    gc.collect()
+    assert gone() is not None, "a frozen cycle is kept while frozen"
+    thaw_heap()
     gc.collect()
     assert gone() is None
