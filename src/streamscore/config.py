@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_username: str | None = None
     redis_password: SecretStr | None = None
+    # TLS (with a rediss:// URL): the CA that signed the server's certificate, and a client
+    # certificate and key when the server asks for one (tls-auth-clients yes).
+    redis_ssl_ca_certs: Path | None = None
+    redis_ssl_certfile: Path | None = None
+    redis_ssl_keyfile: Path | None = None
     redis_key_prefix: str = "ss"
     state_retention_days: float = Field(default=400.0, gt=0)
 
@@ -123,6 +128,21 @@ class Settings(BaseSettings):
             )
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise ValueError(f"{self.kafka_security_protocol} needs kafka_sasl_mechanism")
+        redis_tls = (self.redis_ssl_ca_certs, self.redis_ssl_certfile, self.redis_ssl_keyfile)
+        if any(redis_tls) and not self.redis_url.startswith("rediss://"):
+            raise ValueError(
+                "redis_ssl_* settings need a TLS URL: set redis_url to rediss://host:port/db"
+            )
+        for name, path in (
+            ("kafka_ssl_cafile", self.kafka_ssl_cafile),
+            ("kafka_ssl_certfile", self.kafka_ssl_certfile),
+            ("kafka_ssl_keyfile", self.kafka_ssl_keyfile),
+            ("redis_ssl_ca_certs", self.redis_ssl_ca_certs),
+            ("redis_ssl_certfile", self.redis_ssl_certfile),
+            ("redis_ssl_keyfile", self.redis_ssl_keyfile),
+        ):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} is not a readable file")
         for key in self.alert_actions:
             tier, _, risk = key.partition("/")
             if tier not in {"low", "mid", "high"} or risk not in {"high", "critical"}:

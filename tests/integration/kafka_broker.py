@@ -21,6 +21,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -116,16 +117,53 @@ def _terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
         proc.wait()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1 and localhost: its own trust anchor."""
+
+    cert: Path  # PEM certificate: what clients trust
+    key: Path  # PEM private key (PKCS#8, unencrypted)
+    bundle: Path  # key then certificate, as Kafka's PEM keystore wants them
+
+
+def make_tls_files(root: Path) -> TlsFiles:
+    """Generate a throw-away server certificate with openssl (valid two days)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    root.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(root / "cert.pem", root / "key.pem", root / "bundle.pem")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(files.key), "-out", str(files.cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    files.bundle.write_text(files.key.read_text() + files.cert.read_text())
+    return files
+
+
 class PrivateBroker:
-    """One Kafka broker of our own; ``sasl_users`` turns on SASL_PLAINTEXT with SCRAM-SHA-256
-    (and PLAIN too with ``plain=True``), the users created at format time."""
+    """One Kafka broker of our own; ``sasl_users`` turns on SASL with SCRAM-SHA-256 (and PLAIN
+    too with ``plain=True``), the users created at format time; ``tls`` puts the listener on
+    TLS (SSL, or SASL_SSL with users)."""
 
     def __init__(
-        self, root: Path, *, sasl_users: dict[str, str] | None = None, plain: bool = False
+        self,
+        root: Path,
+        *,
+        sasl_users: dict[str, str] | None = None,
+        plain: bool = False,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.root = root
         self.sasl_users = sasl_users
         self.plain = plain
+        self.tls = tls
         self.port = free_port()
         self.controller_port = free_port()
         self.data = root / "data"
@@ -143,6 +181,13 @@ class PrivateBroker:
         return self.sasl_users is not None
 
     @property
+    def protocol(self) -> str:
+        """The client listener's security protocol."""
+        if self.sasl:
+            return "SASL_SSL" if self.tls else "SASL_PLAINTEXT"
+        return "SSL" if self.tls else "PLAINTEXT"
+
+    @property
     def bootstrap(self) -> str:
         """host:port for clients."""
         return f"127.0.0.1:{self.port}"
@@ -150,9 +195,11 @@ class PrivateBroker:
     def client_config(self, user: str | None = None, password: str | None = None) -> dict[str, Any]:
         """kafka-python keyword arguments for a client (the broker's admin user by default)."""
         cfg: dict[str, Any] = {"bootstrap_servers": [self.bootstrap]}
+        cfg["security_protocol"] = self.protocol
+        if self.tls:
+            cfg["ssl_cafile"] = str(self.tls.cert)
         if self.sasl:
             cfg.update(
-                security_protocol="SASL_PLAINTEXT",
                 sasl_mechanism="SCRAM-SHA-256",
                 sasl_plain_username=user or BROKER_ADMIN[0],
                 sasl_plain_password=password or BROKER_ADMIN[1],
@@ -161,15 +208,19 @@ class PrivateBroker:
 
     def settings_env(self) -> dict[str, str]:
         """STREAMSCORE_* variables pointing a scorer here (no credentials)."""
-        env = {"STREAMSCORE_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
+        env = {
+            "STREAMSCORE_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "STREAMSCORE_KAFKA_SECURITY_PROTOCOL": self.protocol,
+        }
+        if self.tls:
+            env["STREAMSCORE_KAFKA_SSL_CAFILE"] = str(self.tls.cert)
         if self.sasl:
-            env["STREAMSCORE_KAFKA_SECURITY_PROTOCOL"] = "SASL_PLAINTEXT"
             env["STREAMSCORE_KAFKA_SASL_MECHANISM"] = "SCRAM-SHA-256"
         return env
 
     def _write_config(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        listener = "SASL_PLAINTEXT" if self.sasl else "PLAINTEXT"
+        listener = self.protocol
         lines = [
             "process.roles=broker,controller",
             "node.id=1",
@@ -198,6 +249,15 @@ class PrivateBroker:
             "background.threads=2",
             "num.recovery.threads.per.data.dir=1",
         ]
+        if self.tls:
+            # The broker also connects to itself over this listener, so it trusts its own cert.
+            lines += [
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={self.tls.bundle}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={self.tls.cert}",
+                "ssl.client.auth=none",
+            ]
         if self.sasl:
             user, password = BROKER_ADMIN
             jaas = (
@@ -207,7 +267,7 @@ class PrivateBroker:
             lines += [
                 "sasl.enabled.mechanisms=SCRAM-SHA-256" + (",PLAIN" if self.plain else ""),
                 "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256",
-                f"listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config={jaas}",
+                f"listener.name.{listener.lower()}.scram-sha-256.sasl.jaas.config={jaas}",
             ]
             if self.plain:
                 users = {**(self.sasl_users or {}), user: password}
@@ -216,7 +276,9 @@ class PrivateBroker:
                     + " ".join(f'user_{u}="{p}"' for u, p in users.items())
                     + ";"
                 )
-                lines.append(f"listener.name.sasl_plaintext.plain.sasl.jaas.config={plain_jaas}")
+                lines.append(
+                    f"listener.name.{listener.lower()}.plain.sasl.jaas.config={plain_jaas}"
+                )
         self.props.write_text("\n".join(lines) + "\n")
         self.log_config.write_text(_LOG4J)
 
@@ -341,10 +403,16 @@ class PrivateRedis:
     """One redis-server of our own, AOF on, so that stopping and restarting keeps the data."""
 
     def __init__(
-        self, root: Path, *, password: str | None = None, acl_users: Iterable[str] = ()
+        self,
+        root: Path,
+        *,
+        password: str | None = None,
+        acl_users: Iterable[str] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
         self.root = root
         self.password = password
+        self.tls = tls  # TLS only: the plain port is closed
         self.acl_users = list(acl_users)  # full ACL SETUSER rules, e.g. "bob on >pw ~* &* +@all"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -352,11 +420,19 @@ class PrivateRedis:
 
     @property
     def url(self) -> str:
-        """redis:// URL without credentials."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """redis:// (or, with TLS, rediss://) URL without credentials."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
         """An admin client (the default user)."""
+        if self.tls:
+            return redis.Redis(
+                host="127.0.0.1",
+                port=self.port,
+                password=self.password,
+                ssl=True,
+                ssl_ca_certs=str(self.tls.cert),
+            )
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
     def start(self, timeout_s: float = 20.0) -> None:
@@ -364,10 +440,14 @@ class PrivateRedis:
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server not installed")
         self.root.mkdir(parents=True, exist_ok=True)
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port)]
+            ports += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            ports += ["--tls-ca-cert-file", str(self.tls.cert), "--tls-auth-clients", "no"]
         cmd = [
             "redis-server",
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--dir",

@@ -6,6 +6,9 @@
 - Redis AUTH and ACL users: a private redis-server with ``requirepass`` and ACL users; right
   credentials work, wrong or missing ones (or missing ACL permissions) are clear errors that
   never echo the secret.
+- TLS: a private broker with only an SSL listener and a private redis-server with only a TLS
+  port, both on a throw-away self-signed certificate; the scorer verifies both and scores,
+  and a Redis CA it cannot verify against is a clear start-up error.
 - The metrics endpoint listens on loopback only, by default.
 """
 
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings, load_settings
@@ -31,6 +35,7 @@ from .kafka_broker import (
     PrivateRedis,
     consume_from,
     free_port,
+    make_tls_files,
     produce_to,
     require_jars,
     scrape,
@@ -299,3 +304,88 @@ def test_run_with_a_wrong_redis_password_exits_with_a_clear_error(tmp_path: Path
     assert f"streamscore: configuration error: Redis at {rds.url} refused to connect" in text
     assert "check STREAMSCORE_REDIS_USERNAME/STREAMSCORE_REDIS_PASSWORD" in text
     _assert_no_secret(text)
+
+
+@pytest.mark.slow
+def test_tls_to_kafka_and_redis_is_verified_end_to_end(stack: None, tmp_path: Path) -> None:
+    """Kafka over SSL and Redis over TLS only, both certificates checked against their CA."""
+    require_jars()
+    tls = make_tls_files(tmp_path / "tls")
+    tag = f"t{os.getpid()}"
+    topics = {
+        "input_topic": f"{tag}-user-events",
+        "scores_topic": f"{tag}-user-scores",
+        "alerts_topic": f"{tag}-churn-alerts",
+        "segments_topic": f"{tag}-segment-changes",
+        "dlq_topic": f"{tag}-user-events-dlq",
+    }
+    events = [
+        e
+        for e in ShopSimulator(SimulationConfig(users=40, days=20, seed=23)).events()
+        if isinstance(e, dict)
+    ]
+    users = {str(e["user_id"]) for e in events}
+    with (
+        PrivateBroker(tmp_path / "kafka", tls=tls) as broker,
+        PrivateRedis(tmp_path / "redis", tls=tls) as rds,
+    ):
+        assert rds.url.startswith("rediss://")
+        _assert_plaintext_refused(rds.port)
+        admin = broker.client_config()
+        assert admin["security_protocol"] == "SSL"
+        broker.create_topics(list(topics.values()))
+        produce_to(
+            admin,
+            topics["input_topic"],
+            [(str(e["user_id"]).encode(), encode_event(e)) for e in events],
+        )
+        settings = {
+            **topics,
+            "kafka_bootstrap_servers": broker.bootstrap,
+            "kafka_security_protocol": "SSL",
+            "kafka_ssl_cafile": tls.cert,
+            "redis_url": rds.url,
+            "redis_ssl_ca_certs": tls.cert,
+            "metrics_port": 0,
+        }
+        log = tmp_path / "scorer.log"
+        scorer = _start(_env(**settings), log)
+        progress = GroupProgress(admin, "streamscore", topics["input_topic"])
+        try:
+            deadline = time.monotonic() + 90
+            while progress.fraction() < 1.0:
+                assert scorer.poll() is None, log.read_text()[-4000:]
+                assert time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(0.2)
+        finally:
+            progress.close()
+            scorer.terminate()
+            code = scorer.wait(timeout=30)
+        assert code == 0, log.read_text()[-4000:]
+        scores = consume_from(admin, topics["scores_topic"])
+        assert {s["user_id"] for s in scores} == users
+        # The states went to the TLS-only Redis, through the same settings.
+        store = RedisStateStore.from_settings(load_settings(**settings))
+        try:
+            saved = store.load(sorted(users))
+        finally:
+            store.close()
+        assert set(saved) == users
+
+        # A CA that did not sign the server's certificate: refused at start, and said so.
+        other = make_tls_files(tmp_path / "other-ca")
+        with pytest.raises(ConfigError, match="STREAMSCORE_REDIS_SSL_CA_CERTS") as refused:
+            RedisStateStore.from_settings(
+                load_settings(**{**settings, "redis_ssl_ca_certs": other.cert})
+            )
+        assert "certificate verify failed" in str(refused.value)
+
+
+def _assert_plaintext_refused(redis_port: int) -> None:
+    """The TLS-only Redis does not answer a plaintext client."""
+    plain = redis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=3)
+    try:
+        with pytest.raises(redis.RedisError):
+            plain.ping()
+    finally:
+        plain.close()

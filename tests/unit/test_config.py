@@ -165,6 +165,26 @@ def test_sasl_needs_credentials() -> None:
     assert "kafka_sasl_mechanism" in message
 
 
+def test_redis_tls_files_need_a_tls_url(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    message = config_error(STREAMSCORE_REDIS_SSL_CA_CERTS=str(ca))
+    assert "rediss://" in message
+
+
+def test_tls_files_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.pem"
+    message = config_error(
+        STREAMSCORE_KAFKA_SECURITY_PROTOCOL="SSL", STREAMSCORE_KAFKA_SSL_CAFILE=str(missing)
+    )
+    assert "kafka_ssl_cafile" in message and "nowhere.pem" in message
+    message = config_error(
+        STREAMSCORE_REDIS_URL="rediss://127.0.0.1:6380/0",
+        STREAMSCORE_REDIS_SSL_CA_CERTS=str(missing),
+    )
+    assert "redis_ssl_ca_certs" in message
+
+
 def test_invalid_toml_value_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("churn_horizon_days = -3\n")

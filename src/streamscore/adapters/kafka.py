@@ -101,10 +101,16 @@ def unreachable_error(settings: Settings, exc: Exception) -> ConfigError:
             f"completed before the bootstrap timeout); {credentials} (and "
             "STREAMSCORE_KAFKA_SECURITY_PROTOCOL)"
         )
+    tls = ""
+    if settings.kafka_security_protocol.endswith("SSL"):
+        tls = (
+            "; with TLS, also check STREAMSCORE_KAFKA_SSL_CAFILE (the CA that signed the "
+            "broker's certificate, which must name the host in the bootstrap address)"
+        )
     return ConfigError(
         f"cannot reach Kafka at {settings.kafka_bootstrap_servers} ({exc}); "
         "start it with scripts/stack up, or set STREAMSCORE_KAFKA_BOOTSTRAP_SERVERS "
-        "and the STREAMSCORE_KAFKA_SECURITY_PROTOCOL / SASL settings"
+        f"and the STREAMSCORE_KAFKA_SECURITY_PROTOCOL / SASL settings{tls}"
     )
 
 

@@ -100,11 +100,17 @@ def redact_url(url: str) -> str:
 
 
 def client_from_url(
-    url: str, *, username: str | None = None, password: str | None = None
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: dict[str, str] | None = None,
 ) -> redis.Redis:
     """A redis-py client with streamscore's timeouts; ``rediss://`` gives TLS.
 
-    No I/O happens here. Raises ``ValueError`` for a URL redis-py cannot use.
+    ``tls`` holds redis-py's ``ssl_*`` file options (CA, client certificate and key); the
+    server's certificate is always verified, hostname included. No I/O happens here.
+    Raises ``ValueError`` for a URL redis-py cannot use.
     """
     kwargs: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT_S,
@@ -120,7 +126,22 @@ def client_from_url(
         kwargs["username"] = username
     if password is not None:
         kwargs["password"] = password
+    if url.startswith("rediss://"):
+        kwargs.update(tls or {})
     return redis.Redis.from_url(url, **kwargs)
+
+
+def tls_options(settings: Settings) -> dict[str, str]:
+    """redis-py's ``ssl_*`` keyword arguments from the ``redis_ssl_*`` settings."""
+    return {
+        option: str(path)
+        for option, path in (
+            ("ssl_ca_certs", settings.redis_ssl_ca_certs),
+            ("ssl_certfile", settings.redis_ssl_certfile),
+            ("ssl_keyfile", settings.redis_ssl_keyfile),
+        )
+        if path is not None
+    }
 
 
 def _glob_escape(text: str) -> str:
@@ -182,6 +203,7 @@ class RedisStateStore:
                 settings.redis_url,
                 username=settings.redis_username,
                 password=password.get_secret_value() if password is not None else None,
+                tls=tls_options(settings),
             )
         except ValueError as exc:
             raise ConfigError(
@@ -207,6 +229,14 @@ class RedisStateStore:
                 ) from None
             if isinstance(exc, rex.ConnectionError | rex.TimeoutError):
                 reason = str(exc).rstrip(".")
+                if "SSL" in reason or "certificate" in reason:
+                    raise ConfigError(
+                        f"TLS with Redis at {shown} failed: {reason}; check "
+                        "STREAMSCORE_REDIS_SSL_CA_CERTS (the CA that signed the server's "
+                        "certificate, which must name the host in the URL) and, if the server "
+                        "asks for client certificates, STREAMSCORE_REDIS_SSL_CERTFILE and "
+                        "STREAMSCORE_REDIS_SSL_KEYFILE"
+                    ) from None
                 raise ConfigError(
                     f"cannot reach Redis at {shown}: {reason}; start it with scripts/stack up or "
                     "set STREAMSCORE_REDIS_URL"
