@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         "instead of spiking; the average need is about 0.1-0.3 per record",
     )
     session_timeout_ms: int = Field(default=45_000, ge=6_000)
+    idle_partition_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="after this long without input, a partition's watermark follows the "
+        "slowest active partition, so its silent users are still rescored (0: never)",
+    )
 
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"

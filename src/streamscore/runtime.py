@@ -28,6 +28,7 @@ from streamscore.core.events import Event, EventLimits, decode_event
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS, dead_letter
 from streamscore.core.scorer import Output, Scorer
 from streamscore.core.state import UserState, id_hash
+from streamscore.core.timeutil import iso
 from streamscore.errors import (
     DeadLetterLimitExceeded,
     InvalidEvent,
@@ -174,6 +175,7 @@ class Pipeline:
         poll_timeout_s: float = 0.2,
         due_limit: int = 20_000,
         due_per_record: float | None = None,
+        idle_after_ms: int | None = None,
         clock: Clock = wall_clock_ms,
         retry: RetryPolicy | None = None,
         dlq_guard: DeadLetterGuard | None = None,
@@ -188,6 +190,12 @@ class Pipeline:
         self.poll_timeout_s = poll_timeout_s
         self.due_limit = due_limit
         self.due_per_record = due_per_record
+        self.idle_after_ms = idle_after_ms
+        # Wall-clock time of each owned partition's latest record (or of its assignment),
+        # and the partitions whose watermark currently follows the others (see
+        # ``_follow_active_partitions``).
+        self._last_input_ms: dict[int, int] = {}
+        self._following: set[int] = set()
         self.clock = clock
         self.retry = retry or RetryPolicy()
         self.dlq_guard = dlq_guard
@@ -204,14 +212,18 @@ class Pipeline:
     def _assigned(self, partitions: set[int]) -> None:
         """Pick up where the previous owner of these partitions saved its watermarks."""
         saved = self.retry.run("load watermarks", lambda: self.store.watermarks(partitions))
+        now = self.clock()
         for p in partitions:
             self.watermarks[p] = saved.get(p, self.watermarks.get(p, 0))
+            self._last_input_ms[p] = now
         log.info("assigned partitions %s (watermarks %s)", sorted(partitions), saved)
 
     def _revoked(self, partitions: set[int]) -> None:
         """Forget partitions another process now owns; their state is already saved."""
         for p in partitions:
             self.watermarks.pop(p, None)
+            self._last_input_ms.pop(p, None)
+            self._following.discard(p)
         log.info("revoked partitions %s", sorted(partitions))
 
     # -- one batch ------------------------------------------------------------------------
@@ -237,6 +249,7 @@ class Pipeline:
         # everything is flushed before any state is saved.
         self.retry.run("send outputs", lambda: self.sink.send(batch.outputs), self.on_retry)
         sent = len(batch.outputs)
+        self._follow_active_partitions(batch.now)
         self._advance_due_users(batch)
         t4 = time.perf_counter()
         self.retry.run("send outputs", lambda: self.sink.send(batch.outputs[sent:]), self.on_retry)
@@ -286,6 +299,8 @@ class Pipeline:
             stats.events += 1
             stats.max_event_ms = max(stats.max_event_ms, event.ts)
             batch.groups.setdefault(event.user_id, []).append((rec.partition, rec.offset, event))
+        for partition in stats.next_offsets:
+            self._last_input_ms[partition] = now
 
     def _load_event_users(self, batch: _Batch) -> None:
         """Load the states of the batch's users, and tell redeliveries from late events.
@@ -345,6 +360,40 @@ class Pipeline:
             wm = self.watermarks.get(state.partition)
             if wm:
                 batch.outputs.extend(self.scorer.advance(state, wm, batch.now))
+
+    def _follow_active_partitions(self, now: int) -> None:
+        """Move the watermarks of idle partitions up to the slowest active one.
+
+        A partition's watermark moves only with its own events, so in a partition that has
+        gone quiet (few users on a topic with many partitions, a night) silences and label
+        horizons would wait for its next event: exactly the users who churn would not be
+        rescored. After ``idle_after_ms`` of wall-clock time without records, the partition
+        follows the lowest watermark among this process's active partitions, as idle
+        sources do in Flink. The price: an event that then arrives there behind that
+        watermark is late and dead-lettered, like one behind its own watermark. This is the
+        only place the wall clock touches event time, and only while a partition is idle.
+        """
+        if self.idle_after_ms is None:
+            return
+        cutoff = now - self.idle_after_ms
+        idle = [p for p in self.watermarks if self._last_input_ms.setdefault(p, now) <= cutoff]
+        self._following.intersection_update(idle)
+        active = [wm for p, wm in self.watermarks.items() if p not in idle and wm > 0]
+        if not idle or not active:
+            return
+        target = min(active)
+        for p in idle:
+            if target > self.watermarks[p]:
+                if p not in self._following:
+                    self._following.add(p)
+                    log.info(
+                        "partition %d has had no input for %.0fs: its watermark follows the "
+                        "active partitions (now %s)",
+                        p,
+                        (now - self._last_input_ms[p]) / 1000,
+                        iso(target),
+                    )
+                self.watermarks[p] = target
 
     def _due_limit(self, records: int, partitions: int) -> int:
         """Due users per partition for this batch.

@@ -67,6 +67,7 @@ def build_service(
         poll_timeout_s=settings.poll_timeout_ms / 1000,
         due_limit=settings.due_users_per_batch,
         due_per_record=settings.due_users_per_record,
+        idle_after_ms=round(settings.idle_partition_seconds * 1000) or None,
         dlq_guard=DeadLetterGuard(settings.dlq_max_ratio, settings.dlq_window),
         retry=RetryPolicy(stop=stop),
         on_retry=lambda step: metrics.RETRIES.labels(step).inc(),

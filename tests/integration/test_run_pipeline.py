@@ -144,3 +144,57 @@ def test_two_processes_share_the_work(names: dict[str, str], tmp_path: Path) -> 
     for log in logs:
         assert "assigned partitions [" in log, log
     assert_same_features(redis_states(settings_for(names), users), _replay_states(tmp_path, events))
+
+
+def _user_on(partition: int, partitions: int = 4) -> str:
+    """A user id that the producer's default partitioner (murmur2 of the key) sends there."""
+    from kafka.partitioner.default import murmur2
+
+    for i in range(10_000):
+        user = f"idle-test-{i}"
+        if (murmur2(user.encode()) & 0x7FFFFFFF) % partitions == partition:
+            return user
+    raise AssertionError("no key found")
+
+
+def _session(user: str, n: int, ts: int) -> tuple[bytes, bytes]:
+    event = {"event_id": f"{user}-{n}", "user_id": user, "type": "session_start", "ts": ts}
+    return user.encode(), encode_event(event)
+
+
+def test_an_idle_partition_still_rescores_its_silent_users(
+    names: dict[str, str], tmp_path: Path
+) -> None:
+    """Partition 3 goes quiet after its user's first events; partitions 0-2 go on for 30
+    simulated days, paced over ~9 s. With a 2 s idleness timeout, partition 3's watermark
+    follows the others and its silent user is rescored (runtime unit tests: the control)."""
+    t0, day = 1_767_225_600_000, 86_400_000
+    quiet = _user_on(3)
+    active = [_user_on(p) for p in range(3)]
+    topic = names["input_topic"]
+    first = [_session(u, 0, t0) for u in [quiet, *active]]
+    first.append(
+        (
+            quiet.encode(),
+            encode_event(
+                {"event_id": f"{quiet}-buy", "user_id": quiet, "type": "purchase",
+                 "ts": t0 + 60_000, "amount": 25.0}
+            ),
+        )
+    )  # fmt: skip
+    log = tmp_path / "scorer.log"
+    proc = start_scorer(env_for(names, idle_partition_seconds=2), log)
+    try:
+        produce(topic, first)
+        for d in range(1, 31):
+            produce(topic, [_session(u, d, t0 + d * day) for u in active])
+            time.sleep(0.3)
+        wait_until_committed(names["kafka_group_id"], topic, [proc])
+    finally:
+        code = stop(proc)
+    text = log.read_text()
+    assert code == 0, text[-4000:]
+    assert "partition 3 has had no input" in text, text[-4000:]
+    scores = consume_all(names["scores_topic"])
+    silences = [s for s in scores if s["user_id"] == quiet and s["trigger"] == "silence"]
+    assert len(silences) >= 3, [s for s in scores if s["user_id"] == quiet]
