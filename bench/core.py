@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -50,6 +50,9 @@ class RecordsSource:
 
     def exhausted(self) -> bool:
         return self._pos >= len(self._records)
+
+    def caught_up(self, partitions: Collection[int]) -> set[int]:
+        return set(partitions) if self.exhausted() else set()
 
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
         assigned(set(range(PARTITIONS)))

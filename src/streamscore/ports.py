@@ -42,6 +42,14 @@ class Source(Protocol):
         """True when a finite source has nothing more to give."""
         ...
 
+    def caught_up(self, partitions: Collection[int]) -> set[int]:
+        """Those of ``partitions`` with nothing left to read for now.
+
+        A partition that returned no records may only have been starved by the others in a
+        busy fetch; the runtime treats it as idle only when it is caught up.
+        """
+        ...
+
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
         """Register callbacks for partitions gained and lost."""
         ...

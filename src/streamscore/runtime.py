@@ -367,7 +367,8 @@ class Pipeline:
         A partition's watermark moves only with its own events, so in a partition that has
         gone quiet (few users on a topic with many partitions, a night) silences and label
         horizons would wait for its next event: exactly the users who churn would not be
-        rescored. After ``idle_after_ms`` of wall-clock time without records, the partition
+        rescored. After ``idle_after_ms`` of wall-clock time without records, and with
+        nothing left to read there (not merely starved by a busy fetch), the partition
         follows the lowest watermark among this process's active partitions, as idle
         sources do in Flink. The price: an event that then arrives there behind that
         watermark is late and dead-lettered, like one behind its own watermark. This is the
@@ -376,7 +377,9 @@ class Pipeline:
         if self.idle_after_ms is None:
             return
         cutoff = now - self.idle_after_ms
-        idle = [p for p in self.watermarks if self._last_input_ms.setdefault(p, now) <= cutoff]
+        quiet = {p for p in self.watermarks if self._last_input_ms.setdefault(p, now) <= cutoff}
+        # Quiet because nothing was produced, not because the fetch served other partitions.
+        idle = self.source.caught_up(quiet) if quiet else set()
         self._following.intersection_update(idle)
         active = [wm for p, wm in self.watermarks.items() if p not in idle and wm > 0]
         if not idle or not active:

@@ -159,11 +159,13 @@ class PrivateBroker:
         sasl_users: dict[str, str] | None = None,
         plain: bool = False,
         tls: TlsFiles | None = None,
+        client_certs: bool = False,
     ) -> None:
         self.root = root
         self.sasl_users = sasl_users
         self.plain = plain
         self.tls = tls
+        self.client_certs = client_certs  # TLS clients must present a certificate it trusts
         self.port = free_port()
         self.controller_port = free_port()
         self.data = root / "data"
@@ -198,6 +200,9 @@ class PrivateBroker:
         cfg["security_protocol"] = self.protocol
         if self.tls:
             cfg["ssl_cafile"] = str(self.tls.cert)
+            if self.client_certs:
+                cfg["ssl_certfile"] = str(self.tls.cert)
+                cfg["ssl_keyfile"] = str(self.tls.key)
         if self.sasl:
             cfg.update(
                 sasl_mechanism="SCRAM-SHA-256",
@@ -214,6 +219,9 @@ class PrivateBroker:
         }
         if self.tls:
             env["STREAMSCORE_KAFKA_SSL_CAFILE"] = str(self.tls.cert)
+            if self.client_certs:
+                env["STREAMSCORE_KAFKA_SSL_CERTFILE"] = str(self.tls.cert)
+                env["STREAMSCORE_KAFKA_SSL_KEYFILE"] = str(self.tls.key)
         if self.sasl:
             env["STREAMSCORE_KAFKA_SASL_MECHANISM"] = "SCRAM-SHA-256"
         return env
@@ -256,7 +264,7 @@ class PrivateBroker:
                 f"ssl.keystore.location={self.tls.bundle}",
                 "ssl.truststore.type=PEM",
                 f"ssl.truststore.location={self.tls.cert}",
-                "ssl.client.auth=none",
+                f"ssl.client.auth={'required' if self.client_certs else 'none'}",
             ]
         if self.sasl:
             user, password = BROKER_ADMIN
@@ -409,10 +417,12 @@ class PrivateRedis:
         password: str | None = None,
         acl_users: Iterable[str] = (),
         tls: TlsFiles | None = None,
+        client_certs: bool = False,
     ) -> None:
         self.root = root
         self.password = password
         self.tls = tls  # TLS only: the plain port is closed
+        self.client_certs = client_certs  # TLS clients must present a certificate it trusts
         self.acl_users = list(acl_users)  # full ACL SETUSER rules, e.g. "bob on >pw ~* &* +@all"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -426,12 +436,18 @@ class PrivateRedis:
     def client(self) -> redis.Redis:
         """An admin client (the default user)."""
         if self.tls:
+            client_cert = (
+                {"ssl_certfile": str(self.tls.cert), "ssl_keyfile": str(self.tls.key)}
+                if self.client_certs
+                else {}
+            )
             return redis.Redis(
                 host="127.0.0.1",
                 port=self.port,
                 password=self.password,
                 ssl=True,
                 ssl_ca_certs=str(self.tls.cert),
+                **client_cert,
             )
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
@@ -444,7 +460,8 @@ class PrivateRedis:
         if self.tls:
             ports = ["--port", "0", "--tls-port", str(self.port)]
             ports += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
-            ports += ["--tls-ca-cert-file", str(self.tls.cert), "--tls-auth-clients", "no"]
+            ports += ["--tls-ca-cert-file", str(self.tls.cert)]
+            ports += ["--tls-auth-clients", "yes" if self.client_certs else "no"]
         cmd = [
             "redis-server",
             *ports,

@@ -7,8 +7,9 @@
   credentials work, wrong or missing ones (or missing ACL permissions) are clear errors that
   never echo the secret.
 - TLS: a private broker with only an SSL listener and a private redis-server with only a TLS
-  port, both on a throw-away self-signed certificate; the scorer verifies both and scores,
-  and a Redis CA it cannot verify against is a clear start-up error.
+  port, both on a throw-away self-signed certificate and both requiring client certificates;
+  the scorer verifies both, presents its own, and scores; a missing client certificate or a
+  CA that cannot verify Redis is a clear start-up error.
 - The metrics endpoint listens on loopback only, by default.
 """
 
@@ -308,7 +309,7 @@ def test_run_with_a_wrong_redis_password_exits_with_a_clear_error(tmp_path: Path
 
 @pytest.mark.slow
 def test_tls_to_kafka_and_redis_is_verified_end_to_end(stack: None, tmp_path: Path) -> None:
-    """Kafka over SSL and Redis over TLS only, both certificates checked against their CA."""
+    """Kafka over SSL and Redis over TLS only, mutual: both sides' certificates checked."""
     require_jars()
     tls = make_tls_files(tmp_path / "tls")
     tag = f"t{os.getpid()}"
@@ -326,8 +327,8 @@ def test_tls_to_kafka_and_redis_is_verified_end_to_end(stack: None, tmp_path: Pa
     ]
     users = {str(e["user_id"]) for e in events}
     with (
-        PrivateBroker(tmp_path / "kafka", tls=tls) as broker,
-        PrivateRedis(tmp_path / "redis", tls=tls) as rds,
+        PrivateBroker(tmp_path / "kafka", tls=tls, client_certs=True) as broker,
+        PrivateRedis(tmp_path / "redis", tls=tls, client_certs=True) as rds,
     ):
         assert rds.url.startswith("rediss://")
         _assert_plaintext_refused(rds.port)
@@ -344,8 +345,12 @@ def test_tls_to_kafka_and_redis_is_verified_end_to_end(stack: None, tmp_path: Pa
             "kafka_bootstrap_servers": broker.bootstrap,
             "kafka_security_protocol": "SSL",
             "kafka_ssl_cafile": tls.cert,
+            "kafka_ssl_certfile": tls.cert,  # both servers ask for a client certificate
+            "kafka_ssl_keyfile": tls.key,
             "redis_url": rds.url,
             "redis_ssl_ca_certs": tls.cert,
+            "redis_ssl_certfile": tls.cert,
+            "redis_ssl_keyfile": tls.key,
             "metrics_port": 0,
         }
         log = tmp_path / "scorer.log"
@@ -371,6 +376,15 @@ def test_tls_to_kafka_and_redis_is_verified_end_to_end(stack: None, tmp_path: Pa
         finally:
             store.close()
         assert set(saved) == users
+
+        # No client certificate, where Redis asks for one: refused at start, and said so.
+        anonymous = {
+            k: v
+            for k, v in settings.items()
+            if k not in {"redis_ssl_certfile", "redis_ssl_keyfile"}
+        }
+        with pytest.raises(ConfigError, match="STREAMSCORE_REDIS_SSL_CERTFILE"):
+            RedisStateStore.from_settings(load_settings(**anonymous))
 
         # A CA that did not sign the server's certificate: refused at start, and said so.
         other = make_tls_files(tmp_path / "other-ca")

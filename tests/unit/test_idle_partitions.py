@@ -6,7 +6,7 @@ Two partitions. User "a" lives on partition 1, which goes quiet after the first 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import orjson
 
@@ -25,11 +25,16 @@ STEP_MS = 10_000
 
 
 class FedSource:
-    """Records handed in batch by batch; both partitions assigned from the start."""
+    """Records handed in batch by batch; both partitions assigned from the start.
+
+    ``starved`` partitions have records waiting that polls never return, as when a busy
+    fetch serves other partitions first.
+    """
 
     def __init__(self) -> None:
         self.pending: list[SourceRecord] = []
         self.offsets = {0: 0, 1: 0}
+        self.starved: set[int] = set()
 
     def add(self, partition: int, event: dict[str, object]) -> None:
         offset = self.offsets[partition]
@@ -46,6 +51,9 @@ class FedSource:
     def exhausted(self) -> bool:
         return False
 
+    def caught_up(self, partitions: Collection[int]) -> set[int]:
+        return set(partitions) - self.starved
+
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
         assigned({0, 1})
 
@@ -57,7 +65,9 @@ def _event(user: str, n: int, ts: int, type_: str = "session_start") -> dict[str
     return {"event_id": f"{user}-{n}", "user_id": user, "type": type_, "ts": ts}
 
 
-def _run(idle_after_ms: int | None, days: int = 30) -> tuple[Pipeline, ListSink, FedSource]:
+def _run(
+    idle_after_ms: int | None, days: int = 30, starved: frozenset[int] = frozenset()
+) -> tuple[Pipeline, ListSink, FedSource]:
     wall = [WALL0]
     source, sink = FedSource(), ListSink()
     pipeline = Pipeline(
@@ -73,6 +83,7 @@ def _run(idle_after_ms: int | None, days: int = 30) -> tuple[Pipeline, ListSink,
     source.add(1, {**_event("a", 1, T0 + 60_000, "purchase"), "amount": 40.0})
     source.add(0, _event("b", 0, T0))
     pipeline.run_once()
+    source.starved |= starved
     for day in range(1, days + 1):
         wall[0] += STEP_MS
         source.add(0, _event("b", day, T0 + day * DAY))
@@ -102,6 +113,12 @@ def test_without_idleness_a_quiet_partition_keeps_its_silent_users_waiting() -> 
     assert pipeline.watermarks[1] < T0
     assert _silence_scores(sink, "a") == []
     assert _silence_scores(sink, "b") == []  # b is active: never silent
+
+
+def test_a_partition_starved_by_the_fetch_is_not_idle() -> None:
+    pipeline, sink, _ = _run(idle_after_ms=60_000, starved=frozenset({1}))
+    assert pipeline.watermarks[1] < T0
+    assert _silence_scores(sink, "a") == []
 
 
 def test_a_partition_is_not_idle_before_the_timeout() -> None:

@@ -13,7 +13,7 @@ import queue
 import re
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -415,6 +415,22 @@ class KafkaSource:
 
     def exhausted(self) -> bool:
         return False
+
+    def caught_up(self, partitions: Collection[int]) -> set[int]:
+        """Owned partitions whose position has reached the high watermark of their last fetch
+        (no broker round trip: the fetcher keeps both)."""
+        out: set[int] = set()
+        for p in partitions:
+            if p not in self.owned:
+                continue
+            tp = TopicPartition(self.topic, p)
+            try:
+                high = self.consumer.highwater(tp)
+                if high is not None and self.consumer.position(tp, timeout_ms=0) >= high:
+                    out.add(p)
+            except KafkaError:
+                continue  # position or high watermark not known yet: not idle
+        return out
 
     def close(self) -> None:
         if self.uncommitted:

@@ -108,6 +108,9 @@ class ListSource:
     def exhausted(self) -> bool:
         return self._done
 
+    def caught_up(self, partitions: Collection[int]) -> set[int]:
+        return set(partitions) if self._done else set()
+
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
         assigned({0})
 
