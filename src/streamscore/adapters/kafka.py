@@ -27,6 +27,8 @@ from kafka.errors import (
     KafkaTimeoutError,
     SaslAuthenticationFailedError,
 )
+from kafka.partitioner import DefaultPartitioner, Partitioner
+from kafka.partitioner.default import murmur2
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from streamscore.config import Settings
@@ -442,6 +444,44 @@ class KafkaSource:
         self.consumer.close(autocommit=False)
 
 
+class KeyHashPartitioner(Partitioner):  # type: ignore[misc]
+    """Kafka's default mapping of a key to a partition (murmur2), each key hashed once.
+
+    kafka-python hashes every keyed record in pure Python (~2 µs) and sorts the topic's
+    partition list each time. A batch sends several records per user (a score, a segment
+    change, an alert) and the same users come back batch after batch, so the hash of a key
+    is remembered; the cache is bounded and simply starts over when full. Partitions are
+    the same as the default partitioner's, which consumers keyed on user_id rely on.
+    """
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self.max_keys = max_keys
+        self._hashes: dict[bytes, int] = {}
+        self._unkeyed = DefaultPartitioner()
+
+    def partition(  # noqa: PLR0917 - kafka-python calls it with these six, positionally
+        self,
+        topic: str,
+        key: Any,
+        serialized_key: bytes | None,
+        value: Any,
+        serialized_value: bytes | None,
+        cluster: Any,
+    ) -> int:
+        """The partition of ``serialized_key`` among the topic's partitions."""
+        if serialized_key is None:
+            return int(self._unkeyed.partition(topic, key, None, value, serialized_value, cluster))
+        h = self._hashes.get(serialized_key)
+        if h is None:
+            if len(self._hashes) >= self.max_keys:
+                self._hashes.clear()
+            h = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        return h % len(partitions)  # partition ids are always 0 .. n-1
+
+
 class KafkaSink:
     """The four output topics through one idempotent producer (acks=all)."""
 
@@ -461,6 +501,7 @@ class KafkaSink:
                     enable_idempotence=True,
                     linger_ms=5,
                     batch_size=256 * 1024,
+                    partitioner=KeyHashPartitioner(),
                     max_in_flight_requests_per_connection=5,
                     **client_config(settings),
                 )
