@@ -386,6 +386,11 @@ def test_tls_to_kafka_and_redis_is_verified_end_to_end(stack: None, tmp_path: Pa
         with pytest.raises(ConfigError, match="STREAMSCORE_REDIS_SSL_CERTFILE"):
             RedisStateStore.from_settings(load_settings(**anonymous))
 
+        # Nothing listening is still "cannot reach", not a TLS problem.
+        closed = {**settings, "redis_url": f"rediss://127.0.0.1:{free_port()}/0"}
+        with pytest.raises(ConfigError, match="cannot reach Redis"):
+            RedisStateStore.from_settings(load_settings(**closed))
+
         # A CA that did not sign the server's certificate: refused at start, and said so.
         other = make_tls_files(tmp_path / "other-ca")
         with pytest.raises(ConfigError, match="STREAMSCORE_REDIS_SSL_CA_CERTS") as refused:

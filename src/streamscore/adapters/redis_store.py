@@ -229,7 +229,13 @@ class RedisStateStore:
                 ) from None
             if isinstance(exc, rex.ConnectionError | rex.TimeoutError):
                 reason = str(exc).rstrip(".")
-                if "SSL" in reason or "certificate" in reason:
+                # Over TLS, a server that answers but fails or drops the handshake (an
+                # unverifiable certificate, a client certificate it wanted) shows up as a
+                # certificate error, an SSL error or a bare EOF, depending on who gives up.
+                handshake = "refused" not in reason.lower() and not isinstance(
+                    exc, rex.TimeoutError
+                )
+                if settings.redis_url.startswith("rediss://") and handshake:
                     raise ConfigError(
                         f"TLS with Redis at {shown} failed: {reason}; check "
                         "STREAMSCORE_REDIS_SSL_CA_CERTS (the CA that signed the server's "
