@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from .kafka_broker import topic_names
+
 BOOTSTRAP = os.environ.get("STREAMSCORE_TEST_KAFKA", "127.0.0.1:9092")
 REDIS_URL = os.environ.get("STREAMSCORE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -52,13 +54,7 @@ def names(stack: None) -> Iterator[dict[str, str]]:
     from kafka.admin import NewTopic
 
     tag = uuid.uuid4().hex[:8]
-    topics = {
-        "input_topic": f"t{tag}-user-events",
-        "scores_topic": f"t{tag}-user-scores",
-        "alerts_topic": f"t{tag}-churn-alerts",
-        "segments_topic": f"t{tag}-segment-changes",
-        "dlq_topic": f"t{tag}-user-events-dlq",
-    }
+    topics = topic_names(f"t{tag}")
     admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     admin.create_topics([NewTopic(t, 4, 1) for t in topics.values()])
     out = {**topics, "kafka_group_id": f"g{tag}", "redis_key_prefix": f"t{tag}"}

@@ -78,6 +78,17 @@ def require_jars() -> None:
     pytest.skip(problem)
 
 
+def topic_names(tag: str) -> dict[str, str]:
+    """The five topic settings of one test's scorer, each name prefixed with ``tag``."""
+    return {
+        "input_topic": f"{tag}-user-events",
+        "scores_topic": f"{tag}-user-scores",
+        "alerts_topic": f"{tag}-churn-alerts",
+        "segments_topic": f"{tag}-segment-changes",
+        "dlq_topic": f"{tag}-user-events-dlq",
+    }
+
+
 def _cluster_id() -> str:
     """A random KRaft cluster id that the storage tool's parser accepts.
 

@@ -62,6 +62,7 @@ from .kafka_broker import (
     produce_to,
     require_jars,
     scrape,
+    topic_names,
 )
 
 pytestmark = pytest.mark.integration
@@ -266,11 +267,7 @@ def private_names(stack: None) -> Iterator[dict[str, str]]:
     """Topic, group and Redis key prefix names for a test that brings its own broker."""
     tag = uuid.uuid4().hex[:8]
     names = {
-        "input_topic": f"p{tag}-user-events",
-        "scores_topic": f"p{tag}-user-scores",
-        "alerts_topic": f"p{tag}-churn-alerts",
-        "segments_topic": f"p{tag}-segment-changes",
-        "dlq_topic": f"p{tag}-user-events-dlq",
+        **topic_names(f"p{tag}"),
         "kafka_group_id": f"g{tag}",
         "redis_key_prefix": f"p{tag}",
     }

@@ -40,6 +40,7 @@ from .kafka_broker import (
     produce_to,
     require_jars,
     scrape,
+    topic_names,
 )
 
 pytestmark = pytest.mark.integration
@@ -113,13 +114,7 @@ def test_kafka_sasl_scram_authenticates_and_a_wrong_password_is_a_clear_error(
     """Against a SASL_PLAINTEXT/SCRAM-SHA-256 broker, with Redis behind an ACL user."""
     require_jars()
     tag = f"s{os.getpid()}"
-    topics = {
-        "input_topic": f"{tag}-user-events",
-        "scores_topic": f"{tag}-user-scores",
-        "alerts_topic": f"{tag}-churn-alerts",
-        "segments_topic": f"{tag}-segment-changes",
-        "dlq_topic": f"{tag}-user-events-dlq",
-    }
+    topics = topic_names(tag)
     events = list(ShopSimulator(SimulationConfig(users=40, days=20, seed=21)).events())
     users = {str(e["user_id"]) for e in events if isinstance(e, dict)}
     metrics_port = free_port()
@@ -313,13 +308,7 @@ def test_tls_to_kafka_and_redis_is_verified_end_to_end(stack: None, tmp_path: Pa
     require_jars()
     tls = make_tls_files(tmp_path / "tls")
     tag = f"t{os.getpid()}"
-    topics = {
-        "input_topic": f"{tag}-user-events",
-        "scores_topic": f"{tag}-user-scores",
-        "alerts_topic": f"{tag}-churn-alerts",
-        "segments_topic": f"{tag}-segment-changes",
-        "dlq_topic": f"{tag}-user-events-dlq",
-    }
+    topics = topic_names(tag)
     events = [
         e
         for e in ShopSimulator(SimulationConfig(users=40, days=20, seed=23)).events()
