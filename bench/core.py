@@ -24,7 +24,7 @@ from bench.profiles import from_pyinstrument, render, summarize
 from streamscore.adapters.memory import MemoryStateStore
 from streamscore.app import build_pipeline
 from streamscore.config import load_settings
-from streamscore.core.scorer import Output
+from streamscore.core.values import Output
 from streamscore.ports import RebalanceHook, SourceRecord
 from streamscore.runtime import Pipeline
 
@@ -125,6 +125,7 @@ def run_core(
     if keep is not None:
         keep.append(pipeline)
     counters = pipeline.scorer.counters
+    models = pipeline.scorer.lineage.models
     return {
         "batch_max_records": batch,
         "records": n,
@@ -139,11 +140,8 @@ def run_core(
         "due_users_per_batch": round(due_users / batches, 1),
         "outputs": sink.records,
         "output_bytes_per_event": round(sink.bytes / n, 1),
-        "scorer_counters": dict(counters),
-        "labels_learnt": {
-            "churn": pipeline.scorer.models.churn_learnt,
-            "value": pipeline.scorer.models.value_learnt,
-        },
+        "scorer_counters": asdict(counters),
+        "labels_learnt": {"churn": models.churn_learnt, "value": models.value_learnt},
     }
 
 
@@ -164,9 +162,10 @@ def micro(records: Sequence[SourceRecord], pipeline: Pipeline) -> dict[str, floa
     ``pipeline`` has run over the data set, so its states have history and its models have
     learnt (predict goes through river, not the warm-up heuristic).
     """
+    from streamscore.core import outputs
     from streamscore.core.events import EventLimits, decode_event
     from streamscore.core.features import derive
-    from streamscore.core.models import churn_inputs, value_inputs
+    from streamscore.core.inputs import churn_inputs, value_inputs
     from streamscore.core.records import record_id
     from streamscore.core.state import UserState
     from streamscore.core.timeutil import DAY_MS, iso
@@ -183,7 +182,13 @@ def micro(records: Sequence[SourceRecord], pipeline: Pipeline) -> dict[str, floa
     deriveds = [derive(s.features, t) for s, t in zip(states, times, strict=True)]
     inputs = [(churn_inputs(d), value_inputs(d)) for d in deriveds]
     evals = [(s, scorer.evaluate(s, t), t) for s, t in zip(states, times, strict=True)]
-    scored = [scorer.score_record(s, ev, t, now, trigger="event", key="k") for s, ev, t in evals]
+    version = scorer.lineage.models.version
+    scored = [
+        outputs.score_record(
+            scorer.config, s.user_id, ev, t, now, trigger="event", key="k", model_version=version
+        )
+        for s, ev, t in evals
+    ]
     out = {
         "decode_event (orjson + pydantic + checks)": _per_call(
             lambda raw: decode_event(raw, now_ms=now, limits=limits), raws
@@ -194,7 +199,9 @@ def micro(records: Sequence[SourceRecord], pipeline: Pipeline) -> dict[str, floa
         "derive (features as of t)": _per_call(
             lambda st: derive(st[0].features, st[1]), list(zip(states, times, strict=True))
         ),
-        "Models.predict (both models)": _per_call(lambda xs: scorer.models.predict(*xs), inputs),
+        "Models.predict (both models)": _per_call(
+            lambda xs: scorer.lineage.models.predict(*xs), inputs
+        ),
         "Scorer.evaluate (derive + predict + segment)": _per_call(
             lambda st: scorer.evaluate(st[0], st[1]), list(zip(states, times, strict=True))
         ),

@@ -18,16 +18,20 @@ import orjson
 from streamscore.adapters.files import JsonlSink, JsonlSource
 from streamscore.adapters.memory import ListSource, MemoryStateStore
 from streamscore.config import Settings
+from streamscore.core import outputs
 from streamscore.core.drift import DriftEvent
 from streamscore.core.records import OUTPUT_TOPICS
-from streamscore.core.scorer import LabelOutcome, Scorer
+from streamscore.core.scorer import Scorer
 from streamscore.core.state import UserState
+from streamscore.core.trainer import Trainer
 from streamscore.core.validation import exact_auc
+from streamscore.core.values import LabelOutcome
 from streamscore.heap import freeze_startup_heap, thaw_heap
 from streamscore.ports import Sink, Source, SourceRecord
 from streamscore.progress import Progress
 from streamscore.runtime import BatchStats, Pipeline, wall_clock_ms
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from streamscore.wiring import in_process_scorer
 
 
 @dataclass(slots=True)
@@ -68,7 +72,7 @@ def build_pipeline(
         source,
         store,
         sink,
-        scorer or Scorer(settings.scoring()),
+        scorer or in_process_scorer(settings.scoring())[0],
         limits=settings.event_limits(),
         batch_size=settings.batch_max_records,
         poll_timeout_s=0.0,
@@ -110,12 +114,19 @@ def final_scores(
         if state.features.empty or state.features.first_seen_ms > as_of_ms:
             continue
         ev = scorer.evaluate(state, as_of_ms)
-        yield scorer.score_record(
-            state, ev, as_of_ms, now_ms, trigger="silence", key=f"final:{as_of_ms}"
+        yield outputs.score_record(
+            scorer.config,
+            state.user_id,
+            ev,
+            as_of_ms,
+            now_ms,
+            trigger="silence",
+            key=f"final:{as_of_ms}",
+            model_version=scorer.lineage.models.version,
         )
 
 
-def report(scorer: Scorer, summary: RunSummary) -> dict[str, Any]:
+def report(scorer: Scorer, trainer: Trainer, summary: RunSummary) -> dict[str, Any]:
     """Progressive-validation metrics and run counts, as written to report.json."""
     return {
         "records": summary.records,
@@ -124,9 +135,9 @@ def report(scorer: Scorer, summary: RunSummary) -> dict[str, Any]:
         "events_per_second": round(summary.events_per_second, 1),
         "dead_letters": dict(summary.dead_letters),
         "outputs": dict(summary.outputs),
-        "churn": scorer.quality.churn.report(),
-        "value": scorer.quality.value.report(),
-        "model_version": scorer.models.version,
+        "churn": trainer.quality.churn.report(),
+        "value": trainer.quality.value.report(),
+        "model_version": trainer.models.version,
         "config": {
             "churn_horizon_days": scorer.config.churn_horizon_days,
             "value_horizon_days": scorer.config.value_horizon_days,
@@ -150,7 +161,7 @@ def replay(
     store = store if store is not None else MemoryStateStore()
     sink = JsonlSink(out_dir)
     sink.ensure(OUTPUT_TOPICS)
-    scorer = Scorer(settings.scoring())
+    scorer, trainer = in_process_scorer(settings.scoring())
     pipeline = build_pipeline(settings, source, store, sink, scorer)
     summary = drive(pipeline, Progress("replay") if show_progress else None)
     sink.close()
@@ -160,7 +171,7 @@ def replay(
         for record in final_scores(scorer, store, cutoff, now):
             fp.write(orjson.dumps(record) + b"\n")
             summary.users += 1
-    rep = report(scorer, summary)
+    rep = report(scorer, trainer, summary)
     rep["as_of"] = cutoff
     rep["users_scored"] = summary.users
     (out_dir / "report.json").write_bytes(orjson.dumps(rep, option=orjson.OPT_INDENT_2))
@@ -205,7 +216,7 @@ def demo(
     store = MemoryStateStore()
     sink = JsonlSink(out_dir)
     sink.ensure(OUTPUT_TOPICS)
-    scorer = Scorer(settings.scoring())
+    scorer, trainer = in_process_scorer(settings.scoring())
     outcomes: list[LabelOutcome] = []
     scorer.outcomes = outcomes
     source = ListSource(simulated_records(sim, settings.input_topic), topic=settings.input_topic)
@@ -231,7 +242,7 @@ def demo(
     summary.users = sum(segments.values())
     return DemoResult(
         summary=summary,
-        report=report(scorer, summary),
+        report=report(scorer, trainer, summary),
         model_auc=exact_auc(preds, labels) if outcomes else None,
         oracle_auc=exact_auc(oracle, labels) if outcomes else None,
         warm_model_auc=exact_auc(preds[warm_from:], labels[warm_from:]) if outcomes else None,
@@ -240,7 +251,7 @@ def demo(
         segments=segments,
         lifecycles=lifecycles,
         drift_day=sim_config.drift_day,
-        drift_events=list(scorer.drift.events),
+        drift_events=list(trainer.drift.log.events),
     )
 
 

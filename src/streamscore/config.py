@@ -20,7 +20,7 @@ from pydantic_settings import (
 
 from streamscore.core.alerts import DEFAULT_ACTIONS, AlertPolicy
 from streamscore.core.events import EventLimits
-from streamscore.core.scorer import ChurnActivity, ScoringConfig
+from streamscore.core.values import ChurnActivity, ScoringConfig
 from streamscore.errors import ConfigError
 
 _toml_path: Path | None = None

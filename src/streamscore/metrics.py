@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from streamscore.core.drift import PSI_FEATURES
 from streamscore.core.scorer import Scorer
 from streamscore.core.timeutil import iso
+from streamscore.core.trainer import Trainer
 from streamscore.runtime import BatchStats
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -191,10 +192,11 @@ def observe_batch(stats: BatchStats, now_s: float) -> None:
 
 
 class ScorerWatch:
-    """Turns the scorer's running figures into metrics and logs new drift detections."""
+    """Turns the scorer's and trainer's running figures into metrics; logs new drift detections."""
 
-    def __init__(self, scorer: Scorer, log: logging.Logger) -> None:
+    def __init__(self, scorer: Scorer, trainer: Trainer, log: logging.Logger) -> None:
         self.scorer = scorer
+        self.trainer = trainer
         self.log = log
         self._labels = {"churn": 0, "value": 0}
         self._events_seen = 0
@@ -202,11 +204,11 @@ class ScorerWatch:
     def update(self) -> None:
         """Refresh quality, drift and label metrics (a few ms: call every few seconds)."""
         s = self.scorer
-        q = s.quality
+        q = self.trainer.quality
         for model, total in (("churn", q.churn.count), ("value", q.value.count)):
             LABELS.labels(model).inc(total - self._labels[model])
             self._labels[model] = total
-        PENDING_LABELS.set(s.counters["snapshots"] - q.value.count)
+        PENDING_LABELS.set(s.counters.snapshots - q.value.count)
         auc = q.churn.rolling_auc()
         if auc is not None:
             CHURN_AUC.set(auc)
@@ -219,14 +221,15 @@ class ScorerWatch:
         for row in q.churn.report()["calibration"]:
             CALIBRATION.labels(row["bucket"], "observed").set(row["observed_rate"])
             CALIBRATION.labels(row["bucket"], "predicted").set(row["mean_predicted"])
-        d = s.drift
-        DRIFT_BIAS.labels("churn").set(d.churn_bias)
-        DRIFT_BIAS.labels("value").set(d.value_bias)
-        for signal, value in d.psi.items():
+        labels = self.trainer.drift
+        DRIFT_BIAS.labels("churn").set(labels.churn_bias)
+        DRIFT_BIAS.labels("value").set(labels.value_bias)
+        for signal, value in s.drift.psi.items():
             DRIFT_PSI.labels(signal).set(value)
-        for event in d.events[self._events_seen :]:
+        events = labels.log.events
+        for event in events[self._events_seen :]:
             DRIFT_DETECTIONS.labels(event.signal).inc()
             self.log.warning(
                 "drift detected (%s) at %s: %s", event.signal, iso(event.t_ms), event.detail
             )
-        self._events_seen = len(d.events)
+        self._events_seen = len(events)

@@ -11,8 +11,8 @@ from typing import Any
 from streamscore import __version__
 from streamscore.config import Settings
 from streamscore.core import checkpoint
-from streamscore.core.models import FEATURE_SCHEMA
-from streamscore.core.scorer import Scorer
+from streamscore.core.inputs import FEATURE_SCHEMA
+from streamscore.core.trainer import Trainer
 from streamscore.errors import CheckpointError, ConfigError, TransientError
 from streamscore.ports import StateStore
 
@@ -21,11 +21,11 @@ BLOB = "models"
 
 
 class ModelKeeper:
-    """Owns the signed checkpoint of the scorer's learnt state (models, RFM quantiles)."""
+    """Owns the signed checkpoint of the trainer's lineage (models, RFM quantiles)."""
 
-    def __init__(self, settings: Settings, store: StateStore, scorer: Scorer) -> None:
+    def __init__(self, settings: Settings, store: StateStore, trainer: Trainer) -> None:
         self.store = store
-        self.scorer = scorer
+        self.trainer = trainer
         self.interval = settings.checkpoint_interval_seconds
         self.on_bad = settings.on_bad_checkpoint
         self.key_id = settings.checkpoint_key_id
@@ -65,14 +65,14 @@ class ModelKeeper:
             log.warning("checkpoint was made for another feature schema: starting fresh models")
             return False
         state: dict[str, Any] = ckpt.state
-        self.scorer.models = state["models"]
-        self.scorer.rfm = state["rfm"]
+        self.trainer.models = state["models"]
+        self.trainer.rfm = state["rfm"]
         # Carry the restored lineage's offsets forward: this process may never read some of
         # those partitions again, and its checkpoints must still say what the models reflect.
         saved = ckpt.header.get("offsets")
         if isinstance(saved, dict):
             self.offsets = {int(p): int(o) for p, o in saved.items()}
-        log.info("restored models %s from checkpoint", self.scorer.models.version)
+        log.info("restored models %s from checkpoint", self.trainer.models.version)
         return True
 
     def maybe_save(self, offsets: dict[int, int]) -> None:
@@ -92,7 +92,7 @@ class ModelKeeper:
         self.last_saved = time.monotonic()
         if self.key is None:
             return
-        models = self.scorer.models
+        models = self.trainer.models
         models.generation += 1
         header = {
             "model_version": models.version,
@@ -106,7 +106,7 @@ class ModelKeeper:
             "labels_learnt": {"churn": models.churn_learnt, "value": models.value_learnt},
         }
         blob = checkpoint.dump(
-            {"models": models, "rfm": self.scorer.rfm},
+            {"models": models, "rfm": self.trainer.rfm},
             key_id=self.key_id,
             key=self.key,
             header=header,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from streamscore.core.scorer import Output
+from streamscore.core.values import Output
 
 
 @dataclass(frozen=True, slots=True)

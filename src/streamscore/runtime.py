@@ -26,9 +26,10 @@ from typing import TypeVar
 
 from streamscore.core.events import Event, EventLimits, decode_event
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS, dead_letter
-from streamscore.core.scorer import Output, Scorer
+from streamscore.core.scorer import Scorer
 from streamscore.core.state import UserState, id_hash
 from streamscore.core.timeutil import iso
+from streamscore.core.values import Output
 from streamscore.errors import (
     DeadLetterLimitExceeded,
     InvalidEvent,
@@ -333,7 +334,7 @@ class Pipeline:
         for rec, event, why in batch.late:
             state = states.get(event.user_id)
             if state is not None and id_hash(event.event_id) in state.recent_ids:
-                self.scorer.counters["duplicates"] += 1  # a copy of an event of this batch
+                self.scorer.counters.duplicates += 1  # a copy of an event of this batch
             else:
                 batch.outputs.append(self._dead_letter(rec, why, now, batch.stats))
         if self.dlq_guard is not None and batch.records:
@@ -413,7 +414,7 @@ class Pipeline:
 
     def _duplicate(self, state: UserState, rec: SourceRecord, event: Event) -> bool:
         if state.seen(rec.partition, rec.offset, event.event_id):
-            self.scorer.counters["duplicates"] += 1
+            self.scorer.counters.duplicates += 1
             return True
         return False
 

@@ -18,13 +18,13 @@ from streamscore.adapters.kafka import KafkaSink, KafkaSource
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
-from streamscore.core.scorer import Scorer
 from streamscore.errors import RetryAbandoned, TransientError
 from streamscore.heap import freeze_startup_heap, thaw_heap
 from streamscore.modelstore import ModelKeeper
 from streamscore.progress import Progress
 from streamscore.runtime import DeadLetterGuard, Pipeline, RetryPolicy
 from streamscore.simulator import ShopSimulator, encode_event
+from streamscore.wiring import in_process_scorer
 
 log = logging.getLogger("streamscore.service")
 
@@ -52,8 +52,8 @@ def build_service(
 ) -> tuple[Pipeline, ModelKeeper, KafkaSource]:
     """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
     store = RedisStateStore.from_settings(settings)
-    scorer = Scorer(settings.scoring())
-    keeper = ModelKeeper(settings, store, scorer)
+    scorer, trainer = in_process_scorer(settings.scoring())
+    keeper = ModelKeeper(settings, store, trainer)
     keeper.restore()
     source = KafkaSource(settings)
     sink = KafkaSink(settings)
@@ -96,7 +96,7 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
     last_lag = 0.0
     offsets: dict[int, int] = {}
     failed_commits = 0
-    watch = metrics.ScorerWatch(pipeline.scorer, log)
+    watch = metrics.ScorerWatch(pipeline.scorer, keeper.trainer, log)
     abandoned = False
     try:
         while not stop.event.is_set():
@@ -104,7 +104,7 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
             now = time.time()
             metrics.observe_batch(stats, now)
             metrics.MODEL_INFO.clear()
-            metrics.MODEL_INFO.labels(pipeline.scorer.models.version).set(1)
+            metrics.MODEL_INFO.labels(keeper.trainer.models.version).set(1)
             if keeper.last_saved_wall:
                 metrics.CHECKPOINT_AGE.set(now - keeper.last_saved_wall)
             offsets.update(stats.next_offsets)

@@ -27,8 +27,8 @@ from streamscore.core.records import (
     SegmentChange,
     UserScore,
 )
-from streamscore.core.scorer import Scorer
 from streamscore.core.timeutil import parse_rfc3339
+from streamscore.wiring import in_process_scorer
 
 DAY = 86_400_000
 MINUTE = 60_000
@@ -242,7 +242,10 @@ def run_to_store(path: Path, *, presorted: bool = False) -> tuple[MemoryStateSto
     source = JsonlSource(path, topic=settings.input_topic, presorted=presorted)
     store = MemoryStateStore()
     sink = ListSink()
-    drive(build_pipeline(settings, source, store, sink, Scorer(settings.scoring())), None)
+    drive(
+        build_pipeline(settings, source, store, sink, in_process_scorer(settings.scoring())[0]),
+        None,
+    )
     return store, sink
 
 

@@ -16,8 +16,8 @@ import pytest
 from streamscore.adapters.memory import MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core import checkpoint
-from streamscore.core.models import FEATURE_SCHEMA
-from streamscore.core.scorer import Scorer
+from streamscore.core.inputs import FEATURE_SCHEMA
+from streamscore.core.trainer import Trainer
 from streamscore.errors import CheckpointError, ConfigError, TransientError
 from streamscore.modelstore import BLOB, ModelKeeper
 
@@ -180,7 +180,7 @@ def settings(**kw: Any) -> Settings:
 
 def keeper(store: MemoryStateStore, **kw: Any) -> ModelKeeper:
     s = settings(**kw)
-    return ModelKeeper(s, store, Scorer(s.scoring()))
+    return ModelKeeper(s, store, Trainer())
 
 
 def saved_by(store: MemoryStateStore, **kw: Any) -> ModelKeeper:
@@ -199,7 +199,7 @@ def test_keeper_saves_a_signed_checkpoint_with_offsets_and_versions() -> None:
     h = ckpt.header
     assert h["key_id"] == "k1"
     assert h["offsets"] == {"0": 5, "1": 9}
-    assert h["model_version"] == k.scorer.models.version
+    assert h["model_version"] == k.trainer.models.version
     assert h["feature_schema"] == FEATURE_SCHEMA
     for lib in ("river", "kafka-python", "python", "streamscore"):
         assert isinstance(h[lib], str) and h[lib], lib
@@ -211,7 +211,7 @@ def test_keeper_restores_models_and_the_offsets_they_reflect() -> None:
     before = saved_by(store, checkpoint_key="secret")
     after = keeper(store, checkpoint_key="secret")
     assert after.restore() is True
-    assert after.scorer.models.version == before.scorer.models.version
+    assert after.trainer.models.version == before.trainer.models.version
     # A restarted process that only reads partition 1 still checkpoints partition 0's offset.
     after.maybe_save({1: 20})
     after.save()
@@ -260,13 +260,13 @@ def test_tampered_checkpoint_with_on_bad_fresh_starts_fresh(
 ) -> None:
     store = MemoryStateStore()
     before = saved_by(store, checkpoint_key="secret")
-    before.scorer.models.generation += 5
+    before.trainer.models.generation += 5
     before.save()
     _tamper(store)
     k = keeper(store, checkpoint_key="secret", on_bad_checkpoint="fresh")
-    fresh_version = k.scorer.models.version
+    fresh_version = k.trainer.models.version
     assert k.restore() is False
-    assert k.scorer.models.version == fresh_version != before.scorer.models.version
+    assert k.trainer.models.version == fresh_version != before.trainer.models.version
     assert "starting with fresh models" in caplog.text
 
 
@@ -298,11 +298,10 @@ def test_rotation_restores_under_the_old_key_and_saves_under_the_new() -> None:
 
 def test_a_checkpoint_of_another_feature_schema_starts_fresh() -> None:
     store = MemoryStateStore()
-    s = settings(checkpoint_key="secret")
-    scorer = Scorer(s.scoring())
+    trainer = Trainer()
     header = {"feature_schema": "something-else", "offsets": {}}
     raw = checkpoint.dump(
-        {"models": scorer.models, "rfm": scorer.rfm}, key_id="k1", key=b"secret", header=header
+        {"models": trainer.models, "rfm": trainer.rfm}, key_id="k1", key=b"secret", header=header
     )
     store.put_blob(BLOB, raw)
     assert keeper(store, checkpoint_key="secret").restore() is False

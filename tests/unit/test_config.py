@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamscore.config import Settings, load_settings
-from streamscore.core.scorer import ChurnActivity
+from streamscore.core.values import ChurnActivity
 from streamscore.errors import ConfigError
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
-from streamscore.core.scorer import Scorer
 from streamscore.ports import SourceRecord
 from streamscore.runtime import DUE_FLOOR_PER_PARTITION, Pipeline
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from streamscore.wiring import in_process_scorer
 
 SETTINGS = Settings()
 NOW = 2_000_000_000_000
@@ -20,7 +20,7 @@ def _pipeline(
         ListSource(records),
         MemoryStateStore(),
         ListSink(),
-        Scorer(SETTINGS.scoring()),
+        in_process_scorer(SETTINGS.scoring())[0],
         limits=SETTINGS.event_limits(),
         batch_size=100,
         poll_timeout_s=0.0,
@@ -56,7 +56,10 @@ def test_a_delayed_burst_of_due_users_resolves_the_same_labels() -> None:
                 break
         max_due.append(most)
         reports.append(
-            (p.scorer.quality.churn.report()["labels"], p.scorer.quality.value.report()["labels"])
+            (
+                p.scorer.learner.quality.churn.report()["labels"],
+                p.scorer.learner.quality.value.report()["labels"],
+            )
         )
     uncapped, capped = max_due
     assert uncapped > DUE_FLOOR_PER_PARTITION, "the data must have bursts for the cap to bite"

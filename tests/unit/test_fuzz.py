@@ -30,12 +30,12 @@ from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core.events import EventType
 from streamscore.core.features import MAX_PURCHASE_BUFFER
-from streamscore.core.scorer import Scorer
 from streamscore.core.state import RECENT_IDS, UserState
 from streamscore.errors import DeadLetterLimitExceeded
 from streamscore.ports import SourceRecord
 from streamscore.runtime import DeadLetterGuard, Pipeline
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from streamscore.wiring import in_process_scorer
 
 SETTINGS = Settings()
 DAY = 86_400_000
@@ -77,7 +77,7 @@ def run(
         ListSource(records),
         store,
         sink,
-        Scorer(SETTINGS.scoring()),
+        in_process_scorer(SETTINGS.scoring())[0],
         limits=SETTINGS.event_limits(),
         batch_size=batch_size,
         poll_timeout_s=0.0,
@@ -374,7 +374,7 @@ def test_outputs_replayed_after_a_crash_repeat_ids_with_the_same_identity() -> N
         source,
         store,
         first,
-        Scorer(SETTINGS.scoring()),
+        in_process_scorer(SETTINGS.scoring())[0],
         limits=SETTINGS.event_limits(),
         batch_size=300,
         poll_timeout_s=0.0,
@@ -469,7 +469,7 @@ def test_one_users_state_stays_bounded(weights: list[float], mean_gap_s: int, se
         ListSource(records),
         store,
         sink,
-        Scorer(SETTINGS.scoring()),
+        in_process_scorer(SETTINGS.scoring())[0],
         limits=SETTINGS.event_limits(),
         batch_size=250,
         poll_timeout_s=0.0,

@@ -13,9 +13,9 @@ import orjson
 from streamscore.adapters.memory import ListSink, MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES
-from streamscore.core.scorer import Scorer
 from streamscore.ports import RebalanceHook, SourceRecord
 from streamscore.runtime import Pipeline
+from streamscore.wiring import in_process_scorer
 
 SETTINGS = Settings()
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, event time
@@ -74,7 +74,7 @@ def _run(
         source,
         MemoryStateStore(),
         sink,
-        Scorer(SETTINGS.scoring()),
+        in_process_scorer(SETTINGS.scoring())[0],
         limits=SETTINGS.event_limits(),
         clock=lambda: wall[0],
         idle_after_ms=idle_after_ms,
@@ -102,7 +102,9 @@ def test_an_idle_partition_follows_the_active_one_and_its_silent_users_are_resco
     rescored = _silence_scores(sink, "a")
     assert len(rescored) >= 3, "user a went silent for 30 days: 3, 7, 14 and 21 days"
     waiting, _, _ = _run(idle_after_ms=None)
-    resolved = pipeline.scorer.quality.churn.count - waiting.scorer.quality.churn.count
+    resolved = (
+        pipeline.scorer.learner.quality.churn.count - waiting.scorer.learner.quality.churn.count
+    )
     # a's snapshots at day 0 (its events), 7 and 14 (silences, one per 7 days): their churn
     # labels fall due at days 14, 21 and 28, all behind the followed watermark (~day 30).
     assert resolved == 3

@@ -8,11 +8,11 @@ import pytest
 
 from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
-from streamscore.core.scorer import Scorer
 from streamscore.errors import RetryAbandoned, TransientError
 from streamscore.ports import SourceRecord
 from streamscore.runtime import Pipeline, RetryPolicy
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from streamscore.wiring import in_process_scorer
 
 
 class Flaky:
@@ -107,7 +107,7 @@ def test_an_abandoned_batch_is_neither_saved_nor_committed() -> None:
         source,
         store,
         FailingSink(),
-        Scorer(settings.scoring()),
+        in_process_scorer(settings.scoring())[0],
         limits=settings.event_limits(),
         batch_size=100,
         poll_timeout_s=0.0,

@@ -17,8 +17,8 @@ from typing import IO
 import orjson
 
 from streamscore.adapters.memory import ListSource
-from streamscore.core.scorer import Output
 from streamscore.core.timeutil import parse_rfc3339
+from streamscore.core.values import Output
 from streamscore.ports import SourceRecord
 
 _UNPARSABLE = -(2**62)

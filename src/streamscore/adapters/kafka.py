@@ -33,7 +33,7 @@ from kafka.structs import MemberState, OffsetAndMetadata
 
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS
-from streamscore.core.scorer import Output
+from streamscore.core.values import Output
 from streamscore.errors import ConfigError, TransientError
 from streamscore.ports import RebalanceHook, SourceRecord
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Collection, Iterable, Mapping
 
-from streamscore.core.scorer import Output
+from streamscore.core.values import Output
 from streamscore.ports import RebalanceHook, SourceRecord
 
 

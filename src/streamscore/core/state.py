@@ -26,7 +26,7 @@ import orjson
 
 from streamscore.core.alerts import AlertState
 from streamscore.core.features import UserFeatures
-from streamscore.core.models import CHURN_INPUTS, FEATURE_SCHEMA, VALUE_INPUTS
+from streamscore.core.inputs import CHURN_INPUTS, FEATURE_SCHEMA, VALUE_INPUTS
 
 STATE_VERSION = 2
 RECENT_IDS = 16

@@ -197,3 +197,11 @@ class ValueQuality:
             "naive_mae": self.naive_abs_err / n if n else None,
             "normalised_gini": gini,
         }
+
+
+@dataclass(slots=True)
+class Quality:
+    """Progressive validation of both models."""
+
+    churn: ChurnQuality = field(default_factory=ChurnQuality)
+    value: ValueQuality = field(default_factory=ValueQuality)
