@@ -22,9 +22,9 @@ import orjson
 from bench.common import DatasetSpec, kafka_partition, locality, log
 from bench.profiles import from_pyinstrument, render, summarize
 from streamscore.adapters.memory import MemoryStateStore
-from streamscore.app import build_pipeline
 from streamscore.config import load_settings
 from streamscore.core.values import Output
+from streamscore.embedded import build_pipeline
 from streamscore.ports import RebalanceHook, SourceRecord
 from streamscore.runtime import Pipeline
 

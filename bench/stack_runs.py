@@ -499,7 +499,7 @@ def run_anatomy(
     checkpoints of ``run_service``: a diagnostic for the latency figures, not one of them.
     """
     from streamscore.config import load_settings
-    from streamscore.heap import freeze_startup_heap, thaw_heap
+    from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
     from streamscore.service import build_service
 
     stack = ctx.stack

@@ -35,7 +35,7 @@ def _records(users: int, days: float, seed: int, limit: int) -> list[SourceRecor
 
 
 def _states(records: Sequence[SourceRecord]) -> dict[str, bytes]:
-    from streamscore.app import build_pipeline
+    from streamscore.embedded import build_pipeline
 
     settings = load_settings(metrics_port=0)
     store = MemoryStateStore()

@@ -61,15 +61,16 @@ CONSUMER_LAG = Gauge(
     ["partition"],
     registry=REGISTRY,
 )
-RETRIES = Counter(
+TRANSIENT_ERRORS = Counter(
     "streamscore_transient_errors_total",
-    "Retried transient failures by step",
+    "Transient failures by step (each is retried with backoff; nothing is committed meanwhile)",
     ["step"],
     registry=REGISTRY,
 )
-DUE_USERS = Counter(
-    "streamscore_silent_users_rescored_total",
-    "Users loaded because time passed, not events",
+DUE_USERS_LOADED = Counter(
+    "streamscore_due_users_loaded_total",
+    "Users loaded without new events of theirs, because a label horizon or a rescoring point "
+    "of their silence fell due",
     registry=REGISTRY,
 )
 LABELS = Counter(
@@ -158,7 +159,7 @@ RETRY_STEPS = (  # the steps runtime.Pipeline retries with on_retry
 for _signal in DRIFT_SIGNALS:
     DRIFT_DETECTIONS.labels(_signal)
 for _step in RETRY_STEPS:
-    RETRIES.labels(_step)
+    TRANSIENT_ERRORS.labels(_step)
 
 
 def serve(host: str, port: int) -> None:
@@ -182,7 +183,7 @@ def observe_batch(stats: BatchStats, now_s: float) -> None:
         if wm > 0:
             WATERMARK.labels(str(partition)).set(wm / 1000)
             EVENT_TIME_LAG.labels(str(partition)).set(max(now_s - wm / 1000, 0.0))
-    DUE_USERS.inc(stats.due_users)
+    DUE_USERS_LOADED.inc(stats.due_users)
     for p in stats.churn_scores:
         SCORES.observe(p)
     for v in stats.predicted_values:

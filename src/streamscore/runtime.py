@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from streamscore.core.events import Event, EventLimits, decode_event
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS, dead_letter
@@ -59,7 +59,8 @@ class BatchStats:
     dead_letters: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, int] = field(default_factory=dict)
     users: int = 0
-    due_users: int = 0
+    due_users: int = 0  # loaded without events of theirs: a label or a silence fell due
+    due_expired: int = 0  # queued as due, but their state had expired: dropped from the queue
     seconds: dict[str, float] = field(default_factory=dict)
     watermarks: dict[int, int] = field(default_factory=dict)
     max_event_ms: int = 0
@@ -350,11 +351,12 @@ class Pipeline:
         # A list, not a set: the order users are advanced in is the order the models learn
         # in, and it must not depend on the interpreter's hash seed.
         extra = list(dict.fromkeys(u for users in due.values() for u in users if u not in states))
-        found = self._load(extra, missing_ok=False)
+        found = self._load(extra, missing="skip")
         for partition, users in due.items():
             for uid in users:
                 if uid in extra and uid not in found:
                     batch.dropped.setdefault(partition, {})[uid] = None  # state expired
+                    batch.stats.due_expired += 1
         states.update(found)
         batch.stats.due_users = len(found)
         for state in states.values():
@@ -456,13 +458,15 @@ class Pipeline:
         if candidate > wm:
             self.watermarks[partition] = candidate
 
-    def _load(self, user_ids: Iterable[str], *, missing_ok: bool = True) -> dict[str, UserState]:
-        """States of these users; unknown users get a fresh state unless ``missing_ok`` is off."""
+    def _load(
+        self, user_ids: Iterable[str], *, missing: Literal["new", "skip"] = "new"
+    ) -> dict[str, UserState]:
+        """States of these users; a user without one gets a new state, or is left out."""
         ids = list(user_ids)
         if not ids:
             return {}
         raw = self.retry.run("load states", lambda: self.store.load(ids), self.on_retry)
-        if not missing_ok:
+        if missing == "skip":
             return {u: UserState.from_bytes(u, b) for u, b in raw.items()}
         return {
             u: UserState.from_bytes(u, raw[u]) if u in raw else UserState(user_id=u) for u in ids
@@ -483,8 +487,19 @@ class Pipeline:
     # -- driving --------------------------------------------------------------------------
 
     def run_until_exhausted(self, on_batch: Callable[[BatchStats], None] | None = None) -> None:
-        """Process a finite source to its end, then let the watermark settle due users."""
+        """Process a finite source to its end, then let the watermark settle due users.
+
+        The last batch leaves users waiting whose labels or silences are due at or before the
+        final watermarks when there were more than one batch may take (``due_limit``, the
+        per-record share): batches without input run until one finds nobody due.
+        """
         while not self.source.exhausted():
             stats = self.run_once()
             if on_batch is not None:
                 on_batch(stats)
+        while True:
+            stats = self.run_once()
+            if on_batch is not None:
+                on_batch(stats)
+            if stats.due_users == 0 and stats.due_expired == 0:
+                return

@@ -19,8 +19,8 @@ from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
 from streamscore.errors import RetryAbandoned, TransientError
-from streamscore.heap import freeze_startup_heap, thaw_heap
-from streamscore.modelstore import ModelKeeper
+from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
+from streamscore.model_checkpoints import ModelCheckpoints
 from streamscore.progress import Progress
 from streamscore.runtime import DeadLetterGuard, Pipeline, RetryPolicy
 from streamscore.simulator import ShopSimulator, encode_event
@@ -49,12 +49,12 @@ class StopFlag:
 
 def build_service(
     settings: Settings, stop: threading.Event | None = None
-) -> tuple[Pipeline, ModelKeeper, KafkaSource]:
+) -> tuple[Pipeline, ModelCheckpoints, KafkaSource]:
     """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
     store = RedisStateStore.from_settings(settings)
     scorer, trainer = in_process_scorer(settings.scoring())
-    keeper = ModelKeeper(settings, store, trainer)
-    keeper.restore()
+    checkpoints = ModelCheckpoints(settings, store, trainer)
+    checkpoints.restore()
     source = KafkaSource(settings)
     sink = KafkaSink(settings)
     pipeline = Pipeline(
@@ -70,9 +70,9 @@ def build_service(
         idle_after_ms=round(settings.idle_partition_seconds * 1000) or None,
         dlq_guard=DeadLetterGuard(settings.dlq_max_ratio, settings.dlq_window),
         retry=RetryPolicy(stop=stop),
-        on_retry=lambda step: metrics.RETRIES.labels(step).inc(),
+        on_retry=lambda step: metrics.TRANSIENT_ERRORS.labels(step).inc(),
     )
-    return pipeline, keeper, source
+    return pipeline, checkpoints, source
 
 
 def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
@@ -85,7 +85,7 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     if settings.checkpoint_key is None:
         log.warning("STREAMSCORE_CHECKPOINT_KEY is not set: models will not be checkpointed")
-    pipeline, keeper, source = build_service(settings, stop.event)
+    pipeline, checkpoints, source = build_service(settings, stop.event)
     frozen = freeze_startup_heap()
     log.info(
         "scoring %s from %s (%d start-up objects exempt from garbage collection)",
@@ -96,7 +96,7 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
     last_lag = 0.0
     offsets: dict[int, int] = {}
     failed_commits = 0
-    watch = metrics.ScorerWatch(pipeline.scorer, keeper.trainer, log)
+    watch = metrics.ScorerWatch(pipeline.scorer, checkpoints.trainer, log)
     abandoned = False
     try:
         while not stop.event.is_set():
@@ -104,20 +104,22 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
             now = time.time()
             metrics.observe_batch(stats, now)
             metrics.MODEL_INFO.clear()
-            metrics.MODEL_INFO.labels(keeper.trainer.models.version).set(1)
-            if keeper.last_saved_wall:
-                metrics.CHECKPOINT_AGE.set(now - keeper.last_saved_wall)
+            metrics.MODEL_INFO.labels(checkpoints.trainer.models.version).set(1)
+            if checkpoints.last_saved_wall:
+                metrics.CHECKPOINT_AGE.set(now - checkpoints.last_saved_wall)
             offsets.update(stats.next_offsets)
             if source.failed_commits > failed_commits:
                 # Offset commits are asynchronous: their failures surface here, not as retries.
-                metrics.RETRIES.labels("commit offsets").inc(source.failed_commits - failed_commits)
+                metrics.TRANSIENT_ERRORS.labels("commit offsets").inc(
+                    source.failed_commits - failed_commits
+                )
                 failed_commits = source.failed_commits
             if now - last_lag > 5:
                 last_lag = now
                 watch.update()
                 for p, lag in source.lag().items():
                     metrics.CONSUMER_LAG.labels(str(p)).set(lag)
-            keeper.maybe_save(offsets)
+            checkpoints.maybe_save(offsets)
     except RetryAbandoned as exc:
         abandoned = True
         log.warning(
@@ -131,7 +133,7 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
                 log.warning("stopping without a model checkpoint: the last batch was not saved")
             else:
                 log.info("stopping: checkpointing models and closing clients")
-                keeper.save()
+                checkpoints.save()
         except TransientError as exc:
             log.warning("stopping without a model checkpoint: %s", exc)
         finally:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streamscore.app import DemoResult, RunSummary
 from streamscore.core.timeutil import iso
+from streamscore.embedded import DemoResult, RunSummary
 
 
 def _f(value: object, fmt: str = ".3f") -> str:

@@ -17,7 +17,6 @@ import pytest
 
 from streamscore.adapters.files import JsonlSource
 from streamscore.adapters.memory import ListSink, MemoryStateStore
-from streamscore.app import build_pipeline, drive, iter_states
 from streamscore.cli import main
 from streamscore.config import load_settings
 from streamscore.core.records import (
@@ -28,6 +27,7 @@ from streamscore.core.records import (
     UserScore,
 )
 from streamscore.core.timeutil import parse_rfc3339
+from streamscore.embedded import build_pipeline, drive, iter_states
 from streamscore.wiring import in_process_scorer
 
 DAY = 86_400_000

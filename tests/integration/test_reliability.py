@@ -37,11 +37,11 @@ import pytest
 import redis
 
 from streamscore.adapters.memory import MemoryStateStore
-from streamscore.app import replay
 from streamscore.config import load_settings
 from streamscore.core import checkpoint
 from streamscore.core.state import UserState
 from streamscore.core.timeutil import parse_rfc3339
+from streamscore.embedded import replay
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 
 from .conftest import BOOTSTRAP, REDIS_URL

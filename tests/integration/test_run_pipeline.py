@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from streamscore.adapters.memory import MemoryStateStore
-from streamscore.app import replay
 from streamscore.core.records import ChurnAlert, DeadLetter, SegmentChange, UserScore
 from streamscore.core.state import UserState
+from streamscore.embedded import replay
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 
 from .helpers import (

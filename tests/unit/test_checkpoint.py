@@ -1,4 +1,4 @@
-"""Signed model checkpoints (issue 5, item 4): ``core.checkpoint`` and ``ModelKeeper``.
+"""Signed model checkpoints (issue 5, item 4): ``core.checkpoint`` and ``ModelCheckpoints``.
 
 A checkpoint is a pickle, and unpickling runs code, so nothing may be unpickled before its
 HMAC-SHA256 signature has been checked under a configured key id.
@@ -19,7 +19,7 @@ from streamscore.core import checkpoint
 from streamscore.core.inputs import FEATURE_SCHEMA
 from streamscore.core.trainer import Trainer
 from streamscore.errors import CheckpointError, ConfigError, TransientError
-from streamscore.modelstore import BLOB, ModelKeeper
+from streamscore.model_checkpoints import BLOB, ModelCheckpoints
 
 KEY = b"k1-secret"
 KEYS = {"k1": KEY}
@@ -171,26 +171,26 @@ def test_key_rotation_old_key_verifies_new_one_signs() -> None:
     assert "key id 'k2'" in refused(new, KEYS)  # a process that only knows k1
 
 
-# -- ModelKeeper ------------------------------------------------------------------------------
+# -- ModelCheckpoints ------------------------------------------------------------------------------
 
 
 def settings(**kw: Any) -> Settings:
     return Settings(metrics_port=0, **kw)
 
 
-def keeper(store: MemoryStateStore, **kw: Any) -> ModelKeeper:
+def checkpoints(store: MemoryStateStore, **kw: Any) -> ModelCheckpoints:
     s = settings(**kw)
-    return ModelKeeper(s, store, Trainer())
+    return ModelCheckpoints(s, store, Trainer())
 
 
-def saved_by(store: MemoryStateStore, **kw: Any) -> ModelKeeper:
-    k = keeper(store, **kw)
+def saved_by(store: MemoryStateStore, **kw: Any) -> ModelCheckpoints:
+    k = checkpoints(store, **kw)
     k.maybe_save({0: 5, 1: 9})  # interval not passed: remembers the offsets only
     k.save()
     return k
 
 
-def test_keeper_saves_a_signed_checkpoint_with_offsets_and_versions() -> None:
+def test_checkpoints_saves_a_signed_checkpoint_with_offsets_and_versions() -> None:
     store = MemoryStateStore()
     k = saved_by(store, checkpoint_key="secret")
     raw = store.get_blob(BLOB)
@@ -206,10 +206,10 @@ def test_keeper_saves_a_signed_checkpoint_with_offsets_and_versions() -> None:
     assert set(ckpt.state) == {"models", "rfm"}
 
 
-def test_keeper_restores_models_and_the_offsets_they_reflect() -> None:
+def test_checkpoints_restores_models_and_the_offsets_they_reflect() -> None:
     store = MemoryStateStore()
     before = saved_by(store, checkpoint_key="secret")
-    after = keeper(store, checkpoint_key="secret")
+    after = checkpoints(store, checkpoint_key="secret")
     assert after.restore() is True
     assert after.trainer.models.version == before.trainer.models.version
     # A restarted process that only reads partition 1 still checkpoints partition 0's offset.
@@ -220,21 +220,21 @@ def test_keeper_restores_models_and_the_offsets_they_reflect() -> None:
     assert checkpoint.load(raw, {"k1": b"secret"}).header["offsets"] == {"0": 5, "1": 20}
 
 
-def test_keeper_without_a_key_saves_nothing() -> None:
+def test_checkpoints_without_a_key_saves_nothing() -> None:
     store = MemoryStateStore()
     saved_by(store)
     assert store.get_blob(BLOB) is None
 
 
 def test_no_checkpoint_starts_fresh() -> None:
-    assert keeper(MemoryStateStore(), checkpoint_key="secret").restore() is False
+    assert checkpoints(MemoryStateStore(), checkpoint_key="secret").restore() is False
 
 
 def test_a_checkpoint_without_a_configured_key_is_a_config_error() -> None:
     store = MemoryStateStore()
     saved_by(store, checkpoint_key="secret")
     with pytest.raises(ConfigError, match="STREAMSCORE_CHECKPOINT_KEY is not set"):
-        keeper(store).restore()
+        checkpoints(store).restore()
 
 
 def _tamper(store: MemoryStateStore) -> None:
@@ -247,7 +247,7 @@ def test_tampered_checkpoint_fails_by_default_with_a_clear_message() -> None:
     store = MemoryStateStore()
     saved_by(store, checkpoint_key="secret")
     _tamper(store)
-    k = keeper(store, checkpoint_key="secret")
+    k = checkpoints(store, checkpoint_key="secret")
     with pytest.raises(CheckpointError) as info:
         k.restore()
     message = str(info.value)
@@ -263,7 +263,7 @@ def test_tampered_checkpoint_with_on_bad_fresh_starts_fresh(
     before.trainer.models.generation += 5
     before.save()
     _tamper(store)
-    k = keeper(store, checkpoint_key="secret", on_bad_checkpoint="fresh")
+    k = checkpoints(store, checkpoint_key="secret", on_bad_checkpoint="fresh")
     fresh_version = k.trainer.models.version
     assert k.restore() is False
     assert k.trainer.models.version == fresh_version != before.trainer.models.version
@@ -274,14 +274,14 @@ def test_unknown_key_id_fails_or_starts_fresh_as_configured() -> None:
     store = MemoryStateStore()
     saved_by(store, checkpoint_key="secret", checkpoint_key_id="k7")
     with pytest.raises(CheckpointError, match="key id 'k7'"):
-        keeper(store, checkpoint_key="secret").restore()
-    assert keeper(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore() is False
+        checkpoints(store, checkpoint_key="secret").restore()
+    assert checkpoints(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore() is False
 
 
 def test_rotation_restores_under_the_old_key_and_saves_under_the_new() -> None:
     store = MemoryStateStore()
     saved_by(store, checkpoint_key="old-secret", checkpoint_key_id="k1")
-    rotated = keeper(
+    rotated = checkpoints(
         store,
         checkpoint_key="new-secret",
         checkpoint_key_id="k2",
@@ -304,7 +304,7 @@ def test_a_checkpoint_of_another_feature_schema_starts_fresh() -> None:
         {"models": trainer.models, "rfm": trainer.rfm}, key_id="k1", key=b"secret", header=header
     )
     store.put_blob(BLOB, raw)
-    assert keeper(store, checkpoint_key="secret").restore() is False
+    assert checkpoints(store, checkpoint_key="secret").restore() is False
 
 
 class _FlakyStore(MemoryStateStore):
@@ -323,7 +323,7 @@ def test_a_store_hiccup_during_a_periodic_checkpoint_does_not_stop_the_scorer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = _FlakyStore()
-    k = keeper(store, checkpoint_key="secret", checkpoint_interval_seconds=0.001)
+    k = checkpoints(store, checkpoint_key="secret", checkpoint_interval_seconds=0.001)
     k.last_saved -= 1
     k.maybe_save({0: 1})  # fails, logs, carries on
     assert store.get_blob(BLOB) is None

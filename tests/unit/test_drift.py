@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from streamscore.app import demo
 from streamscore.config import load_settings
 from streamscore.core.drift import (
     PSI_EPS,
@@ -26,6 +25,7 @@ from streamscore.core.drift import (
     PsiWindow,
     psi,
 )
+from streamscore.embedded import demo
 from streamscore.simulator import SimulationConfig
 
 DAY_MS = 86_400_000

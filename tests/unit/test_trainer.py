@@ -16,7 +16,7 @@ DAY = 86_400_000
 
 
 def churn_example(churned: bool, predicted: float = 0.3, **kw: object) -> TrainingExample:
-    inputs = {name: 0.5 for name in CHURN_INPUTS}
+    inputs = dict.fromkeys(CHURN_INPUTS, 0.5)
     return TrainingExample(
         kind=LabelKind.CHURN,
         inputs=kw.pop("inputs", inputs),  # type: ignore[arg-type]
@@ -32,7 +32,7 @@ def churn_example(churned: bool, predicted: float = 0.3, **kw: object) -> Traini
 def value_example(spend: float, predicted: float, baseline: float) -> TrainingExample:
     return TrainingExample(
         kind=LabelKind.VALUE,
-        inputs={name: 1.0 for name in VALUE_INPUTS},
+        inputs=dict.fromkeys(VALUE_INPUTS, 1.0),
         label=spend,
         predicted=predicted,
         baseline=baseline,

@@ -26,7 +26,7 @@ from streamscore.core.state import UserState
 from streamscore.core.trainer import Trainer
 from streamscore.core.validation import exact_auc
 from streamscore.core.values import LabelOutcome
-from streamscore.heap import freeze_startup_heap, thaw_heap
+from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
 from streamscore.ports import Sink, Source, SourceRecord
 from streamscore.progress import Progress
 from streamscore.runtime import BatchStats, Pipeline, wall_clock_ms

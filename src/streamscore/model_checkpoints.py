@@ -20,7 +20,7 @@ log = logging.getLogger("streamscore.models")
 BLOB = "models"
 
 
-class ModelKeeper:
+class ModelCheckpoints:
     """Owns the signed checkpoint of the trainer's lineage (models, RFM quantiles)."""
 
     def __init__(self, settings: Settings, store: StateStore, trainer: Trainer) -> None:
