@@ -24,9 +24,9 @@ from bench.profiles import from_pyinstrument, render, summarize
 from streamscore.adapters.memory import MemoryStateStore
 from streamscore.config import load_settings
 from streamscore.core.values import Output
-from streamscore.embedded import build_pipeline
 from streamscore.ports import RebalanceHook, SourceRecord
 from streamscore.runtime import Pipeline
+from streamscore.wiring import build_pipeline, in_process_scorer
 
 STAGES = ("poll_decode", "load", "score", "produce", "save", "commit", "total")
 PARTITIONS = 4
@@ -102,7 +102,9 @@ def run_core(
     """One pass over the records; per-stage microseconds per event."""
     settings = load_settings(batch_max_records=batch, metrics_port=0)
     sink = SerializingSink()
-    pipeline = build_pipeline(settings, RecordsSource(records, "bench"), MemoryStateStore(), sink)
+    scorer = in_process_scorer(settings.scoring())[0]
+    source = RecordsSource(records, "bench")
+    pipeline = build_pipeline(settings, source, MemoryStateStore(), sink, scorer)
     totals = dict.fromkeys(STAGES, 0.0)
     events = users = due_users = batches = 0
     if profiler is not None:

@@ -35,11 +35,14 @@ def _records(users: int, days: float, seed: int, limit: int) -> list[SourceRecor
 
 
 def _states(records: Sequence[SourceRecord]) -> dict[str, bytes]:
-    from streamscore.embedded import build_pipeline
+    from streamscore.wiring import build_pipeline, in_process_scorer
 
     settings = load_settings(metrics_port=0)
     store = MemoryStateStore()
-    pipeline = build_pipeline(settings, ListSource(records, topic="bench"), store, ListSink())
+    scorer = in_process_scorer(settings.scoring())[0]
+    pipeline = build_pipeline(
+        settings, ListSource(records, topic="bench"), store, ListSink(), scorer
+    )
     pipeline.run_until_exhausted()
     return store.states
 

@@ -1,7 +1,7 @@
 """Wiring for the embedded default (memory store, file source and sinks): replay and demo.
 
-Production (``streamscore run``) wires the same ``Pipeline`` to Kafka and Redis instead; see
-``service.py``.
+Production (``streamscore run``) wires the same ``Pipeline`` (``wiring.build_pipeline``) to
+Kafka and Redis instead; see ``service.py``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from streamscore.core.trainer import Trainer
 from streamscore.core.validation import exact_auc
 from streamscore.core.values import LabelOutcome
 from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
-from streamscore.ports import Sink, Source, SourceRecord
+from streamscore.ports import SourceRecord
 from streamscore.progress import Progress
 from streamscore.runtime import BatchStats, Pipeline, wall_clock_ms
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
-from streamscore.wiring import in_process_scorer
+from streamscore.wiring import build_pipeline, in_process_scorer
 
 
 @dataclass(slots=True)
@@ -58,25 +58,6 @@ class RunSummary:
     def events_per_second(self) -> float:
         """Input records processed per wall-clock second."""
         return self.records / self.seconds if self.seconds else 0.0
-
-
-def build_pipeline(
-    settings: Settings,
-    source: Source,
-    store: MemoryStateStore,
-    sink: Sink,
-    scorer: Scorer | None = None,
-) -> Pipeline:
-    """A pipeline on the embedded default adapters."""
-    return Pipeline(
-        source,
-        store,
-        sink,
-        scorer or in_process_scorer(settings.scoring())[0],
-        limits=settings.event_limits(),
-        batch_size=settings.batch_max_records,
-        poll_timeout_s=0.0,
-    )
 
 
 def drive(pipeline: Pipeline, progress: Progress | None) -> RunSummary:
@@ -163,8 +144,10 @@ def replay(
     sink.ensure(OUTPUT_TOPICS)
     scorer, trainer = in_process_scorer(settings.scoring())
     pipeline = build_pipeline(settings, source, store, sink, scorer)
-    summary = drive(pipeline, Progress("replay") if show_progress else None)
-    sink.close()
+    try:
+        summary = drive(pipeline, Progress("replay") if show_progress else None)
+    finally:
+        sink.close()
     cutoff = as_of_ms if as_of_ms is not None else summary.last_event_ms
     now = wall_clock_ms()
     with (out_dir / "final_scores.jsonl").open("wb") as fp:
@@ -222,8 +205,10 @@ def demo(
     source = ListSource(simulated_records(sim, settings.input_topic), topic=settings.input_topic)
     pipeline = build_pipeline(settings, source, store, sink, scorer)
     progress = Progress("demo", total=expected_events) if show_progress else None
-    summary = drive(pipeline, progress)
-    sink.close()
+    try:
+        summary = drive(pipeline, progress)
+    finally:
+        sink.close()
     horizon = settings.churn_horizon_days
     oracle = [
         sim.oracle_churn_probability(

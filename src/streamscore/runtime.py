@@ -138,28 +138,55 @@ class RetryPolicy:
                 delay = min(delay * 2, self.max_s)
 
 
-class DeadLetterGuard:
-    """Stops the service when most recent input is invalid: a wrong topic, a broken producer."""
+TOPIC_ADVICE = (
+    "is the input topic right? Inspect the dead-letter topic, fix the producer, or raise "
+    "STREAMSCORE_DLQ_MAX_RATIO."
+)
+FILE_ADVICE = (
+    "is the input a JSONL file of user events? Inspect the dead letters "
+    "(user-events-dlq.jsonl), fix the input, or raise STREAMSCORE_DLQ_MAX_RATIO."
+)
 
-    def __init__(self, max_ratio: float, window: int) -> None:
+
+class DeadLetterGuard:
+    """Stops a run when most recent input is invalid: a wrong topic, a broken producer.
+
+    Judged over windows of ``window`` records; a finite input that never filled one is
+    judged as a whole when it ends (``finish``), so a short file of garbage fails too.
+    """
+
+    def __init__(self, max_ratio: float, window: int, advice: str = TOPIC_ADVICE) -> None:
         self.max_ratio = max_ratio
         self.window = window
+        self.advice = advice
         self._bad = 0
         self._total = 0
+        self._bad_ever = 0
+        self._total_ever = 0
 
     def observe(self, bad: int, total: int) -> None:
         """Count a batch; raise ``DeadLetterLimitExceeded`` once a full window is mostly bad."""
         self._bad += bad
         self._total += total
+        self._bad_ever += bad
+        self._total_ever += total
         if self._total >= self.window:
             ratio = self._bad / self._total
             self._bad = self._total = 0
             if ratio > self.max_ratio:
-                raise DeadLetterLimitExceeded(
-                    f"{ratio:.0%} of the last {self.window}+ records were invalid (limit "
-                    f"{self.max_ratio:.0%}); is the input topic right? Inspect the dead-letter "
-                    "topic, fix the producer, or raise STREAMSCORE_DLQ_MAX_RATIO."
-                )
+                self._refuse(f"{ratio:.0%} of the last {self.window}+ records")
+
+    def finish(self) -> None:
+        """The input has ended: raise if it was mostly bad as a whole and never judged."""
+        if 0 < self._total_ever < self.window:
+            ratio = self._bad_ever / self._total_ever
+            if ratio > self.max_ratio:
+                self._refuse(f"{ratio:.0%} of all {self._total_ever} records")
+
+    def _refuse(self, share: str) -> None:
+        raise DeadLetterLimitExceeded(
+            f"{share} were invalid (limit {self.max_ratio:.0%}); {self.advice}"
+        )
 
 
 class Pipeline:
@@ -489,6 +516,9 @@ class Pipeline:
     def run_until_exhausted(self, on_batch: Callable[[BatchStats], None] | None = None) -> None:
         """Process a finite source to its end, then let the watermark settle due users.
 
+        Raises ``DeadLetterLimitExceeded`` when the input is mostly invalid (see
+        ``DeadLetterGuard``), like ``streamscore run``.
+
         The last batch leaves users waiting whose labels or silences are due at or before the
         final watermarks when there were more than one batch may take (``due_limit``, the
         per-record share): batches without input run until one finds nobody due.
@@ -497,6 +527,8 @@ class Pipeline:
             stats = self.run_once()
             if on_batch is not None:
                 on_batch(stats)
+        if self.dlq_guard is not None:
+            self.dlq_guard.finish()
         while True:
             stats = self.run_once()
             if on_batch is not None:

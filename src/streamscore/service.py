@@ -22,9 +22,9 @@ from streamscore.errors import RetryAbandoned, TransientError
 from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
 from streamscore.model_checkpoints import ModelCheckpoints
 from streamscore.progress import Progress
-from streamscore.runtime import DeadLetterGuard, Pipeline, RetryPolicy
+from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, encode_event
-from streamscore.wiring import in_process_scorer
+from streamscore.wiring import build_pipeline, in_process_scorer
 
 log = logging.getLogger("streamscore.service")
 
@@ -57,19 +57,14 @@ def build_service(
     checkpoints.restore()
     source = KafkaSource(settings)
     sink = KafkaSink(settings)
-    pipeline = Pipeline(
+    pipeline = build_pipeline(
+        settings,
         source,
         store,
         sink,
         scorer,
-        limits=settings.event_limits(),
-        batch_size=settings.batch_max_records,
-        poll_timeout_s=settings.poll_timeout_ms / 1000,
-        due_limit=settings.due_users_per_batch,
-        due_per_record=settings.due_users_per_record,
-        idle_after_ms=round(settings.idle_partition_seconds * 1000) or None,
-        dlq_guard=DeadLetterGuard(settings.dlq_max_ratio, settings.dlq_window),
-        retry=RetryPolicy(stop=stop),
+        live=True,
+        stop=stop,
         on_retry=lambda step: metrics.TRANSIENT_ERRORS.labels(step).inc(),
     )
     return pipeline, checkpoints, source
