@@ -510,7 +510,8 @@ def run_anatomy(
     settings = load_settings(
         kafka_bootstrap_servers=BOOTSTRAP, redis_url=REDIS_URL, metrics_port=0, **names
     )
-    pipeline, _, source = build_service(settings)
+    pipeline, _ = build_service(settings)
+    source = pipeline.source
     freeze_startup_heap()  # as run_service does
     spec = ctx.spec
     argv = [sys.executable, "-m", "bench.workers", "produce", "--topic", topic]

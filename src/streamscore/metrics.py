@@ -88,6 +88,11 @@ VALUE_MAE = Gauge(
 MODEL_INFO = Gauge(
     "streamscore_model_info", "Current model version", ["version"], registry=REGISTRY
 )
+SOURCE_CONNECTED = Gauge(
+    "streamscore_source_connected",
+    "1 while the input source's last poll worked and a broker connection is up, else 0",
+    registry=REGISTRY,
+)
 CHECKPOINT_AGE = Gauge(
     "streamscore_checkpoint_age_seconds",
     "Seconds since the last model checkpoint",

@@ -230,11 +230,18 @@ class Pipeline:
         self.dlq_guard = dlq_guard
         self.on_retry = on_retry
         self.watermarks: dict[int, int] = {}
-        # True from the moment a batch touches the models until its states are saved: a
-        # model checkpoint taken then would hold learning that a restart repeats.
-        self.unsaved_learning = False
+        self._learning_unsaved = False
         self.lateness_ms = scorer.config.allowed_lateness_ms
         source.on_rebalance(self._assigned, self._revoked)
+
+    @property
+    def learning_saved(self) -> bool:
+        """False from the moment a batch touches the models until its states are saved.
+
+        A model checkpoint taken meanwhile would hold learning that a restart repeats (the
+        batch is read again), so the service skips the checkpoint of an abandoned batch.
+        """
+        return not self._learning_unsaved
 
     # -- rebalancing ----------------------------------------------------------------------
 
@@ -271,7 +278,7 @@ class Pipeline:
         t1 = time.perf_counter()
         self._load_event_users(batch)
         t2 = time.perf_counter()
-        self.unsaved_learning = True
+        self._learning_unsaved = True
         self._apply_events(batch)
         # The scores of this batch's events go to the producer now, ahead of the silent users'
         # work below, so a batch heavy with due users does not delay them. Safety is the same:
@@ -285,7 +292,7 @@ class Pipeline:
         self.retry.run("flush producer", self.sink.flush, self.on_retry)
         t5 = time.perf_counter()
         self._save(batch.states, batch.dropped)
-        self.unsaved_learning = False
+        self._learning_unsaved = False
         t6 = time.perf_counter()
         offsets = batch.stats.next_offsets
         if offsets:

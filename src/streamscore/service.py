@@ -49,7 +49,7 @@ class StopFlag:
 
 def build_service(
     settings: Settings, stop: threading.Event | None = None
-) -> tuple[Pipeline, ModelCheckpoints, KafkaSource]:
+) -> tuple[Pipeline, ModelCheckpoints]:
     """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
     store = RedisStateStore.from_settings(settings)
     scorer, trainer = in_process_scorer(settings.scoring())
@@ -67,7 +67,7 @@ def build_service(
         stop=stop,
         on_retry=lambda step: metrics.TRANSIENT_ERRORS.labels(step).inc(),
     )
-    return pipeline, checkpoints, source
+    return pipeline, checkpoints
 
 
 def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
@@ -80,7 +80,8 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     if settings.checkpoint_key is None:
         log.warning("STREAMSCORE_CHECKPOINT_KEY is not set: models will not be checkpointed")
-    pipeline, checkpoints, source = build_service(settings, stop.event)
+    pipeline, checkpoints = build_service(settings, stop.event)
+    source = pipeline.source
     frozen = freeze_startup_heap()
     log.info(
         "scoring %s from %s (%d start-up objects exempt from garbage collection)",
@@ -103,17 +104,17 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
             if checkpoints.last_saved_wall:
                 metrics.CHECKPOINT_AGE.set(now - checkpoints.last_saved_wall)
             offsets.update(stats.next_offsets)
-            if source.failed_commits > failed_commits:
+            refused = source.commit_status().failed
+            if refused > failed_commits:
                 # Offset commits are asynchronous: their failures surface here, not as retries.
-                metrics.TRANSIENT_ERRORS.labels("commit offsets").inc(
-                    source.failed_commits - failed_commits
-                )
-                failed_commits = source.failed_commits
+                metrics.TRANSIENT_ERRORS.labels("commit offsets").inc(refused - failed_commits)
+                failed_commits = refused
             if now - last_lag > 5:
                 last_lag = now
                 watch.update()
                 for p, lag in source.lag().items():
                     metrics.CONSUMER_LAG.labels(str(p)).set(lag)
+                metrics.SOURCE_CONNECTED.set(1 if source.health().connected else 0)
             checkpoints.maybe_save(offsets)
     except RetryAbandoned as exc:
         abandoned = True
@@ -124,7 +125,7 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
         )
     finally:
         try:
-            if pipeline.unsaved_learning:
+            if not pipeline.learning_saved:
                 log.warning("stopping without a model checkpoint: the last batch was not saved")
             else:
                 log.info("stopping: checkpointing models and closing clients")

@@ -114,9 +114,9 @@ def test_an_abandoned_batch_is_neither_saved_nor_committed() -> None:
         clock=lambda: 2_000_000_000_000,
         retry=RetryPolicy(initial_s=0.001, stop=stop),
     )
-    assert not pipeline.unsaved_learning
+    assert pipeline.learning_saved
     with pytest.raises(RetryAbandoned, match="flush producer"):
         pipeline.run_once()
-    assert pipeline.unsaved_learning
+    assert not pipeline.learning_saved
     assert source.committed == {}
     assert store.load(users) == {}
