@@ -15,6 +15,7 @@ from streamscore.core.drift import PSI_FEATURES
 from streamscore.core.scorer import Scorer
 from streamscore.core.timeutil import iso
 from streamscore.core.trainer import Trainer
+from streamscore.errors import NewerFormatError
 from streamscore.runtime import BatchStats
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -65,6 +66,12 @@ TRANSIENT_ERRORS = Counter(
     "streamscore_transient_errors_total",
     "Transient failures by step (each is retried with backoff; nothing is committed meanwhile)",
     ["step"],
+    registry=REGISTRY,
+)
+NEWER_FORMAT_REFUSALS = Counter(
+    "streamscore_newer_format_refusals_total",
+    "Steps retried because a stored user state or checkpoint needs a newer streamscore "
+    "(a rolling upgrade is under way: finish it, or roll back)",
     registry=REGISTRY,
 )
 DUE_USERS_LOADED = Counter(
@@ -165,6 +172,13 @@ for _signal in DRIFT_SIGNALS:
     DRIFT_DETECTIONS.labels(_signal)
 for _step in RETRY_STEPS:
     TRANSIENT_ERRORS.labels(_step)
+
+
+def count_transient_error(step: str, error: Exception) -> None:
+    """``Pipeline``'s ``on_retry``: one more transient failure of ``step``."""
+    TRANSIENT_ERRORS.labels(step).inc()
+    if isinstance(error, NewerFormatError):
+        NEWER_FORMAT_REFUSALS.inc()
 
 
 def serve(host: str, port: int) -> None:

@@ -13,7 +13,7 @@ from streamscore.config import Settings
 from streamscore.core import checkpoint
 from streamscore.core.inputs import FEATURE_SCHEMA
 from streamscore.core.trainer import Trainer
-from streamscore.errors import CheckpointError, ConfigError, TransientError
+from streamscore.errors import CheckpointError, CheckpointTooNew, ConfigError, TransientError
 from streamscore.ports import StateStore
 
 log = logging.getLogger("streamscore.models")
@@ -54,6 +54,13 @@ class ModelCheckpoints:
             )
         try:
             ckpt = checkpoint.load(blob, self.keys)
+        except CheckpointTooNew as exc:
+            if self.on_bad == "fresh":
+                log.error("%s; starting with fresh models (on_bad_checkpoint=fresh)", exc)
+                return False
+            raise CheckpointTooNew(
+                f"{exc}, or set STREAMSCORE_ON_BAD_CHECKPOINT=fresh to start fresh models"
+            ) from None
         except CheckpointError as exc:
             if self.on_bad == "fresh":
                 log.error("%s; starting with fresh models (on_bad_checkpoint=fresh)", exc)
@@ -87,10 +94,36 @@ class ModelCheckpoints:
                     "model checkpoint failed (%s); trying again in %.0fs", exc, self.interval
                 )
 
+    def _newer_checkpoint(self) -> int | None:
+        """The format of the stored checkpoint when only a newer version can read it."""
+        blob = self.store.get_blob(BLOB)
+        header = checkpoint.peek_header(blob) if blob is not None else None
+        if header is None:
+            return None
+        try:
+            written, needs = checkpoint.versions(header)
+        except CheckpointError:
+            return None
+        return written if needs > checkpoint.FORMAT else None
+
     def save(self) -> None:
-        """Write a signed checkpoint now (no-op without a key)."""
+        """Write a signed checkpoint now (no-op without a key).
+
+        Never over a checkpoint only a newer version can read: in a rolling upgrade the old
+        processes would otherwise downgrade the new version's models at every interval.
+        """
         self.last_saved = time.monotonic()
         if self.key is None:
+            return
+        newer = self._newer_checkpoint()
+        if newer is not None:
+            log.warning(
+                "not checkpointing: the stored model checkpoint has format v%d, newer than "
+                "this streamscore's v%d (a rolling upgrade is under way: finish it, or roll "
+                "back)",
+                newer,
+                checkpoint.FORMAT,
+            )
             return
         models = self.trainer.models
         models.generation += 1

@@ -43,6 +43,7 @@ T = TypeVar("T")
 # Due users a partition may rescore in any batch, however small: an idle input still drains.
 DUE_FLOOR_PER_PARTITION = 25
 Clock = Callable[[], int]
+OnRetry = Callable[[str, Exception], None]  # the step that failed, and why (for metrics)
 
 
 def wall_clock_ms() -> int:
@@ -113,9 +114,7 @@ class RetryPolicy:
     attempts: int = 0
     stop: threading.Event | None = None
 
-    def run(
-        self, what: str, fn: Callable[[], T], on_retry: Callable[[str], None] | None = None
-    ) -> T:
+    def run(self, what: str, fn: Callable[[], T], on_retry: OnRetry | None = None) -> T:
         """Call ``fn`` until it stops raising ``TransientError``."""
         delay = self.initial_s
         tries = 0
@@ -130,7 +129,7 @@ class RetryPolicy:
                     raise RetryAbandoned(what, exc) from exc
                 log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
                 if on_retry is not None:
-                    on_retry(what)
+                    on_retry(what, exc)
                 if self.stop is not None:
                     self.stop.wait(delay)
                 else:
@@ -208,7 +207,7 @@ class Pipeline:
         clock: Clock = wall_clock_ms,
         retry: RetryPolicy | None = None,
         dlq_guard: DeadLetterGuard | None = None,
-        on_retry: Callable[[str], None] | None = None,
+        on_retry: OnRetry | None = None,
     ) -> None:
         self.source = source
         self.store = store
@@ -499,12 +498,19 @@ class Pipeline:
         ids = list(user_ids)
         if not ids:
             return {}
-        raw = self.retry.run("load states", lambda: self.store.load(ids), self.on_retry)
-        if missing == "skip":
-            return {u: UserState.from_bytes(u, b) for u, b in raw.items()}
-        return {
-            u: UserState.from_bytes(u, raw[u]) if u in raw else UserState(user_id=u) for u in ids
-        }
+
+        def load() -> dict[str, UserState]:
+            # Decoded inside the retried step: a state only a newer version can read
+            # (NewerFormatError, transient) keeps the batch from going on, uncommitted.
+            raw = self.store.load(ids)
+            if missing == "skip":
+                return {u: UserState.from_bytes(u, b) for u, b in raw.items()}
+            return {
+                u: UserState.from_bytes(u, raw[u]) if u in raw else UserState(user_id=u)
+                for u in ids
+            }
+
+        return self.retry.run("load states", load, self.on_retry)
 
     def _save(
         self, states: dict[str, UserState], dropped: dict[int, dict[str, int | None]]

@@ -65,7 +65,7 @@ def build_service(
         scorer,
         live=True,
         stop=stop,
-        on_retry=lambda step: metrics.TRANSIENT_ERRORS.labels(step).inc(),
+        on_retry=metrics.count_transient_error,
     )
     return pipeline, checkpoints
 

@@ -9,14 +9,20 @@ run (demo, replay) does neither, so it never reads the wall clock for event time
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 from streamscore.config import Settings
 from streamscore.core.scorer import Scorer
 from streamscore.core.trainer import Trainer
 from streamscore.core.values import ScoringConfig
 from streamscore.ports import Sink, Source, StateStore
-from streamscore.runtime import FILE_ADVICE, TOPIC_ADVICE, DeadLetterGuard, Pipeline, RetryPolicy
+from streamscore.runtime import (
+    FILE_ADVICE,
+    TOPIC_ADVICE,
+    DeadLetterGuard,
+    OnRetry,
+    Pipeline,
+    RetryPolicy,
+)
 
 
 def in_process_scorer(config: ScoringConfig) -> tuple[Scorer, Trainer]:
@@ -34,7 +40,7 @@ def build_pipeline(
     *,
     live: bool = False,
     stop: threading.Event | None = None,
-    on_retry: Callable[[str], None] | None = None,
+    on_retry: OnRetry | None = None,
 ) -> Pipeline:
     """The pipeline of every command, limited by ``settings``.
 

@@ -6,8 +6,10 @@ HMAC-SHA256 signature has been checked under a configured key id.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import struct
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,7 +20,7 @@ from streamscore.config import Settings
 from streamscore.core import checkpoint
 from streamscore.core.inputs import FEATURE_SCHEMA
 from streamscore.core.trainer import Trainer
-from streamscore.errors import CheckpointError, ConfigError, TransientError
+from streamscore.errors import CheckpointError, CheckpointTooNew, ConfigError, TransientError
 from streamscore.model_checkpoints import BLOB, ModelCheckpoints
 
 KEY = b"k1-secret"
@@ -331,3 +333,90 @@ def test_a_store_hiccup_during_a_periodic_checkpoint_does_not_stop_the_scorer(
     k.last_saved -= 1
     k.maybe_save({0: 2})
     assert store.get_blob(BLOB) is not None
+
+
+# -- formats: the checkpoint of 0.1.0 upgrades, a newer one is refused ------------------------
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_v1"
+
+
+def _fixture() -> tuple[bytes, dict[str, Any]]:
+    return (FIXTURE / "models.ckpt").read_bytes(), orjson.loads(
+        (FIXTURE / "expected.json").read_bytes()
+    )
+
+
+def test_a_v1_checkpoint_loads_upgraded_with_the_models_it_held() -> None:
+    blob, want = _fixture()
+    assert "format" not in split(blob)[0], "the fixture is a v1 checkpoint"
+    ckpt = checkpoint.load(blob, {want["key_id"]: want["key"].encode()})
+    assert ckpt.stored_format == 1
+    assert (ckpt.header["format"], ckpt.header["min_reader"]) == (2, 2)
+    assert ckpt.header["offsets"] == want["offsets"]
+    models, rfm = ckpt.state["models"], ckpt.state["rfm"]
+    assert models.version == want["model_version"]
+    assert (models.generation, models.churn_learnt, models.value_learnt) == (
+        want["generation"],
+        want["churn_learnt"],
+        want["value_learnt"],
+    )
+    for row in want["predictions"]:
+        assert list(models.predict(row["churn_x"], row["value_x"])) == row["predict"]
+    for row in want["rfm"]:
+        assert list(rfm.scores(*row["probe"])) == row["scores"]
+
+
+def test_the_checkpoints_restore_a_v1_checkpoint_and_save_the_current_format() -> None:
+    blob, want = _fixture()
+    store = MemoryStateStore()
+    store.put_blob(BLOB, blob)
+    k = checkpoints(store, checkpoint_key=want["key"])
+    assert k.restore() is True
+    assert k.trainer.models.version == want["model_version"]
+    k.save()
+    raw = store.get_blob(BLOB)
+    assert raw is not None
+    assert checkpoint.load(raw, {"k1": want["key"].encode()}).stored_format == checkpoint.FORMAT
+
+
+def _signed_newer(state: Any, key: bytes = KEY) -> bytes:
+    """A checkpoint as a version with checkpoint format 3 (readers of 3 and later) writes it."""
+    payload = pickle.dumps(state)
+    header: dict[str, Any] = {
+        **HEADER,
+        "format": 3,
+        "min_reader": 3,
+        "key_id": "k1",
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    header["hmac"] = checkpoint._mac(key, header, payload)
+    return join(header, payload)
+
+
+def test_a_checkpoint_only_a_newer_version_reads_is_refused_before_unpickling() -> None:
+    UNPICKLED.clear()
+    with pytest.raises(CheckpointTooNew) as info:
+        checkpoint.load(_signed_newer(_Boom()), KEYS)
+    assert UNPICKLED == []
+    message = str(info.value)
+    assert "checkpoint format v3" in message and "reads up to v2" in message
+    assert "rolling upgrade" in message
+
+
+def test_restoring_a_newer_checkpoint_fails_clearly_or_starts_fresh() -> None:
+    store = MemoryStateStore()
+    store.put_blob(BLOB, _signed_newer(STATE, b"secret"))
+    with pytest.raises(CheckpointTooNew, match="STREAMSCORE_ON_BAD_CHECKPOINT=fresh"):
+        checkpoints(store, checkpoint_key="secret").restore()
+    assert checkpoints(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore() is False
+
+
+def test_an_older_version_never_overwrites_a_newer_checkpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStateStore()
+    newer = _signed_newer(STATE, b"secret")
+    store.put_blob(BLOB, newer)
+    checkpoints(store, checkpoint_key="secret").save()
+    assert store.get_blob(BLOB) == newer
+    assert "newer than this streamscore's v2" in caplog.text

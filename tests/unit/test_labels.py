@@ -18,7 +18,8 @@ from streamscore.core.events import Event, EventType
 from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS
 from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS
 from streamscore.core.scorer import Scorer
-from streamscore.core.state import Snapshot, UserState
+from streamscore.core.snapshots import Snapshot
+from streamscore.core.state import UserState
 from streamscore.core.trainer import Trainer
 from streamscore.core.validation import log_loss
 from streamscore.core.values import (

@@ -19,6 +19,11 @@ from streamscore.core.inputs import CHURN_INPUTS, FEATURE_SCHEMA, VALUE_INPUTS
 MODEL_FAMILY = "scaled-linear"
 
 
+def model_version(generation: int) -> str:
+    """The version every score carries: family, feature schema and checkpoint generation."""
+    return f"{MODEL_FAMILY}-{FEATURE_SCHEMA[:6]}-g{generation}"
+
+
 def _named(names: dict[str, Any], values: list[float]) -> dict[str, float]:
     return dict(zip(names, values, strict=True))
 
@@ -63,7 +68,7 @@ class Models:
     @property
     def version(self) -> str:
         """Carried by every score: family, feature schema and checkpoint generation."""
-        return f"{MODEL_FAMILY}-{FEATURE_SCHEMA[:6]}-g{self.generation}"
+        return model_version(self.generation)
 
     def predict(self, churn_x: list[float], value_x: list[float]) -> tuple[float, float]:
         """Churn probability and expected spend within the value horizon."""

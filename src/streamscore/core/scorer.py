@@ -19,8 +19,10 @@ from streamscore.core.events import Event, EventType
 from streamscore.core.features import derive
 from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS, churn_inputs, named, value_inputs
 from streamscore.core.lineage import Learner, Lineage
+from streamscore.core.models import model_version
 from streamscore.core.segments import Lifecycle, next_lifecycle, segment_name
-from streamscore.core.state import Snapshot, UserState
+from streamscore.core.snapshots import Snapshot
+from streamscore.core.state import UserState
 from streamscore.core.timeutil import DAY_MS
 from streamscore.core.values import (
     ChurnActivity,
@@ -35,6 +37,11 @@ from streamscore.core.values import (
 )
 
 _RECENCY = list(CHURN_INPUTS).index("recency_days")
+
+
+def _version(snap: Snapshot) -> str | None:
+    generation = snap.model_generation
+    return None if generation is None else model_version(generation)
 
 
 class Scorer:
@@ -180,9 +187,11 @@ class Scorer:
         cfg = self.config
         derived = derive(state.features, t_ms, cfg.churn_horizon_days)
         cx, vx = churn_inputs(derived), value_inputs(derived)
-        churn_p, value_p = self.lineage.models.predict(cx, vx)
+        models = self.lineage.models
+        churn_p, value_p = models.predict(cx, vx)
         naive = derived["spend"] / max(derived["tenure_days"], 1.0) * cfg.value_horizon_days
-        state.snapshots.append(Snapshot(t_ms, cx, vx, churn_p, value_p, naive))
+        snap = Snapshot(t_ms, cx, vx, churn_p, value_p, naive, model_generation=models.generation)
+        state.snapshots.append(snap)
         state.last_snapshot_ms = t_ms
         self.learner.observe(
             PopulationSample(derived["days_since_purchase"], derived["purchases"], derived["spend"])
@@ -206,6 +215,7 @@ class Scorer:
                 baseline=None,
                 snapshot_ms=snap.t_ms,
                 label_ms=label_ms,
+                model_version=_version(snap),
             )
         )
 
@@ -220,6 +230,7 @@ class Scorer:
                 baseline=snap.naive_value,
                 snapshot_ms=snap.t_ms,
                 label_ms=snap.t_ms + self.config.value_horizon_ms,
+                model_version=_version(snap),
             )
         )
 
