@@ -1,0 +1,219 @@
+"""A rolling upgrade on the real stack: this version and the next in one consumer group.
+
+The next version is this tree's ``streamscore run`` with state format v4
+(``newer_scorer.py``): a compatible addition (a new field older readers carry), or an
+incompatible change (its states need a v4 reader). Input arrives in four chunks, each fully
+committed before the group's membership changes, so every handover is one a rolling upgrade
+makes: the new version joins, leaves again (a failed canary), joins for good, the old stops.
+
+Compatible: both versions read each other's states, the old one carries the new field
+through its own writes, and the end state is an uninterrupted replay's. Incompatible: the
+old version refuses the new one's states without crashing or committing, says why, and the
+upgrade completes once the new version has its partitions.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from streamscore.core import state as state_module
+from streamscore.core.state import UserState
+
+from .conftest import REDIS_URL
+from .helpers import (
+    assert_same_features,
+    committed_fraction,
+    env_for,
+    produce,
+    start_scorer,
+    stop,
+)
+from .newer_scorer import NEW_FIELD, become_v4
+from .test_run_pipeline import _events, _replay_states
+
+pytestmark = pytest.mark.integration
+ASSIGNED = re.compile(r"assigned partitions \[\d")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_newer(env: dict[str, str], log: Path, *, incompatible: bool) -> subprocess.Popen[bytes]:
+    """The simulated next version, as a process of its own."""
+    args = [sys.executable, "-m", "tests.integration.newer_scorer"]
+    if incompatible:
+        args.append("--incompatible")
+    with log.open("ab") as fp:
+        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=fp, stderr=fp)
+
+
+def wait_for(
+    what: str, condition: object, procs: list[subprocess.Popen[bytes]], timeout: float = 90
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        for p in procs:
+            assert p.poll() is None, f"a scorer exited (code {p.returncode}) while {what}"
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.2)
+
+
+def assigned_times(log: Path) -> int:
+    return len(ASSIGNED.findall(log.read_text())) if log.exists() else 0
+
+
+def stored(names: dict[str, str]) -> dict[str, dict[str, object]]:
+    """Every user state under the test's prefix, as raw JSON."""
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(r.scan_iter(match=f"{names['redis_key_prefix']}:u:*", count=1000))
+        values = [r.hget(k, "s") for k in keys]
+    finally:
+        r.close()
+    out = {}
+    for key, value in zip(keys, values, strict=True):
+        assert value is not None
+        out[key.decode().split("{")[1].rstrip("}")] = orjson.loads(value)
+    return out
+
+
+@contextmanager
+def reading_as_v4(incompatible: bool) -> Iterator[None]:
+    saved = (state_module.STATE_FORMAT, state_module.MIN_READER, dict(state_module.UPGRADES))
+    become_v4(incompatible=incompatible)
+    try:
+        yield
+    finally:
+        state_module.STATE_FORMAT, state_module.MIN_READER = saved[0], saved[1]
+        state_module.UPGRADES.clear()
+        state_module.UPGRADES.update(saved[2])
+
+
+class Upgrade:
+    """Four chunks of one simulated shop, and the group's progress through them."""
+
+    def __init__(self, names: dict[str, str], tmp_path: Path) -> None:
+        self.names, self.tmp = names, tmp_path
+        self.events = _events(users=200, days=45)
+        self.users = {u for u, _ in self.events}
+        n = len(self.events)
+        self.chunks = [self.events[i * n // 4 : (i + 1) * n // 4] for i in range(4)]
+        self.sent = 0
+
+    def send(self, i: int) -> None:
+        produce(self.names["input_topic"], [(u.encode(), v) for u, v in self.chunks[i]])
+        self.sent += len(self.chunks[i])
+
+    def committed(self) -> int:
+        """Records the group has committed (of the ``sent`` produced so far)."""
+        done = committed_fraction(self.names["kafka_group_id"], self.names["input_topic"])
+        return round(done * self.sent)
+
+    def all_committed(self) -> bool:
+        return self.committed() == self.sent
+
+
+def test_a_compatible_upgrade_keeps_both_versions_reading_each_other(
+    names: dict[str, str], tmp_path: Path
+) -> None:
+    up = Upgrade(names, tmp_path)
+    env = env_for(names, batch_max_records=200, session_timeout_ms=6000)
+    old_log, new_log, new2_log = tmp_path / "old.log", tmp_path / "new.log", tmp_path / "new2.log"
+    old = start_scorer(env, old_log)
+    new = new2 = None
+    try:
+        up.send(0)
+        wait_for("the old version reads chunk 1", up.all_committed, [old])
+        new = start_newer(env, new_log, incompatible=False)
+        wait_for("the new version gets partitions", lambda: assigned_times(new_log) > 0, [old, new])
+        up.send(1)
+        wait_for("both read chunk 2", up.all_committed, [old, new])
+        assert stop(new) == 0, new_log.read_text()  # the canary goes: the old takes its states
+        up.send(2)
+        wait_for("the old version reads chunk 3", up.all_committed, [old])
+        after_canary = stored(names)
+        new2 = start_newer(env, new2_log, incompatible=False)
+        wait_for("the new version joins again", lambda: assigned_times(new2_log) > 0, [old, new2])
+        assert stop(old) == 0, old_log.read_text()
+        up.send(3)
+        wait_for("the new version reads chunk 4", up.all_committed, [new2])
+        assert stop(new2) == 0, new2_log.read_text()
+    finally:
+        for p in (old, new, new2):
+            if p is not None and p.poll() is None:
+                stop(p)
+    logs = "".join(p.read_text() for p in (old_log, new_log, new2_log))
+    assert "Traceback" not in logs and "needs a reader" not in logs, logs[-4000:]
+
+    # After the canary left, the old version rewrote the states the new one had written:
+    # as v3, carrying the new field (none lost it: the new version never wrote it away).
+    carried = [u for u, d in after_canary.items() if d["v"] == 3 and NEW_FIELD in d]
+    assert carried, "no state the old version wrote after the new one: the handover was missed"
+    raw = stored(names)
+    assert set(raw) == up.users
+    versions = {u: (d["v"], NEW_FIELD in d) for u, d in raw.items()}
+    assert (4, True) in versions.values(), "no state written by the new version"
+    assert (4, False) not in versions.values(), "the new version lost its own field"
+    assert all(NEW_FIELD in raw[u] for u in carried), "a field carried by the old was lost"
+    # Read as this version reads them: the same features as an uninterrupted replay.
+    got = {u: UserState.from_bytes(u, orjson.dumps(d)) for u, d in raw.items()}
+    assert any(s.carried.get(NEW_FIELD) == "added by v4" for s in got.values())
+    assert_same_features(got, _replay_states(tmp_path, up.events))
+    assert sum(s.features.events for s in got.values()) == len(up.events)
+
+
+@pytest.mark.slow
+def test_an_incompatible_upgrade_holds_the_old_version_back_without_crashing_it(
+    names: dict[str, str], tmp_path: Path
+) -> None:
+    up = Upgrade(names, tmp_path)
+    env = env_for(names, batch_max_records=200, session_timeout_ms=6000)
+    old_env = {**env, "STREAMSCORE_MAX_POLL_INTERVAL_MS": "10000"}
+    old_log, new_log, new2_log = tmp_path / "old.log", tmp_path / "new.log", tmp_path / "new2.log"
+    old = start_scorer(old_env, old_log)
+    new = new2 = None
+    try:
+        up.send(0)
+        wait_for("the old version reads chunk 1", up.all_committed, [old])
+        new = start_newer(env, new_log, incompatible=True)
+        wait_for("the new version gets partitions", lambda: assigned_times(new_log) > 0, [old, new])
+        up.send(1)
+        wait_for("both read chunk 2", up.all_committed, [old, new])
+        assert stop(new) == 0, new_log.read_text()
+        before = up.committed()
+        up.send(2)
+        wait_for(
+            "the old version refuses the new one's states, again and again",
+            lambda: old_log.read_text().count("needs a reader of v4") >= 4,
+            [old],
+        )
+        assert old.poll() is None, old_log.read_text()[-4000:]
+        assert not up.all_committed(), "the old version committed a batch it could not read"
+        assert up.committed() >= before
+        new2 = start_newer(env, new2_log, incompatible=True)
+        wait_for("the new version takes over", up.all_committed, [old, new2], timeout=120)
+        assert stop(old) == 0, old_log.read_text()[-4000:]
+        up.send(3)
+        wait_for("the new version reads chunk 4", up.all_committed, [new2])
+        assert stop(new2) == 0, new2_log.read_text()
+    finally:
+        for p in (old, new, new2):
+            if p is not None and p.poll() is None:
+                stop(p)
+    text = old_log.read_text()
+    assert "load states failed (user state of" in text
+    assert "finish the rolling upgrade" in text
+    assert "Traceback" not in text
+    with reading_as_v4(incompatible=True):
+        raw = stored(names)
+        got = {u: UserState.from_bytes(u, orjson.dumps(d)) for u, d in raw.items()}
+    assert_same_features(got, _replay_states(tmp_path, up.events))
+    assert sum(s.features.events for s in got.values()) == len(up.events)
