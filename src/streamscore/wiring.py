@@ -14,15 +14,9 @@ from streamscore.config import Settings
 from streamscore.core.scorer import Scorer
 from streamscore.core.trainer import Trainer
 from streamscore.core.values import ScoringConfig
+from streamscore.guards import FILE_ADVICE, TOPIC_ADVICE, DeadLetterGuard, OnRetry, RetryPolicy
 from streamscore.ports import Sink, Source, StateStore
-from streamscore.runtime import (
-    FILE_ADVICE,
-    TOPIC_ADVICE,
-    DeadLetterGuard,
-    OnRetry,
-    Pipeline,
-    RetryPolicy,
-)
+from streamscore.runtime import Pipeline
 
 
 def in_process_scorer(config: ScoringConfig) -> tuple[Scorer, Trainer]:

@@ -32,8 +32,9 @@ from streamscore.core.events import EventType
 from streamscore.core.features import MAX_PURCHASE_BUFFER
 from streamscore.core.state import RECENT_IDS, UserState
 from streamscore.errors import DeadLetterLimitExceeded
+from streamscore.guards import DeadLetterGuard
 from streamscore.ports import SourceRecord
-from streamscore.runtime import DeadLetterGuard, Pipeline
+from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 from streamscore.wiring import in_process_scorer
 

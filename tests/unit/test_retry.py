@@ -12,8 +12,9 @@ from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core.state import STATE_FORMAT, UserState
 from streamscore.errors import NewerFormatError, RetryAbandoned, TransientError
+from streamscore.guards import RetryPolicy
 from streamscore.ports import SourceRecord
-from streamscore.runtime import Pipeline, RetryPolicy
+from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 from streamscore.wiring import in_process_scorer
 
