@@ -54,17 +54,14 @@ class ModelCheckpoints:
             )
         try:
             ckpt = checkpoint.load(blob, self.keys)
-        except CheckpointTooNew as exc:
-            if self.on_bad == "fresh":
-                log.error("%s; starting with fresh models (on_bad_checkpoint=fresh)", exc)
-                return False
-            raise CheckpointTooNew(
-                f"{exc}, or set STREAMSCORE_ON_BAD_CHECKPOINT=fresh to start fresh models"
-            ) from None
         except CheckpointError as exc:
             if self.on_bad == "fresh":
                 log.error("%s; starting with fresh models (on_bad_checkpoint=fresh)", exc)
                 return False
+            if isinstance(exc, CheckpointTooNew):
+                raise CheckpointTooNew(
+                    f"{exc}, or set STREAMSCORE_ON_BAD_CHECKPOINT=fresh to start fresh models"
+                ) from None
             raise CheckpointError(
                 f"{exc}. Fix or remove it, or set STREAMSCORE_ON_BAD_CHECKPOINT=fresh"
             ) from None

@@ -346,24 +346,34 @@ def kafka_problem() -> str | None:
     return None
 
 
-@pytest.fixture(params=["memory", "files", pytest.param("kafka", marks=pytest.mark.integration)])
-def source_harness(
-    request: pytest.FixtureRequest, tmp_path: Path, kafka_problem: str | None
-) -> Iterator[SourceHarness]:
-    """Each source adapter in turn, on records of its own."""
-    harness: SourceHarness
-    if request.param == "memory":
-        harness = MemorySourceHarness()
-    elif request.param == "files":
-        harness = FileSourceHarness(tmp_path)
-    else:
-        if kafka_problem:
-            unavailable(kafka_problem)
-        harness = KafkaSourceHarness()
+ADAPTERS = ["memory", "files", pytest.param("kafka", marks=pytest.mark.integration)]
+
+
+def _harness(
+    request: pytest.FixtureRequest, kafka_problem: str | None, **make: Callable[[], Any]
+) -> Iterator[Any]:
+    """The harness of ``request.param`` (Kafka only when the broker answers), closed after."""
+    if request.param == "kafka" and kafka_problem:
+        unavailable(kafka_problem)
+    harness = make[request.param]()
     try:
         yield harness
     finally:
         harness.close()
+
+
+@pytest.fixture(params=ADAPTERS)
+def source_harness(
+    request: pytest.FixtureRequest, tmp_path: Path, kafka_problem: str | None
+) -> Iterator[SourceHarness]:
+    """Each source adapter in turn, on records of its own."""
+    yield from _harness(
+        request,
+        kafka_problem,
+        memory=MemorySourceHarness,
+        files=lambda: FileSourceHarness(tmp_path),
+        kafka=KafkaSourceHarness,
+    )
 
 
 class SinkHarness:
@@ -462,21 +472,15 @@ class KafkaSinkHarness(SinkHarness):
         self.admin.close()
 
 
-@pytest.fixture(params=["memory", "files", pytest.param("kafka", marks=pytest.mark.integration)])
+@pytest.fixture(params=ADAPTERS)
 def sink_harness(
     request: pytest.FixtureRequest, tmp_path: Path, kafka_problem: str | None
 ) -> Iterator[SinkHarness]:
     """Each sink adapter in turn, on topics of its own."""
-    harness: SinkHarness
-    if request.param == "memory":
-        harness = MemorySinkHarness()
-    elif request.param == "files":
-        harness = FileSinkHarness(tmp_path)
-    else:
-        if kafka_problem:
-            unavailable(kafka_problem)
-        harness = KafkaSinkHarness()
-    try:
-        yield harness
-    finally:
-        harness.close()
+    yield from _harness(
+        request,
+        kafka_problem,
+        memory=MemorySinkHarness,
+        files=lambda: FileSinkHarness(tmp_path),
+        kafka=KafkaSinkHarness,
+    )

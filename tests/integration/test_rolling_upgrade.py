@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,15 +98,18 @@ def reading_as_v4(incompatible: bool) -> Iterator[None]:
 
 
 class Upgrade:
-    """Four chunks of one simulated shop, and the group's progress through them."""
+    """Four chunks of one simulated shop, the scorers reading them, and their progress."""
 
-    def __init__(self, names: dict[str, str], tmp_path: Path) -> None:
-        self.names, self.tmp = names, tmp_path
+    def __init__(self, names: dict[str, str], tmp_path: Path, *, incompatible: bool) -> None:
+        self.names, self.tmp, self.incompatible = names, tmp_path, incompatible
         self.events = _events(users=200, days=45)
         self.users = {u for u, _ in self.events}
         n = len(self.events)
         self.chunks = [self.events[i * n // 4 : (i + 1) * n // 4] for i in range(4)]
         self.sent = 0
+        self.env = env_for(names, batch_max_records=200, session_timeout_ms=6000)
+        self.logs = {who: tmp_path / f"{who}.log" for who in ("old", "new", "new2")}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def send(self, i: int) -> None:
         produce(self.names["input_topic"], [(u.encode(), v) for u, v in self.chunks[i]])
@@ -120,44 +123,69 @@ class Upgrade:
     def all_committed(self) -> bool:
         return self.committed() == self.sent
 
+    def running(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.procs.values() if p.poll() is None]
+
+    def start_new(self, who: str) -> None:
+        """The new version joins the group, and gets partitions."""
+        self.procs[who] = start_newer(self.env, self.logs[who], incompatible=self.incompatible)
+        log = self.logs[who]
+        wait_for(f"{who} gets partitions", lambda: assigned_times(log) > 0, self.running())
+
+    def stop(self, who: str) -> None:
+        assert stop(self.procs[who]) == 0, self.logs[who].read_text()[-4000:]
+
+    def canary(self, old_env: dict[str, str]) -> None:
+        """The old version reads chunk 1, the new one joins for chunk 2 and leaves again."""
+        self.procs["old"] = start_scorer(old_env, self.logs["old"])
+        self.send(0)
+        wait_for("the old version reads chunk 1", self.all_committed, self.running())
+        self.start_new("new")
+        self.send(1)
+        wait_for("both read chunk 2", self.all_committed, self.running())
+        self.stop("new")  # the canary goes: the old version takes its partitions back
+
+    def close(self) -> None:
+        for p in self.running():
+            stop(p)
+
+
+@pytest.fixture
+def upgrade(names: dict[str, str], tmp_path: Path) -> Iterator[Callable[[bool], Upgrade]]:
+    """Makes the upgrade of a test; stops whatever it left running."""
+    made: list[Upgrade] = []
+
+    def make(incompatible: bool) -> Upgrade:
+        made.append(Upgrade(names, tmp_path, incompatible=incompatible))
+        return made[-1]
+
+    yield make
+    for up in made:
+        up.close()
+
 
 def test_a_compatible_upgrade_keeps_both_versions_reading_each_other(
-    names: dict[str, str], tmp_path: Path
+    upgrade: Callable[[bool], Upgrade],
 ) -> None:
-    up = Upgrade(names, tmp_path)
-    env = env_for(names, batch_max_records=200, session_timeout_ms=6000)
-    old_log, new_log, new2_log = tmp_path / "old.log", tmp_path / "new.log", tmp_path / "new2.log"
-    old = start_scorer(env, old_log)
-    new = new2 = None
-    try:
-        up.send(0)
-        wait_for("the old version reads chunk 1", up.all_committed, [old])
-        new = start_newer(env, new_log, incompatible=False)
-        wait_for("the new version gets partitions", lambda: assigned_times(new_log) > 0, [old, new])
-        up.send(1)
-        wait_for("both read chunk 2", up.all_committed, [old, new])
-        assert stop(new) == 0, new_log.read_text()  # the canary goes: the old takes its states
-        up.send(2)
-        wait_for("the old version reads chunk 3", up.all_committed, [old])
-        after_canary = stored(names)
-        new2 = start_newer(env, new2_log, incompatible=False)
-        wait_for("the new version joins again", lambda: assigned_times(new2_log) > 0, [old, new2])
-        assert stop(old) == 0, old_log.read_text()
-        up.send(3)
-        wait_for("the new version reads chunk 4", up.all_committed, [new2])
-        assert stop(new2) == 0, new2_log.read_text()
-    finally:
-        for p in (old, new, new2):
-            if p is not None and p.poll() is None:
-                stop(p)
-    logs = "".join(p.read_text() for p in (old_log, new_log, new2_log))
+    """Each version reads the other's states; the old one carries the new field."""
+    up = upgrade(False)
+    up.canary(up.env)
+    up.send(2)
+    wait_for("the old version reads chunk 3", up.all_committed, up.running())
+    after_canary = stored(up.names)
+    up.start_new("new2")
+    up.stop("old")
+    up.send(3)
+    wait_for("the new version reads chunk 4", up.all_committed, up.running())
+    up.stop("new2")
+    logs = "".join(log.read_text() for log in up.logs.values())
     assert "Traceback" not in logs and "needs a reader" not in logs, logs[-4000:]
 
     # After the canary left, the old version rewrote the states the new one had written:
     # as v3, carrying the new field (none lost it: the new version never wrote it away).
     carried = [u for u, d in after_canary.items() if d["v"] == 3 and NEW_FIELD in d]
     assert carried, "no state the old version wrote after the new one: the handover was missed"
-    raw = stored(names)
+    raw = stored(up.names)
     assert set(raw) == up.users
     versions = {u: (d["v"], NEW_FIELD in d) for u, d in raw.items()}
     assert (4, True) in versions.values(), "no state written by the new version"
@@ -166,54 +194,40 @@ def test_a_compatible_upgrade_keeps_both_versions_reading_each_other(
     # Read as this version reads them: the same features as an uninterrupted replay.
     got = {u: UserState.from_bytes(u, orjson.dumps(d)) for u, d in raw.items()}
     assert any(s.carried.get(NEW_FIELD) == "added by v4" for s in got.values())
-    assert_same_features(got, _replay_states(tmp_path, up.events))
+    assert_same_features(got, _replay_states(up.tmp, up.events))
     assert sum(s.features.events for s in got.values()) == len(up.events)
 
 
-@pytest.mark.slow
 def test_an_incompatible_upgrade_holds_the_old_version_back_without_crashing_it(
-    names: dict[str, str], tmp_path: Path
+    upgrade: Callable[[bool], Upgrade],
 ) -> None:
-    up = Upgrade(names, tmp_path)
-    env = env_for(names, batch_max_records=200, session_timeout_ms=6000)
-    old_env = {**env, "STREAMSCORE_MAX_POLL_INTERVAL_MS": "10000"}
-    old_log, new_log, new2_log = tmp_path / "old.log", tmp_path / "new.log", tmp_path / "new2.log"
-    old = start_scorer(old_env, old_log)
-    new = new2 = None
-    try:
-        up.send(0)
-        wait_for("the old version reads chunk 1", up.all_committed, [old])
-        new = start_newer(env, new_log, incompatible=True)
-        wait_for("the new version gets partitions", lambda: assigned_times(new_log) > 0, [old, new])
-        up.send(1)
-        wait_for("both read chunk 2", up.all_committed, [old, new])
-        assert stop(new) == 0, new_log.read_text()
-        before = up.committed()
-        up.send(2)
-        wait_for(
-            "the old version refuses the new one's states, again and again",
-            lambda: old_log.read_text().count("needs a reader of v4") >= 4,
-            [old],
-        )
-        assert old.poll() is None, old_log.read_text()[-4000:]
-        assert not up.all_committed(), "the old version committed a batch it could not read"
-        assert up.committed() >= before
-        new2 = start_newer(env, new2_log, incompatible=True)
-        wait_for("the new version takes over", up.all_committed, [old, new2], timeout=120)
-        assert stop(old) == 0, old_log.read_text()[-4000:]
-        up.send(3)
-        wait_for("the new version reads chunk 4", up.all_committed, [new2])
-        assert stop(new2) == 0, new2_log.read_text()
-    finally:
-        for p in (old, new, new2):
-            if p is not None and p.poll() is None:
-                stop(p)
+    """The old version refuses the new one's states, stays up, commits nothing of them."""
+    up = upgrade(True)
+    # A short poll interval: stuck on a refused batch, it leaves the group within 10 s.
+    up.canary({**up.env, "STREAMSCORE_MAX_POLL_INTERVAL_MS": "10000"})
+    before = up.committed()
+    up.send(2)
+    old_log = up.logs["old"]
+    wait_for(
+        "the old version refuses the new one's states, again and again",
+        lambda: old_log.read_text().count("needs a reader of v4") >= 4,
+        up.running(),
+    )
+    assert up.procs["old"].poll() is None, old_log.read_text()[-4000:]
+    assert not up.all_committed(), "the old version committed a batch it could not read"
+    assert up.committed() >= before
+    up.procs["new2"] = start_newer(up.env, up.logs["new2"], incompatible=True)
+    wait_for("the new version takes over", up.all_committed, up.running(), timeout=120)
+    up.stop("old")
+    up.send(3)
+    wait_for("the new version reads chunk 4", up.all_committed, up.running())
+    up.stop("new2")
     text = old_log.read_text()
     assert "load states failed (user state of" in text
     assert "finish the rolling upgrade" in text
     assert "Traceback" not in text
     with reading_as_v4(incompatible=True):
-        raw = stored(names)
+        raw = stored(up.names)
         got = {u: UserState.from_bytes(u, orjson.dumps(d)) for u, d in raw.items()}
-    assert_same_features(got, _replay_states(tmp_path, up.events))
+    assert_same_features(got, _replay_states(up.tmp, up.events))
     assert sum(s.features.events for s in got.values()) == len(up.events)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import orjson
 import pytest
@@ -130,21 +131,38 @@ def test_an_abandoned_batch_is_neither_saved_nor_committed() -> None:
     assert store.load(users) == {}
 
 
+NEWER = orjson.dumps({"v": STATE_FORMAT + 1, "r": STATE_FORMAT + 1, "p": 0, "o": -1, "f": []})
+
+
+def _one_event(retry: RetryPolicy, **kw: Any) -> tuple[Pipeline, ListSource, MemoryStateStore]:
+    """A pipeline over one event of a user whose stored state a newer version wrote."""
+    settings = Settings()
+    event = {"event_id": "e1", "user_id": "u1", "type": "page_view", "ts": 1_767_225_600_000}
+    source = ListSource([SourceRecord("user-events", 0, 0, encode_event(event))])
+    store = MemoryStateStore()
+    store.states["u1"] = NEWER
+    pipeline = Pipeline(
+        source,
+        store,
+        ListSink(),
+        in_process_scorer(settings.scoring())[0],
+        limits=settings.event_limits(),
+        poll_timeout_s=0.0,
+        clock=lambda: 2_000_000_000_000,
+        retry=retry,
+        **kw,
+    )
+    return pipeline, source, store
+
+
 def test_a_state_written_by_a_newer_version_holds_the_batch_back_and_is_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Rolling upgrade: the old process gets a partition back whose states a newer version
     wrote incompatibly. It neither crashes nor commits: the load is retried (logged with
     both versions, counted), and the batch goes through once the state is readable."""
-    settings = Settings()
-    event = {"event_id": "e1", "user_id": "u1", "type": "page_view", "ts": 1_767_225_600_000}
-    source = ListSource([SourceRecord("user-events", 0, 0, encode_event(event))])
-    store = MemoryStateStore()
-    newer = {"v": STATE_FORMAT + 1, "r": STATE_FORMAT + 1, "p": 0, "o": -1, "f": []}
-    store.states["u1"] = orjson.dumps(newer)
     refusals = metrics.REGISTRY.get_sample_value("streamscore_newer_format_refusals_total")
     steps: list[str] = []
-
     committed_meanwhile: list[dict[int, int]] = []
 
     def on_retry(step: str, exc: Exception) -> None:
@@ -154,16 +172,8 @@ def test_a_state_written_by_a_newer_version_holds_the_batch_back_and_is_counted(
         if len(steps) == 3:  # the rolling upgrade completes: the partition's state is readable
             store.states["u1"] = UserState(user_id="u1").to_bytes()
 
-    pipeline = Pipeline(
-        source,
-        store,
-        ListSink(),
-        in_process_scorer(settings.scoring())[0],
-        limits=settings.event_limits(),
-        poll_timeout_s=0.0,
-        clock=lambda: 2_000_000_000_000,
-        retry=RetryPolicy(initial_s=0.001, max_s=0.002),
-        on_retry=on_retry,
+    pipeline, source, store = _one_event(
+        RetryPolicy(initial_s=0.001, max_s=0.002), on_retry=on_retry
     )
     stats = pipeline.run_once()
     assert steps == ["load states"] * 3
@@ -177,23 +187,8 @@ def test_a_state_written_by_a_newer_version_holds_the_batch_back_and_is_counted(
 
 
 def test_a_refused_batch_commits_nothing_while_the_state_stays_newer() -> None:
-    settings = Settings()
-    event = {"event_id": "e1", "user_id": "u1", "type": "page_view", "ts": 1_767_225_600_000}
-    source = ListSource([SourceRecord("user-events", 0, 0, encode_event(event))])
-    store = MemoryStateStore()
-    newer = orjson.dumps({"v": STATE_FORMAT + 1, "r": STATE_FORMAT + 1, "p": 0, "o": -1})
-    store.states["u1"] = newer
-    pipeline = Pipeline(
-        source,
-        store,
-        ListSink(),
-        in_process_scorer(settings.scoring())[0],
-        limits=settings.event_limits(),
-        poll_timeout_s=0.0,
-        clock=lambda: 2_000_000_000_000,
-        retry=RetryPolicy(initial_s=0.001, attempts=3),
-    )
+    pipeline, source, store = _one_event(RetryPolicy(initial_s=0.001, attempts=3))
     with pytest.raises(NewerFormatError):
         pipeline.run_once()
     assert source.committed == {}
-    assert store.states["u1"] == newer
+    assert store.states["u1"] == NEWER

@@ -42,6 +42,9 @@ V2 = _v2_states()
 EXPECTED: dict[str, dict[str, Any]] = orjson.loads((FIXTURES / "expected.json").read_bytes())
 
 
+SNAPSHOT_FIELDS = tuple(EXPECTED["u000038"]["snapshots"][0])  # t_ms, churn_x, ... value_learnt
+
+
 def _fields(state: UserState) -> dict[str, Any]:
     """A state's values in the shape of expected.json."""
     return {
@@ -49,21 +52,7 @@ def _fields(state: UserState) -> dict[str, Any]:
         "offset": state.offset,
         "recent_ids": state.recent_ids,
         "features": state.features.to_dict(),
-        "snapshots": [
-            {
-                "t_ms": s.t_ms,
-                "churn_x": s.churn_x,
-                "value_x": s.value_x,
-                "churn_p": s.churn_p,
-                "value_p": s.value_p,
-                "naive_value": s.naive_value,
-                "returned": s.returned,
-                "spend": s.spend,
-                "churn_learnt": s.churn_learnt,
-                "value_learnt": s.value_learnt,
-            }
-            for s in state.snapshots
-        ],
+        "snapshots": [{k: getattr(s, k) for k in SNAPSHOT_FIELDS} for s in state.snapshots],
         "last_snapshot_ms": state.last_snapshot_ms,
         "alert": {"active": state.alert.active, "last_alert_ms": state.alert.last_alert_ms},
         "segment": state.segment,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS, record_id
+from streamscore.core.records import TOPIC_ALERTS, TOPIC_SEGMENTS, record_id
 from streamscore.core.timeutil import iso
 from streamscore.core.values import Evaluation, Output, ScoringConfig
 
@@ -39,24 +39,6 @@ def score_record(
         "scored_at": iso(now_ms),
         "trigger": trigger,
     }
-
-
-def score(
-    config: ScoringConfig,
-    user_id: str,
-    ev: Evaluation,
-    t_ms: int,
-    now_ms: int,
-    *,
-    trigger: str,
-    key: str,
-    model_version: str,
-) -> Output:
-    """``score_record`` as an output."""
-    record = score_record(
-        config, user_id, ev, t_ms, now_ms, trigger=trigger, key=key, model_version=model_version
-    )
-    return Output(TOPIC_SCORES, user_id, record)
 
 
 def segment_change(

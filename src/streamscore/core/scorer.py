@@ -20,6 +20,7 @@ from streamscore.core.features import derive
 from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS, churn_inputs, named, value_inputs
 from streamscore.core.lineage import Learner, Lineage
 from streamscore.core.models import model_version
+from streamscore.core.records import TOPIC_SCORES
 from streamscore.core.segments import Lifecycle, next_lifecycle, segment_name
 from streamscore.core.snapshots import Snapshot
 from streamscore.core.state import UserState
@@ -276,11 +277,10 @@ class Scorer:
         self.drift.observe_score(ev.churn, ev.derived, t_ms, models.churn_learnt)
         uid = state.user_id
         version = models.version
-        out = [
-            outputs.score(
-                cfg, uid, ev, t_ms, now_ms, trigger=trigger, key=key, model_version=version
-            )
-        ]
+        record = outputs.score_record(
+            cfg, uid, ev, t_ms, now_ms, trigger=trigger, key=key, model_version=version
+        )
+        out = [Output(TOPIC_SCORES, uid, record)]
         counters = self.counters
         counters.scores += 1
         if ev.segment != state.segment or ev.lifecycle != state.lifecycle:
