@@ -30,10 +30,15 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
+from streamscore.config import Settings
 from streamscore.core.alerts import AlertPolicy
+from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES
+from streamscore.core.scorer import Scorer
 from streamscore.core.state import Snapshot, UserState
 from streamscore.core.timeutil import iso
-from streamscore.ports import StateStore
+from streamscore.ports import SourceRecord, StateStore
+from streamscore.runtime import Pipeline
 
 FACTS = (
     "user_id",
@@ -81,6 +86,58 @@ def settled(store: StateStore, partitions: Iterable[int]) -> bool:
     and label horizon the watermarks have passed has been dealt with."""
     wms = store.watermarks(partitions)
     return not store.due(wms, limit=1)
+
+
+def memory_pipeline(
+    settings: Settings,
+    records: Iterable[SourceRecord],
+    *,
+    batch: int = 500,
+    due_limit: int = 20_000,
+    due_per_record: float | None = None,
+) -> tuple[Pipeline, MemoryStateStore, ListSink]:
+    """The service's pipeline over a list of records, on memory adapters."""
+    store, sink = MemoryStateStore(), ListSink()
+    pipeline = Pipeline(
+        ListSource(records),
+        store,
+        sink,
+        Scorer(settings.scoring()),
+        limits=settings.event_limits(),
+        batch_size=batch,
+        poll_timeout_s=0.0,
+        due_limit=due_limit,
+        due_per_record=due_per_record,
+    )
+    return pipeline, store, sink
+
+
+def run_to_the_end(pipeline: Pipeline, store: StateStore, partitions: int) -> None:
+    """Every record, then empty batches until no silence or horizon behind a watermark waits."""
+    pipeline.run_until_exhausted()
+    for _ in range(1000):
+        if settled(store, range(partitions)):
+            return
+        pipeline.run_once()
+    raise AssertionError("due users behind the watermark were never dealt with")
+
+
+def reference_run(
+    settings: Settings, records: Iterable[SourceRecord], partitions: int, **options: Any
+) -> tuple[StoreView, ListSink]:
+    """An uninterrupted run of the pipeline over the same partitioned records, in memory:
+    what it left in its store, and its outputs."""
+    pipeline, store, sink = memory_pipeline(settings, records, **options)
+    run_to_the_end(pipeline, store, partitions)
+    return store_view(store, set(store.states), range(partitions)), sink
+
+
+def sink_outputs(sink: ListSink) -> dict[str, list[dict[str, Any]]]:
+    """A list sink's scores and alerts, as ``assert_same_state`` takes them."""
+    return {
+        "scores": list(sink.records.get(TOPIC_SCORES, [])),
+        "alerts": list(sink.records.get(TOPIC_ALERTS, [])),
+    }
 
 
 def _attributes(cls: type) -> set[str]:

@@ -16,52 +16,24 @@ from typing import Any
 
 import pytest
 
-from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
-from streamscore.config import Settings, load_settings
-from streamscore.core.records import TOPIC_ALERTS, TOPIC_EVENTS, TOPIC_SCORES
-from streamscore.core.scorer import Scorer
+from streamscore.adapters.memory import ListSink
+from streamscore.config import load_settings
+from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.timeutil import DAY_MS
 from streamscore.ports import SourceRecord
-from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
-from tests.statecheck import StoreView, assert_same_state, settled, store_view
+from tests.statecheck import (
+    StoreView,
+    assert_same_state,
+    memory_pipeline,
+    run_to_the_end,
+    sink_outputs,
+    store_view,
+)
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR, MINUTE = 3_600_000, 60_000
 PARTITIONS = 2
-
-
-def _pipeline(
-    settings: Settings,
-    records: list[SourceRecord],
-    *,
-    batch: int,
-    due_limit: int = 20_000,
-    due_per_record: float | None = None,
-) -> tuple[Pipeline, MemoryStateStore, ListSink]:
-    store, sink = MemoryStateStore(), ListSink()
-    pipeline = Pipeline(
-        ListSource(records),
-        store,
-        sink,
-        Scorer(settings.scoring()),
-        limits=settings.event_limits(),
-        batch_size=batch,
-        poll_timeout_s=0.0,
-        due_limit=due_limit,
-        due_per_record=due_per_record,
-    )
-    return pipeline, store, sink
-
-
-def _run_to_the_end(pipeline: Pipeline, store: MemoryStateStore, partitions: int) -> None:
-    """Every record, then empty batches until no silence or horizon behind a watermark waits."""
-    pipeline.run_until_exhausted()
-    for _ in range(1000):
-        if settled(store, range(partitions)):
-            return
-        pipeline.run_once()
-    raise AssertionError("due users behind the watermark were never dealt with")
 
 
 # -- labels, by hand --------------------------------------------------------------------------
@@ -162,7 +134,7 @@ PENDING = {
 @pytest.mark.parametrize("batch", [1, 7, 10_000])
 def test_the_pipeline_learns_exactly_these_labels(batch: int) -> None:
     settings = load_settings(metrics_port=0)
-    pipeline, store, _ = _pipeline(settings, _labelled_stream(), batch=batch)
+    pipeline, store, _ = memory_pipeline(settings, _labelled_stream(), batch=batch)
     scorer = pipeline.scorer
     scorer.outcomes = []
     value_labels: list[tuple[int, float]] = []
@@ -174,7 +146,7 @@ def test_the_pipeline_learns_exactly_these_labels(batch: int) -> None:
         learn_value(predicted, actual, t_ms)
 
     scorer.drift.value_label = spy  # type: ignore[method-assign]
-    _run_to_the_end(pipeline, store, PARTITIONS)
+    run_to_the_end(pipeline, store, PARTITIONS)
 
     churn = [(o.user_id, o.t_ms, o.churned) for o in scorer.outcomes]
     labelled = [c for c in churn if not c[0].startswith("clock")]
@@ -229,8 +201,8 @@ def _interleaved(parts: list[list[SourceRecord]], seed: int) -> list[SourceRecor
 
 def _run(records: list[SourceRecord], **kw: Any) -> tuple[StoreView, ListSink]:
     settings = load_settings(metrics_port=0)
-    pipeline, store, sink = _pipeline(settings, records, **kw)
-    _run_to_the_end(pipeline, store, 4)
+    pipeline, store, sink = memory_pipeline(settings, records, **kw)
+    run_to_the_end(pipeline, store, 4)
     users = set(store.states)
     return store_view(store, users, range(4)), sink
 
@@ -241,9 +213,4 @@ def test_saved_state_does_not_depend_on_batch_boundaries() -> None:
     got, sink = _run(_interleaved(parts, seed=2), batch=137, due_limit=40, due_per_record=0.05)
     assert len(got.states) == 150
     assert sum(len(s.snapshots) for s in got.states.values()) > 150
-    assert_same_state(
-        got,
-        want,
-        scores=sink.records[TOPIC_SCORES],
-        alerts=sink.records.get(TOPIC_ALERTS, []),
-    )
+    assert_same_state(got, want, **sink_outputs(sink))
