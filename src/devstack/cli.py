@@ -20,7 +20,9 @@ USAGE = """\
 Usage:
   scripts/stack up [--with-prometheus] [--with-redis-cluster]
                                          start (idempotent; fast when already running)
-  scripts/stack down [--wipe]            stop everything; --wipe also deletes Kafka/Redis data
+  scripts/stack down [--wipe | --redis-cluster]
+                                         stop everything; --wipe also deletes Kafka/Redis data;
+                                         --redis-cluster stops only the Redis Cluster
   scripts/stack status                   show what runs; exit 0 only when all is healthy
   scripts/stack topics [NAME PARTITIONS] ensure the standard topics (or create one extra topic)
 """
@@ -33,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--with-prometheus", action="store_true")
     p.add_argument("--with-redis-cluster", action="store_true")
     p.add_argument("--wipe", action="store_true")
+    p.add_argument("--redis-cluster", action="store_true")
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "--with-prometheus": ns.with_prometheus,
         "--with-redis-cluster": ns.with_redis_cluster,
         "--wipe": ns.wipe,
+        "--redis-cluster": ns.redis_cluster,
     }
     try:
         if unknown:
@@ -64,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             _check_options("up", given, {"--with-prometheus", "--with-redis-cluster"})
             stack.up(prometheus=ns.with_prometheus, redis_cluster=ns.with_redis_cluster)
         elif ns.command == "down":
-            _check_options("down", given, {"--wipe"})
-            stack.down(wipe=ns.wipe)
+            _check_options("down", given, {"--wipe", "--redis-cluster"})
+            if ns.wipe and ns.redis_cluster:
+                raise DevstackError("down: --wipe and --redis-cluster do not go together")
+            stack.down(wipe=ns.wipe, only_cluster=ns.redis_cluster)
         elif ns.command == "status":
             lines, ok = stack.status()
             print("\n".join(lines))

@@ -237,11 +237,13 @@ class LocalStack:
 
     # -- down, status, topics ------------------------------------------------------------------
 
-    def down(self, *, wipe: bool = False) -> None:
-        """Stop everything this stack runs; ``wipe`` also deletes the data (not the jars)."""
+    def down(self, *, wipe: bool = False, only_cluster: bool = False) -> None:
+        """Stop everything this stack runs (or only its Redis Cluster); ``wipe`` also deletes
+        the data (not the jars)."""
         with self.lock():
-            self._stop("kafka", self.kafka.pid(), self.kafka.stop)
-            self._stop("redis", self.redis.pid(), self.redis.stop)
+            if not only_cluster:
+                self._stop("kafka", self.kafka.pid(), self.kafka.stop)
+                self._stop("redis", self.redis.pid(), self.redis.stop)
             if any(self.cluster.running()):
                 say("stopping the redis cluster…")
                 self.cluster.stop()
