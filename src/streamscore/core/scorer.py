@@ -320,7 +320,7 @@ class Scorer:
     def score_record(
         self, state: UserState, ev: Evaluation, t_ms: int, now_ms: int, *, trigger: str, key: str
     ) -> dict[str, Any]:
-        """The ``user-scores`` record of an evaluation."""
+        """The score record (``TOPIC_SCORES``) of an evaluation."""
         uid = state.user_id
         return {
             "id": record_id("score", uid, trigger, key),
