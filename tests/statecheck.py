@@ -93,11 +93,13 @@ def memory_pipeline(
     records: Iterable[SourceRecord],
     *,
     batch: int = 500,
-    due_limit: int = 20_000,
-    due_per_record: float | None = None,
+    store: MemoryStateStore | None = None,
+    **options: Any,
 ) -> tuple[Pipeline, MemoryStateStore, ListSink]:
-    """The service's pipeline over a list of records, on memory adapters."""
-    store, sink = MemoryStateStore(), ListSink()
+    """The service's pipeline over a list of records, on memory adapters (``options`` go to
+    ``Pipeline``: due limits, clock, dead-letter guard)."""
+    store = store if store is not None else MemoryStateStore()
+    sink = ListSink()
     pipeline = Pipeline(
         ListSource(records),
         store,
@@ -106,8 +108,7 @@ def memory_pipeline(
         limits=settings.event_limits(),
         batch_size=batch,
         poll_timeout_s=0.0,
-        due_limit=due_limit,
-        due_per_record=due_per_record,
+        **options,
     )
     return pipeline, store, sink
 

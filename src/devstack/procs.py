@@ -16,6 +16,8 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
 
 
 class DevstackError(RuntimeError):
@@ -196,3 +198,27 @@ class Process:
     def _forget(self) -> None:
         self._popen = None
         self.pidfile.unlink(missing_ok=True)
+
+
+class Server:
+    """A server that is a context manager: started on entry, stopped on exit."""
+
+    def start(self, timeout_s: float = 60.0) -> Any:
+        """Start and wait until it serves."""
+        raise NotImplementedError
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop; False when it was not running."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

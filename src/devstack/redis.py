@@ -13,10 +13,9 @@ import signal
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from devstack.procs import DevstackError, Process, listener, port_open, wait_until
+from devstack.procs import DevstackError, Process, Server, listener, port_open, wait_until
 from devstack.tls import TlsFiles
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ def require_redis_server() -> None:
         )
 
 
-class RedisServer:
+class RedisServer(Server):
     """One ``redis-server`` on 127.0.0.1:``port``, its files under ``root``."""
 
     def __init__(
@@ -189,18 +188,6 @@ class RedisServer:
         finally:
             client.close()
 
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def check_cluster_ports(ports: Sequence[int]) -> None:
     """Three distinct ports whose cluster bus ports (port + 10000) exist too."""
@@ -214,7 +201,7 @@ def check_cluster_ports(ports: Sequence[int]) -> None:
             )
 
 
-class RedisCluster:
+class RedisCluster(Server):
     """A real Redis Cluster of three masters on loopback (no replicas), one dir per node."""
 
     def __init__(self, root: Path, ports: Sequence[int], *, appendfsync: str = "everysec") -> None:
@@ -322,15 +309,3 @@ class RedisCluster:
         """Stop every node; False when none was running."""
         stopped = [n.stop(timeout_s) for n in self.nodes]  # every node, not just the first
         return any(stopped)
-
-    def __enter__(self) -> RedisCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -41,7 +41,7 @@ import pytest
 import redis
 
 from devstack import GroupProgress, consume, free_port, produce
-from streamscore.config import load_settings
+from streamscore.config import Settings, load_settings
 from streamscore.core import checkpoint
 from streamscore.core.models import FEATURE_SCHEMA
 from streamscore.core.records import TOPIC_SCORES, TOPIC_SEGMENTS
@@ -133,6 +133,11 @@ def _duplicates(kind: str, records: list[dict[str, Any]]) -> int:
     return repeats
 
 
+def _store_settings(names: dict[str, str], redis_url: str = REDIS_URL) -> Settings:
+    """Settings of the test's state store: its Redis, its key prefix."""
+    return load_settings(redis_url=redis_url, redis_key_prefix=names["redis_key_prefix"])
+
+
 def _retries(port: int) -> dict[str, float]:
     """streamscore_transient_errors_total by step, from the scorer's metrics endpoint."""
     return {
@@ -170,7 +175,7 @@ def test_sigkill_at_ten_points_of_committed_progress_loses_and_doubles_nothing(
     env = env_for(names, checkpoint_interval_seconds=1, **FAST_GROUP)
     log = tmp_path / "scorer.log"
     group, topic = names["kafka_group_id"], names["input_topic"]
-    settings = load_settings(redis_url=REDIS_URL, redis_key_prefix=names["redis_key_prefix"])
+    settings = _store_settings(names)
     progress = GroupProgress(SHARED, group, topic)
     killed_at: list[float] = []
     try:
@@ -278,7 +283,7 @@ def test_redis_down_for_30s_mid_stream(
             time.sleep(0.5)
         rds.start()  # same port, same directory: the data is back
         wait_for("everything committed", lambda: progress.fraction() >= 1.0, 90, {log: proc})
-        wait_until_settled(load_settings(redis_url=rds.url), {log: proc})
+        wait_until_settled(_store_settings(names, rds.url), {log: proc})
         after = _retries(port)
     finally:
         progress.close()
@@ -324,7 +329,7 @@ def test_sigterm_during_a_redis_outage_stops_at_once_and_commits_nothing(
         rds.start()
         proc = start_scorer(env, second_log)
         wait_for("everything committed", lambda: progress.fraction() >= 1.0, 90, {second_log: proc})
-        wait_until_settled(load_settings(redis_url=rds.url), {second_log: proc})
+        wait_until_settled(_store_settings(names, rds.url), {second_log: proc})
     finally:
         progress.close()
         code = stop(proc)
@@ -370,9 +375,7 @@ def test_kafka_broker_restarted_mid_stream(
         produce(client, topic, _keyed(events[half:]))
         progress = GroupProgress(client, group, topic)
         wait_for("everything committed", lambda: progress.fraction() >= 1.0, 120, {log: proc})
-        wait_until_settled(load_settings(redis_url=REDIS_URL,
-                                         redis_key_prefix=names["redis_key_prefix"]),
-                           {log: proc})  # fmt: skip
+        wait_until_settled(_store_settings(names), {log: proc})
         after = _retries(port)
     finally:
         progress.close()

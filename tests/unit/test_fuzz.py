@@ -43,6 +43,7 @@ from streamscore.errors import DeadLetterLimitExceeded
 from streamscore.ports import SourceRecord
 from streamscore.runtime import DeadLetterGuard, Pipeline
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from tests.statecheck import memory_pipeline
 
 SETTINGS = Settings()
 DAY = 86_400_000
@@ -77,19 +78,9 @@ def run(
     first_offset: int = 0,
 ) -> tuple[MemoryStateStore, ListSink]:
     """Run records (partition 0, consecutive offsets) through a fresh pipeline."""
-    store = store if store is not None else MemoryStateStore()
-    sink = ListSink()
     records = [SourceRecord(TOPIC, 0, first_offset + i, v) for i, v in enumerate(values)]
-    pipeline = Pipeline(
-        ListSource(records),
-        store,
-        sink,
-        Scorer(SETTINGS.scoring()),
-        limits=SETTINGS.event_limits(),
-        batch_size=batch_size,
-        poll_timeout_s=0.0,
-        clock=lambda: NOW,
-        dlq_guard=guard,
+    pipeline, store, sink = memory_pipeline(
+        SETTINGS, records, batch=batch_size, store=store, clock=lambda: NOW, dlq_guard=guard
     )
     pipeline.run_until_exhausted()
     return store, sink
