@@ -10,6 +10,7 @@ STREAMSCORE_KAFKA_HEAP_OPTS [-Xms256m -Xmx512m], STREAMSCORE_KAFKA_START_TIMEOUT
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 
@@ -49,6 +50,7 @@ def _check_options(command: str, given: dict[str, bool], allowed: set[str]) -> N
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; errors are printed as ``stack: error: ...`` with exit code 1."""
+    logging.getLogger("kafka").setLevel(logging.CRITICAL + 1)  # probes fail while starting
     parser = _parser()
     ns, unknown = parser.parse_known_args(argv)
     if ns.help or ns.command in ("help", None):

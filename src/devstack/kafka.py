@@ -9,7 +9,6 @@ broker lives in its own directory: ``server.properties``, the log4j configs, ``d
 from __future__ import annotations
 
 import base64
-import logging
 import subprocess
 import uuid
 from collections.abc import Iterable, Sequence
@@ -330,7 +329,6 @@ class KafkaBroker(Server):
 
         if not port_open(self.port):
             return False
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
         try:
             admin = KafkaAdminClient(
                 request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,

@@ -163,8 +163,11 @@ class Process:
         if pid is None:
             self._forget()
             return False
-        os.kill(pid, signal.SIGCONT)  # a paused server cannot shut down
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGCONT)  # a paused server cannot shut down
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it just exited
         if not self._wait_gone(pid, timeout_s):
             if on_kill is not None:
                 on_kill()

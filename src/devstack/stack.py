@@ -288,7 +288,11 @@ class LocalStack:
             ok = False
         elif self.redis.healthy():
             version = self.redis.info("server").get("redis_version", "?")
-            aof = self.redis.client().config_get("appendonly").get("appendonly", "?")
+            client = self.redis.client()
+            try:
+                aof = client.config_get("appendonly").get("appendonly", "?")
+            finally:
+                client.close()
             lines.append(
                 f"redis  running healthy  pid {pid}  {where}  version {version}  aof {aof}  "
                 f"log {self.redis.log}"

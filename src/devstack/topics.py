@@ -6,7 +6,6 @@ keyed by the settings that name them, so tests and benchmarks never spell a topi
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -40,7 +39,6 @@ def topic_settings(tag: str) -> dict[str, str]:
 def _admin(client: Mapping[str, Any], timeout_ms: int) -> Any:
     from kafka import KafkaAdminClient
 
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     return KafkaAdminClient(
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
