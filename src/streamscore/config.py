@@ -20,6 +20,13 @@ from pydantic_settings import (
 
 from streamscore.core.alerts import DEFAULT_ACTIONS, AlertPolicy
 from streamscore.core.events import EventLimits
+from streamscore.core.records import (
+    TOPIC_ALERTS,
+    TOPIC_DLQ,
+    TOPIC_EVENTS,
+    TOPIC_SCORES,
+    TOPIC_SEGMENTS,
+)
 from streamscore.core.scorer import ChurnActivity, ScoringConfig
 from streamscore.errors import ConfigError
 
@@ -44,11 +51,11 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
-    input_topic: str = "user-events"
-    scores_topic: str = "user-scores"
-    alerts_topic: str = "churn-alerts"
-    segments_topic: str = "segment-changes"
-    dlq_topic: str = "user-events-dlq"
+    input_topic: str = TOPIC_EVENTS
+    scores_topic: str = TOPIC_SCORES
+    alerts_topic: str = TOPIC_ALERTS
+    segments_topic: str = TOPIC_SEGMENTS
+    dlq_topic: str = TOPIC_DLQ
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     poll_timeout_ms: int = Field(default=200, ge=1)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)

@@ -79,6 +79,9 @@ class _Batch:
     outputs: list[Output] = field(default_factory=list)
     groups: dict[str, list[tuple[int, int, Event]]] = field(default_factory=dict)
     late: list[tuple[SourceRecord, Event, InvalidEvent]] = field(default_factory=list)
+    # Each admitted record's partition watermark just before it was read (see
+    # ``Scorer.apply_events``): what makes a state independent of batch boundaries.
+    watermarks_before: dict[tuple[int, int], int] = field(default_factory=dict)
     states: dict[str, UserState] = field(default_factory=dict)
     # Due-queue entries to drop, by partition: users whose partition changed (the topic
     # grew) and queued users whose state has expired.
@@ -291,6 +294,9 @@ class Pipeline:
             except InvalidEvent as exc:
                 batch.outputs.append(self._dead_letter(rec, exc, now, stats))
                 continue
+            batch.watermarks_before[rec.partition, rec.offset] = self.watermarks.get(
+                rec.partition, 0
+            )
             try:
                 self._admit(rec.partition, event.ts)
             except InvalidEvent as exc:
@@ -326,7 +332,9 @@ class Pipeline:
         states, now = batch.states, batch.now
         previous = {u: s.partition for u, s in states.items()}
         for uid, events in batch.groups.items():
-            batch.outputs.extend(self.scorer.apply_events(states[uid], events, now))
+            batch.outputs.extend(
+                self.scorer.apply_events(states[uid], events, now, batch.watermarks_before)
+            )
         for uid, before in previous.items():
             if before >= 0 and before != states[uid].partition:
                 batch.dropped.setdefault(before, {})[uid] = None  # the topic grew

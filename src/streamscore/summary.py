@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from streamscore.app import DemoResult, RunSummary
+from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS
 from streamscore.core.timeutil import iso
 
 
@@ -49,9 +50,9 @@ def print_demo(result: DemoResult, out_dir: Path) -> None:
         lines.append(left + right)
     lines += [
         "",
-        f"churn alerts     {s.outputs.get('churn-alerts', 0):>12,}",
-        f"segment changes  {s.outputs.get('segment-changes', 0):>12,}",
-        f"scores           {s.outputs.get('user-scores', 0):>12,}",
+        f"churn alerts     {s.outputs.get(TOPIC_ALERTS, 0):>12,}",
+        f"segment changes  {s.outputs.get(TOPIC_SEGMENTS, 0):>12,}",
+        f"scores           {s.outputs.get(TOPIC_SCORES, 0):>12,}",
         f"dead letters     {dlq:>12,}   {dict(s.dead_letters) if dlq else ''}",
     ]
     if result.drift_day is not None:

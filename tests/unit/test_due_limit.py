@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
+from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.scorer import Scorer
 from streamscore.ports import SourceRecord
 from streamscore.runtime import DUE_FLOOR_PER_PARTITION, Pipeline
@@ -43,7 +44,7 @@ def test_a_delayed_burst_of_due_users_resolves_the_same_labels() -> None:
     """Capped hard (a floor of 25 due users a batch), the backlog drains over later batches
     and, once drained, every label the uncapped run resolved is resolved, no more, no less."""
     events = ShopSimulator(SimulationConfig(users=150, days=50, seed=5)).events()
-    records = [SourceRecord("user-events", 0, i, encode_event(e)) for i, e in enumerate(events)]
+    records = [SourceRecord(TOPIC_EVENTS, 0, i, encode_event(e)) for i, e in enumerate(events)]
     reports = []
     max_due = []
     for per_record in (None, 0.01):

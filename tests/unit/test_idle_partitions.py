@@ -12,7 +12,7 @@ import orjson
 
 from streamscore.adapters.memory import ListSink, MemoryStateStore
 from streamscore.config import Settings
-from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES
+from streamscore.core.records import TOPIC_DLQ, TOPIC_EVENTS, TOPIC_SCORES
 from streamscore.core.scorer import Scorer
 from streamscore.ports import RebalanceHook, SourceRecord
 from streamscore.runtime import Pipeline
@@ -39,7 +39,7 @@ class FedSource:
     def add(self, partition: int, event: dict[str, object]) -> None:
         offset = self.offsets[partition]
         self.offsets[partition] += 1
-        self.pending.append(SourceRecord("user-events", partition, offset, orjson.dumps(event)))
+        self.pending.append(SourceRecord(TOPIC_EVENTS, partition, offset, orjson.dumps(event)))
 
     def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
         batch, self.pending = self.pending, []

@@ -17,6 +17,7 @@ from typing import IO
 import orjson
 
 from streamscore.adapters.memory import ListSource
+from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.scorer import Output
 from streamscore.core.timeutil import parse_rfc3339
 from streamscore.ports import SourceRecord
@@ -98,7 +99,7 @@ class JsonlSource(ListSource):
     def __init__(
         self,
         path: Path,
-        topic: str = "user-events",
+        topic: str = TOPIC_EVENTS,
         *,
         presorted: bool = False,
         until_ms: int | None = None,

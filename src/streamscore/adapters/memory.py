@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Collection, Iterable, Mapping
 
+from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.scorer import Output
 from streamscore.ports import RebalanceHook, SourceRecord
 
@@ -87,7 +88,7 @@ class MemoryStateStore:
 class ListSource:
     """A finite source over in-memory records (tests, the demo)."""
 
-    def __init__(self, records: Iterable[SourceRecord], topic: str = "user-events") -> None:
+    def __init__(self, records: Iterable[SourceRecord], topic: str = TOPIC_EVENTS) -> None:
         self.topic = topic
         self._it = iter(records)
         self._done = False
