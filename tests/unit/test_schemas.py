@@ -251,3 +251,17 @@ def test_simulated_events_satisfy_the_input_schema() -> None:
         Event.model_validate(e)
         n += 1
     assert n > 0
+
+
+def test_output_timestamps_are_declared_date_time() -> None:
+    docs = schema_documents()
+    stamps = {
+        TOPIC_SCORES: ("as_of", "scored_at"),
+        TOPIC_ALERTS: ("as_of",),
+        TOPIC_SEGMENTS: ("as_of",),
+        TOPIC_DLQ: ("received_at",),
+    }
+    for topic, fields in stamps.items():
+        props = docs[f"{topic}.schema.json"]["properties"]
+        for f in fields:
+            assert props[f].get("format") == "date-time", (topic, f)
