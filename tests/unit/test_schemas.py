@@ -225,6 +225,7 @@ def test_alerts_carry_an_action_and_reasons(
     for a in demo_outputs[TOPIC_ALERTS]:
         assert a["churn_probability"] >= 0.7
         assert a["recommended_action"] in actions
+        assert a["reasons"], f"alert without reasons: {a}"
         for reason in a["reasons"]:
             assert reason["contribution"] > 0
 

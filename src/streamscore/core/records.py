@@ -60,7 +60,9 @@ class UserScore(_Record):
 
 
 class Reason(_Record):
-    """One input that pushed the churn score up."""
+    """One term that pushed the churn score up: an input's weight × scaled value, or the
+    model's ``intercept`` (its base rate); before the model has learnt enough labels, the
+    probability-alive heuristic ``p_quiet_logit`` that made the score. Never an empty list."""
 
     feature: str
     contribution: float
