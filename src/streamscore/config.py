@@ -283,6 +283,11 @@ class Settings(BaseSettings):
             raise ValueError("rescore_after_days must be positive numbers of days, e.g. [3, 7, 14]")
         if self.value_tiers[0] >= self.value_tiers[1]:
             raise ValueError("value_tiers must be two increasing spend thresholds, e.g. [50, 200]")
+        if self.checkpoint_key is not None and not self.checkpoint_key.get_secret_value():
+            raise ValueError(
+                "checkpoint_key is empty: set a long random string (openssl rand -hex 32), "
+                "or leave it unset to run without checkpoints"
+            )
         if self.kafka_sasl_mechanism and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):

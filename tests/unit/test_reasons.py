@@ -7,7 +7,7 @@ import math
 from streamscore.core.models import CHURN_INPUTS, VALUE_INPUTS, ModelParams, Models
 
 N_CHURN = len(CHURN_INPUTS)
-DERIVED = {name: 1.0 for name in {*CHURN_INPUTS, *VALUE_INPUTS}}
+DERIVED = dict.fromkeys({*CHURN_INPUTS, *VALUE_INPUTS}, 1.0)
 
 
 def x(p_quiet_logit: float, rest: float = 0.5) -> list[float]:
