@@ -14,6 +14,10 @@ handed out among the last ``dedupe_ids`` (an LRU set; about 10 MB for the defaul
 That window lives in the process: across restarts, make the action itself idempotent, keyed
 by ``id`` (``examples/retention_actions.py`` keeps an action log).
 
+``from_beginning`` says where the group starts on a partition it has committed nothing for
+(the oldest record, or only new ones); give the same value on every start, since a group
+that stopped before its first commit on some partition meets that choice again there.
+
 Offsets of handled records are committed before every poll, every ``commit_every`` records
 and on close, synchronously, so at most one poll's worth (``max_records``) is read again
 after a crash. Connection and security settings are the scorer's (``STREAMSCORE_KAFKA_*``,
@@ -98,7 +102,7 @@ class OutputReader(Generic[R]):
         max_records: int = 100,
         commit_every: int = 100,
         poll_timeout_s: float = 1.0,
-        stop_when_idle_s: float | None = None,
+        stop_when_idle_s: float | None = None,  # with partitions assigned and nothing new
         on_invalid: Literal["raise", "skip"] = "raise",
     ) -> None:
         from streamscore.adapters.kafka import UNREACHABLE, client_config, unreachable_error
@@ -135,7 +139,9 @@ class OutputReader(Generic[R]):
             )
             if not batches:
                 idle = self.stop_when_idle_s
-                if idle is not None and time.monotonic() - quiet_since >= idle:
+                if not self.consumer.assignment():
+                    quiet_since = time.monotonic()  # still joining the group: not idle
+                elif idle is not None and time.monotonic() - quiet_since >= idle:
                     return
                 continue
             quiet_since = time.monotonic()
