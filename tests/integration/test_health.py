@@ -87,6 +87,19 @@ def events(users: int, days: float, seed: int) -> list[tuple[bytes | None, bytes
     ]
 
 
+def scorer_env(
+    names: dict[str, str], rds: PrivateRedis, port: int, *, stuck_polls: int
+) -> dict[str, str]:
+    """A scorer on the test's topics and private Redis, probes on ``port``, 100 ms polls."""
+    return env_for(
+        names,
+        redis_url=rds.url,
+        metrics_port=port,
+        session_timeout_ms=6000,
+        health_stuck_after_polls=stuck_polls,
+    )
+
+
 def test_ready_once_assigned_not_ready_while_redis_is_down_but_still_live(
     names: dict[str, str], tmp_path: Path
 ) -> None:
@@ -94,13 +107,7 @@ def test_ready_once_assigned_not_ready_while_redis_is_down_but_still_live(
     log = tmp_path / "scorer.log"
     stream = events(users=200, days=40, seed=3)
     with PrivateRedis(tmp_path / "redis") as rds:
-        env = env_for(
-            names,
-            redis_url=rds.url,
-            metrics_port=port,
-            session_timeout_ms=6000,
-            health_stuck_after_polls=600,  # 60 s: above the retry backoff (at most 10 s)
-        )
+        env = scorer_env(names, rds, port, stuck_polls=600)  # 60 s: above the backoff (10 s)
         produce(names["input_topic"], stream[: len(stream) // 2])
         proc = start_scorer(env, log)
         try:
@@ -145,13 +152,7 @@ def test_healthz_fails_while_the_loop_is_stuck_in_a_call(
     port = free_port()
     log = tmp_path / "scorer.log"
     with PrivateRedis(tmp_path / "redis") as rds:
-        env = env_for(
-            names,
-            redis_url=rds.url,
-            metrics_port=port,
-            session_timeout_ms=6000,
-            health_stuck_after_polls=30,  # 3 s at 100 ms; a frozen Redis blocks a call 5 s+
-        )
+        env = scorer_env(names, rds, port, stuck_polls=30)  # 3 s; a frozen Redis blocks 5 s+
         produce(names["input_topic"], events(users=100, days=30, seed=4))
         proc = start_scorer(env, log)
         assert rds.proc is not None
