@@ -80,9 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=above(0), default=None, help="events/s into Kafka (default: max)")
     s.add_argument("--limit", type=users, default=None, help="stop after this many events")
 
-    command(
+    run = command(
         "run",
         "the service: Kafka in, Redis state, Kafka out; /metrics, /healthz and /readyz on HTTP",
+    )
+    run.epilog = (
+        "Configured by STREAMSCORE_* environment variables and --config FILE (TOML); the ones "
+        "most deployments set: STREAMSCORE_KAFKA_BOOTSTRAP_SERVERS, STREAMSCORE_REDIS_URL, "
+        "STREAMSCORE_CHECKPOINT_KEY, STREAMSCORE_METRICS_HOST/PORT, STREAMSCORE_KAFKA_GROUP_ID. "
+        "`streamscore config` lists all of them with their values, sources and meanings."
     )
 
     sc = command("schemas", "write the JSON Schemas of every topic")

@@ -225,7 +225,8 @@ class Settings(BaseSettings):
         default=150,
         ge=1,
         description="/healthz fails once the loop has neither finished a batch nor retried "
-        "a failing step for this many poll timeouts (150 × 200 ms = 30 s)",
+        "a failing step for this many poll timeouts (150 × 200 ms = 30 s); keep it above "
+        "15 s, since retries back off up to 10 s and a poll waits up to 10 s for a group join",
     )
     checkpoint_interval_seconds: float = Field(
         default=60.0, gt=0, description="seconds between model checkpoints"

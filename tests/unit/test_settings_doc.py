@@ -175,3 +175,4 @@ def test_run_help_points_at_the_settings(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["run", "--help"]) == 0
     text = capsys.readouterr().out
     assert "/healthz" in text and "--config" in text
+    assert "STREAMSCORE_KAFKA_BOOTSTRAP_SERVERS" in text and "`streamscore config`" in text
