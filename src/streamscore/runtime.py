@@ -35,6 +35,7 @@ from streamscore.errors import (
     RetryAbandoned,
     TransientError,
 )
+from streamscore.logging_setup import batch_context, end_batch
 from streamscore.ports import Sink, Source, SourceRecord, StateStore
 
 log = logging.getLogger("streamscore.runtime")
@@ -240,6 +241,7 @@ class Pipeline:
         records = self.retry.run(
             "poll", lambda: self.source.poll(self.batch_size, self.poll_timeout_s), self.on_retry
         )
+        batch_context(records)  # log lines from here on name the batch's offsets
         batch = _Batch(records, self.clock())
         self._decode(batch)
         t1 = time.perf_counter()
@@ -265,6 +267,7 @@ class Pipeline:
         if offsets:
             self.retry.run("commit offsets", lambda: self.source.commit(offsets), self.on_retry)
         t7 = time.perf_counter()
+        end_batch()
 
         stats = batch.stats
         _count_outputs(stats, batch.outputs)

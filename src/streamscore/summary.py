@@ -62,7 +62,11 @@ def print_demo(result: DemoResult, out_dir: Path) -> None:
         lines += [f"  {iso(e.t_ms)[:10]}  {e.detail}" for e in result.drift_events[:3]]
     else:
         lines.append("drift detected   none")
-    lines += [f"outputs          {out_dir}/<topic>.jsonl", ""]
+    lines += [
+        f"outputs          {out_dir}/<topic>.jsonl, final_scores.jsonl, report.json",
+        f"report           {out_dir}/report.html (open it in a browser)",
+        "",
+    ]
     print("\n".join(lines))
 
 
@@ -91,6 +95,7 @@ def print_replay(summary: RunSummary, rep: dict[str, Any], out_dir: Path) -> Non
                 f"outputs      {dict(summary.outputs)}",
                 f"dead letters {dlq:>12,}   {dict(summary.dead_letters) if dlq else ''}",
                 f"written      {out_dir}/<topic>.jsonl, final_scores.jsonl, report.json",
+                f"report       {out_dir}/report.html (open it in a browser)",
                 "",
             ]
         )

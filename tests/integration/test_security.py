@@ -122,6 +122,7 @@ def test_kafka_sasl_scram_authenticates_and_a_wrong_password_is_a_clear_error(
         "checkpoint_key": "ckpt-key",
         "batch_max_records": 500,
         "log_level": "DEBUG",
+        "kafka_log_level": "DEBUG",  # kafka-python's request log, where SASL bytes would be
         "metrics_port": 0,
     }
     # The refused login takes kafka-python's bootstrap timeout (30 s) to surface: start it

@@ -271,7 +271,7 @@ class Scorer:
 
     def _resolve_churn(self, state: UserState, snap: Snapshot, *, churned: bool) -> None:
         snap.churn_learnt = True
-        self.quality.churn.update(snap.churn_p, churned)
+        self.quality.churn.update(snap.churn_p, churned, snap.t_ms)
         self.drift.churn_label(snap.churn_p, churned, snap.t_ms + self.config.churn_horizon_ms)
         if self.outcomes is not None:
             recency = math.expm1(snap.churn_x[_RECENCY])
