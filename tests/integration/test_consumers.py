@@ -14,17 +14,23 @@ from pathlib import Path
 import orjson
 import pytest
 
+from devstack import GroupProgress
+from devstack import produce as produce_to
+from devstack.stack import REPO_ROOT
 from streamscore.client import ChurnAlert, InvalidRecord, UserScore, iter_alerts, iter_scores
 from streamscore.core.records import Reason, record_id
 from streamscore.tail import tail
 
-from .conftest import BOOTSTRAP
-from .helpers import produce, settings_for
-from .kafka_broker import REPO_ROOT, GroupProgress
+from .conftest import BOOTSTRAP, SHARED
+from .helpers import settings_for
 
 pytestmark = pytest.mark.integration
 EXAMPLE = REPO_ROOT / "examples" / "retention_actions.py"
-SHARED = {"bootstrap_servers": [BOOTSTRAP]}
+
+
+def produce(topic: str, records: list[tuple[bytes | None, bytes]]) -> int:
+    """Produce to the shared broker."""
+    return produce_to(SHARED, topic, records)
 
 
 def alert(i: int) -> ChurnAlert:

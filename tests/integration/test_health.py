@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 import urllib.error
@@ -23,10 +22,13 @@ from typing import Any
 
 import pytest
 
+from devstack import RedisServer, produce
+from devstack.procs import free_port
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from tests.conftest import MakeRedis
 
-from .helpers import env_for, produce, start_scorer, stop
-from .kafka_broker import PrivateRedis, free_port
+from .conftest import SHARED
+from .helpers import env_for, start_scorer, stop
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +90,7 @@ def events(users: int, days: float, seed: int) -> list[tuple[bytes | None, bytes
 
 
 def scorer_env(
-    names: dict[str, str], rds: PrivateRedis, port: int, *, stuck_polls: int
+    names: dict[str, str], rds: RedisServer, port: int, *, stuck_polls: int
 ) -> dict[str, str]:
     """A scorer on the test's topics and private Redis, probes on ``port``, 100 ms polls."""
     return env_for(
@@ -101,76 +103,75 @@ def scorer_env(
 
 
 def test_ready_once_assigned_not_ready_while_redis_is_down_but_still_live(
-    names: dict[str, str], tmp_path: Path
+    names: dict[str, str], make_redis: MakeRedis, tmp_path: Path
 ) -> None:
     port = free_port()
     log = tmp_path / "scorer.log"
     stream = events(users=200, days=40, seed=3)
-    with PrivateRedis(tmp_path / "redis") as rds:
-        env = scorer_env(names, rds, port, stuck_polls=600)  # 60 s: above the backoff (10 s)
-        produce(names["input_topic"], stream[: len(stream) // 2])
-        proc = start_scorer(env, log)
-        try:
-            code, ready = wait_for("readiness", answer(port, "/readyz", 200), proc, log, 90)
-            assert ready["status"] == "ready"
-            assert ready["partitions"] == [0, 1, 2, 3]
-            assert ready["kafka"]["ok"] and ready["redis"]["ok"] and ready["live"]
-            assert ready["models"]["restored"] is False
+    rds = make_redis()
+    env = scorer_env(names, rds, port, stuck_polls=600)  # 60 s: above the backoff (10 s)
+    produce(SHARED, names["input_topic"], stream[: len(stream) // 2])
+    proc = start_scorer(env, log)
+    try:
+        code, ready = wait_for("readiness", answer(port, "/readyz", 200), proc, log, 90)
+        assert ready["status"] == "ready"
+        assert ready["partitions"] == [0, 1, 2, 3]
+        assert ready["kafka"]["ok"] and ready["redis"]["ok"] and ready["live"]
+        assert ready["models"]["restored"] is False
+        code, live = probe(port, "/healthz")
+        assert code == 200 and live["status"] == "ok" and live["phase"] == "running"
+        code, body, ctype = get(port, "/metrics")
+        assert code == 200 and ctype.startswith("text/plain")
+        assert b"streamscore_records_consumed_total" in body
+        for path in ("/", "/ready", "/metrics/x"):
+            code, missing = probe(port, path)
+            assert code == 404 and "/readyz" in missing["paths"], path
+
+        rds.stop()  # connection refused from now on: every Redis step fails fast
+        produce(SHARED, names["input_topic"], stream[len(stream) // 2 :])
+        code, down = wait_for("not ready", answer(port, "/readyz", 503), proc, log, 60)
+        assert down["redis"]["ok"] is False, down
+        assert any(r.startswith("redis: ") for r in down["reasons"]), down
+        assert down["live"] is True
+        # Live all along while the loop retries: a restart would not bring Redis back.
+        until = time.monotonic() + 15
+        while time.monotonic() < until:
             code, live = probe(port, "/healthz")
-            assert code == 200 and live["status"] == "ok" and live["phase"] == "running"
-            code, body, ctype = get(port, "/metrics")
-            assert code == 200 and ctype.startswith("text/plain")
-            assert b"streamscore_records_consumed_total" in body
-            for path in ("/", "/ready", "/metrics/x"):
-                code, missing = probe(port, path)
-                assert code == 404 and "/readyz" in missing["paths"], path
+            assert code == 200, live
+            time.sleep(0.5)
+        assert live["seconds_since_progress"] < 12, live
 
-            rds.stop()  # connection refused from now on: every Redis step fails fast
-            produce(names["input_topic"], stream[len(stream) // 2 :])
-            code, down = wait_for("not ready", answer(port, "/readyz", 503), proc, log, 60)
-            assert down["redis"]["ok"] is False, down
-            assert any(r.startswith("redis: ") for r in down["reasons"]), down
-            assert down["live"] is True
-            # Live all along while the loop retries: a restart would not bring Redis back.
-            until = time.monotonic() + 15
-            while time.monotonic() < until:
-                code, live = probe(port, "/healthz")
-                assert code == 200, live
-                time.sleep(0.5)
-            assert live["seconds_since_progress"] < 12, live
-
-            rds.start()
-            wait_for("ready again", answer(port, "/readyz", 200), proc, log, 60)
-        finally:
-            exit_code = stop(proc)
+        rds.start()
+        wait_for("ready again", answer(port, "/readyz", 200), proc, log, 60)
+    finally:
+        exit_code = stop(proc)
     assert exit_code == 0, log.read_text()[-3000:]
 
 
 def test_healthz_fails_while_the_loop_is_stuck_in_a_call(
-    names: dict[str, str], tmp_path: Path
+    names: dict[str, str], make_redis: MakeRedis, tmp_path: Path
 ) -> None:
     port = free_port()
     log = tmp_path / "scorer.log"
-    with PrivateRedis(tmp_path / "redis") as rds:
-        env = scorer_env(names, rds, port, stuck_polls=30)  # 3 s; a frozen Redis blocks 5 s+
-        produce(names["input_topic"], events(users=100, days=30, seed=4))
-        proc = start_scorer(env, log)
-        assert rds.proc is not None
+    rds = make_redis()
+    env = scorer_env(names, rds, port, stuck_polls=30)  # 3 s; a frozen Redis blocks 5 s+
+    produce(SHARED, names["input_topic"], events(users=100, days=30, seed=4))
+    proc = start_scorer(env, log)
+    try:
+        wait_for("readiness", answer(port, "/readyz", 200), proc, log, 90)
+        rds.pause()  # SIGSTOP
         try:
-            wait_for("readiness", answer(port, "/readyz", 200), proc, log, 90)
-            rds.proc.send_signal(signal.SIGSTOP)
-            try:
-                _, stuck = wait_for("a stuck loop", answer(port, "/healthz", 503), proc, log, 30)
-                assert stuck["status"] == "stuck"
-                assert "neither finished a batch nor retried" in stuck["reason"]
-                assert stuck["seconds_since_progress"] > 3.0
-                code, ready = probe(port, "/readyz")
-                assert code == 503 and ready["live"] is False
-                assert get(port, "/metrics")[0] == 200  # the server itself is fine
-            finally:
-                rds.proc.send_signal(signal.SIGCONT)
-            _, live = wait_for("live again", answer(port, "/healthz", 200), proc, log, 60)
-            assert live["seconds_since_progress"] < 3.0
+            _, stuck = wait_for("a stuck loop", answer(port, "/healthz", 503), proc, log, 30)
+            assert stuck["status"] == "stuck"
+            assert "neither finished a batch nor retried" in stuck["reason"]
+            assert stuck["seconds_since_progress"] > 3.0
+            code, ready = probe(port, "/readyz")
+            assert code == 503 and ready["live"] is False
+            assert get(port, "/metrics")[0] == 200  # the server itself is fine
         finally:
-            exit_code = stop(proc)
+            rds.resume()  # SIGCONT
+        _, live = wait_for("live again", answer(port, "/healthz", 200), proc, log, 60)
+        assert live["seconds_since_progress"] < 3.0
+    finally:
+        exit_code = stop(proc)
     assert exit_code == 0, log.read_text()[-3000:]
