@@ -20,7 +20,16 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, ROOT, DatasetSpec, Stack, dump_json, log, make_dataset
+from bench.common import (
+    RESULTS_DIR,
+    ROOT,
+    DatasetSpec,
+    Stack,
+    dump_json,
+    ensure_stack,
+    log,
+    make_dataset,
+)
 from bench.report import markdown, profiles_text
 
 COMMANDS = ("all", "core", "bare", "full", "naive", "latency", "scaling")
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd != "core":
         from bench import stack_runs as sr
 
+        ensure_stack()  # scripts/stack up, through devstack
         stack = Stack()
         log(f"stack run {stack.tag}: logs in {stack.log_dir}")
         ctx = sr.Context(stack, spec, data)

@@ -20,14 +20,16 @@ from typing import Any
 
 import orjson
 import redis
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
+from devstack import GroupProgress, LocalStack, StackConfig, produce, read_topic
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 
 BOOTSTRAP = os.environ.get("BENCH_KAFKA", "127.0.0.1:9092")
+CLIENT = {"bootstrap_servers": [BOOTSTRAP]}  # kafka-python options
 REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -115,34 +117,23 @@ def machine_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
+def local_stack() -> LocalStack:
+    """The servers of ``scripts/stack`` (same ``STREAMSCORE_*`` settings)."""
+    return LocalStack(StackConfig.from_env())
+
+
+def ensure_stack() -> None:
+    """Start the local stack through devstack unless BENCH_KAFKA/BENCH_REDIS point elsewhere
+    (idempotent: a running stack is only checked)."""
+    if "BENCH_KAFKA" not in os.environ and "BENCH_REDIS" not in os.environ:
+        local_stack().up()
+
+
 def stack_pids() -> dict[str, int]:
-    """PIDs of the local Kafka broker and Redis server (from scripts/stack's pid files)."""
-    pids: dict[str, int] = {}
-    for name in ("kafka", "redis"):
-        for candidate in (ROOT / ".stack" / name).glob("*.pid"):
-            try:
-                pids[name] = int(candidate.read_text().strip())
-            except (OSError, ValueError):
-                continue
-    if len(pids) < 2:  # fall back on `scripts/stack status`
-        try:
-            out = subprocess.run(
-                [str(ROOT / "scripts" / "stack"), "status"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            ).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            out = ""
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) > 3 and parts[0] in {"kafka", "redis"} and "pid" in parts:
-                try:
-                    pids[parts[0]] = int(parts[parts.index("pid") + 1])
-                except (ValueError, IndexError):
-                    continue
-    return {k: v for k, v in pids.items() if Path(f"/proc/{v}").exists()}
+    """PIDs of the local Kafka broker and Redis server, found as scripts/stack finds them."""
+    stack = local_stack()
+    pids = {"kafka": stack.kafka.pid(), "redis": stack.redis.pid()}
+    return {k: v for k, v in pids.items() if v is not None}
 
 
 def other_load(seconds: float = 1.0) -> float:
@@ -204,7 +195,7 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log_dir = RESULTS_DIR / "logs" / self.tag
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._consumer: KafkaConsumer | None = None
+        self._progress: dict[tuple[str, str], GroupProgress] = {}
 
     # names ----------------------------------------------------------------------------------
 
@@ -251,39 +242,23 @@ class Stack:
         label: str = "",
     ) -> int:
         """Produce keyed records as fast as the client goes and wait for all of them."""
-        producer = KafkaProducer(
-            bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=20, batch_size=512 * 1024
-        )
         started = time.perf_counter()
-        n = 0
-        try:
-            for key, value in records:
-                producer.send(topic, key=key, value=value)
-                n += 1
-            producer.flush()
-        finally:
-            producer.close()
+        n = produce(CLIENT, topic, records, linger_ms=20, batch_size=512 * 1024)
         took = time.perf_counter() - started
         log(f"produced {n:,} events to {label or topic} in {took:.1f}s ({n / took:,.0f}/s)")
         return n
 
-    @property
-    def consumer(self) -> KafkaConsumer:
-        if self._consumer is None:
-            self._consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP)
-        return self._consumer
+    def _group(self, group: str, topic: str) -> GroupProgress:
+        if (group, topic) not in self._progress:
+            self._progress[group, topic] = GroupProgress(CLIENT, group, topic)
+        return self._progress[group, topic]
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        parts = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic) or ()]
-        return {tp.partition: off for tp, off in self.consumer.end_offsets(parts).items()}
+        return self._group("", topic).ends()
 
     def committed(self, group: str, topic: str) -> int:
         """Records of ``topic`` the group has committed, over all partitions."""
-        try:
-            offsets = self.admin.list_group_offsets(group).get(group, {})
-        except KafkaError:
-            return 0
-        return sum(om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset > 0)
+        return self._group(group, topic).committed_records()
 
     def members_with_partitions(self, group: str) -> int:
         """Members of a stable group that own at least one partition."""
@@ -301,28 +276,10 @@ class Stack:
                 n += 1
         return n
 
-    def read_topic(self, topic: str, start: dict[int, int] | None = None) -> list[Any]:
+    @staticmethod
+    def read_topic(topic: str, start: dict[int, int] | None = None) -> list[Any]:
         """Every record of a topic (from ``start`` offsets per partition) up to its end now."""
-        ends = self.end_offsets(topic)
-        consumer = KafkaConsumer(
-            bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, fetch_max_bytes=32 * 1024**2
-        )
-        try:
-            parts = [TopicPartition(topic, p) for p in ends]
-            consumer.assign(parts)
-            for tp in parts:
-                consumer.seek(tp, (start or {}).get(tp.partition, 0))
-            out: list[Any] = []
-            remaining = {p for p, end in ends.items() if end > (start or {}).get(p, 0)}
-            deadline = time.monotonic() + 120
-            while remaining and time.monotonic() < deadline:
-                for tp, msgs in consumer.poll(timeout_ms=500, max_records=50_000).items():
-                    out.extend(msgs)
-                    if msgs and msgs[-1].offset + 1 >= ends[tp.partition]:
-                        remaining.discard(tp.partition)
-            return out
-        finally:
-            consumer.close()
+        return read_topic(CLIENT, topic, start)
 
     # processes ------------------------------------------------------------------------------
 
@@ -402,8 +359,8 @@ class Stack:
                 self.stop(proc, timeout_s=20)
             except Exception as exc:
                 log(f"could not stop process {proc.pid}: {exc}")
-        if self._consumer is not None:
-            self._consumer.close()
+        for progress in self._progress.values():
+            progress.close()
         if self.groups:
             try:
                 self.admin.delete_groups(self.groups)

@@ -30,9 +30,8 @@ from typing import Any
 
 import orjson
 import redis
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
 
+from devstack import GroupProgress, create_topics, delete_topics, produce, topic_settings
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import load_settings
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
@@ -68,32 +67,22 @@ def main() -> int:
     args = p.parse_args()
 
     tag = f"soak{uuid.uuid4().hex[:6]}"
-    topics = {
-        "input_topic": f"{tag}-user-events",
-        "scores_topic": f"{tag}-user-scores",
-        "alerts_topic": f"{tag}-churn-alerts",
-        "segments_topic": f"{tag}-segment-changes",
-        "dlq_topic": f"{tag}-user-events-dlq",
-    }
-    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    admin.create_topics([NewTopic(t, 4, 1) for t in topics.values()])
+    topics = topic_settings(tag)
+    client = {"bootstrap_servers": [BOOTSTRAP]}
+    create_topics(client, dict.fromkeys(topics.values(), 4))
     r = redis.Redis.from_url(REDIS_URL)
+    progress: GroupProgress | None = None
     proc: subprocess.Popen[bytes] | None = None
     try:
         sim = ShopSimulator(SimulationConfig(users=args.users, days=args.days, seed=args.seed))
-        producer = KafkaProducer(
-            bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=20, batch_size=512 * 1024
-        )
-        n = 0
         started = time.perf_counter()
-        for e in sim.events():
-            assert isinstance(e, dict)
-            producer.send(
-                topics["input_topic"], key=str(e["user_id"]).encode(), value=encode_event(e)
-            )
-            n += 1
-        producer.flush()
-        producer.close()
+        n = produce(
+            client,
+            topics["input_topic"],
+            ((str(e["user_id"]).encode(), encode_event(e)) for e in sim.events()),
+            linger_ms=20,
+            batch_size=512 * 1024,
+        )
         print(f"produced {n:,} events in {time.perf_counter() - started:.1f}s", flush=True)
 
         used_before = int(r.info("memory")["used_memory"])
@@ -115,9 +104,8 @@ def main() -> int:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "streamscore.cli", "run"], env=env, stdout=log, stderr=log
             )
-        consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP)
-        parts = [TopicPartition(topics["input_topic"], i) for i in range(4)]
-        ends = consumer.end_offsets(parts)
+        progress = GroupProgress(client, tag, topics["input_topic"])
+        ends = progress.ends()
         total = sum(ends.values())
         samples: list[tuple[float, int, float]] = []  # (seconds, committed records, RSS MB)
         t0 = time.monotonic()
@@ -125,17 +113,12 @@ def main() -> int:
         while done < total:
             if proc.poll() is not None:
                 raise RuntimeError(f"scorer exited with {proc.returncode}; see {log_path}")
-            try:
-                offsets = admin.list_group_offsets(tag).get(tag, {})
-            except Exception:
-                offsets = {}
-            done = sum(min(offsets[tp].offset, ends[tp]) for tp in parts if tp in offsets)
+            done = round(progress.fraction() * total)
             samples.append((time.monotonic() - t0, done, rss_mb(proc.pid)))
             time.sleep(0.5)
         took = time.monotonic() - t0
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
-        consumer.close()
 
         store = RedisStateStore.from_settings(
             load_settings(redis_url=REDIS_URL, redis_key_prefix=tag)
@@ -182,12 +165,13 @@ def main() -> int:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+        if progress is not None:
+            progress.close()
         if not args.keep:
-            admin.delete_topics(list(topics.values()))
+            delete_topics(client, list(topics.values()))
             keys = list(r.scan_iter(match=f"{tag}:*", count=1000))
             for i in range(0, len(keys), 500):
                 r.delete(*keys[i : i + 500])
-        admin.close()
         r.close()
 
 

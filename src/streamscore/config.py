@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,8 +18,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from streamscore.config_check import env_name, unknown_key_hint, unknown_variables
 from streamscore.core.alerts import DEFAULT_ACTIONS, AlertPolicy
 from streamscore.core.events import EventLimits
+from streamscore.core.records import (
+    TOPIC_ALERTS,
+    TOPIC_DLQ,
+    TOPIC_EVENTS,
+    TOPIC_SCORES,
+    TOPIC_SEGMENTS,
+)
 from streamscore.core.values import ChurnActivity, ScoringConfig
 from streamscore.errors import ConfigError
 
@@ -34,38 +42,78 @@ class Settings(BaseSettings):
     )
 
     # Kafka
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    kafka_group_id: str = "streamscore"
-    kafka_client_id: str = "streamscore"
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
-    kafka_ssl_certfile: Path | None = None
-    kafka_ssl_keyfile: Path | None = None
-    input_topic: str = "user-events"
-    scores_topic: str = "user-scores"
-    alerts_topic: str = "churn-alerts"
-    segments_topic: str = "segment-changes"
-    dlq_topic: str = "user-events-dlq"
-    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
-    poll_timeout_ms: int = Field(default=200, ge=1)
-    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Kafka brokers, comma-separated host:port"
+    )
+    kafka_group_id: str = Field(
+        default="streamscore",
+        description="consumer group; start more processes with the same group to share partitions",
+    )
+    kafka_client_id: str = Field(
+        default="streamscore", description="client id the brokers see in their logs and quotas"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism when the protocol is SASL_*"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password")
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, description="PEM file of the CA that signed the brokers' certificates"
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="client certificate (PEM), for brokers that ask for one"
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="private key (PEM) of the client certificate"
+    )
+    kafka_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING",
+        description="level of kafka-python's own loggers (INFO shows every connection and "
+        "group join)",
+    )
+    input_topic: str = Field(default=TOPIC_EVENTS, description="topic of the user events read")
+    scores_topic: str = Field(default=TOPIC_SCORES, description="topic scores are written to")
+    alerts_topic: str = Field(default=TOPIC_ALERTS, description="topic churn alerts go to")
+    segments_topic: str = Field(
+        default=TOPIC_SEGMENTS, description="topic segment and lifecycle changes go to"
+    )
+    dlq_topic: str = Field(
+        default=TOPIC_DLQ,
+        description="dead-letter topic for input that breaks the contract",
+    )
+    batch_max_records: int = Field(
+        default=2000, ge=1, le=100_000, description="records polled and processed per batch"
+    )
+    poll_timeout_ms: int = Field(
+        default=200, ge=1, description="longest wait of one poll when no record is there"
+    )
+    max_poll_interval_ms: int = Field(
+        default=300_000,
+        ge=10_000,
+        description="Kafka evicts a member that does not poll for this long (one batch, "
+        "outage retries included)",
+    )
     due_users_per_batch: int = Field(
         default=500,
         ge=1,
-        description="silent users rescored per batch; the rest wait for the next, so a burst "
-        "of silences cannot stall fresh events (p99 latency)",
+        description="silent users rescored per batch and partition; the rest wait for the "
+        "next, so a burst of silences cannot stall fresh events",
     )
     due_users_per_record: float = Field(
         default=0.5,
         gt=0,
-        description="a batch rescores at most this many silent users per input record (and "
-        "25 per partition whatever the batch size), so their work grows with the batch "
-        "instead of spiking; the average need is about 0.1-0.3 per record",
+        description="silent users a batch rescores per input record (at least 25 per "
+        "partition, at most due_users_per_batch), so their work grows with the batch "
+        "instead of spiking",
     )
-    session_timeout_ms: int = Field(default=45_000, ge=6_000)
+    session_timeout_ms: int = Field(
+        default=45_000,
+        ge=6_000,
+        description="Kafka gives a silent member's partitions away after this long",
+    )
     idle_partition_seconds: float = Field(
         default=120.0,
         ge=0,
@@ -74,46 +122,163 @@ class Settings(BaseSettings):
     )
 
     # Redis
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_username: str | None = None
-    redis_password: SecretStr | None = None
-    # TLS (with a rediss:// URL): the CA that signed the server's certificate, and a client
-    # certificate and key when the server asks for one (tls-auth-clients yes).
-    redis_ssl_ca_certs: Path | None = None
-    redis_ssl_certfile: Path | None = None
-    redis_ssl_keyfile: Path | None = None
-    redis_key_prefix: str = "ss"
-    state_retention_days: float = Field(default=400.0, gt=0)
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="redis:// or, for TLS, rediss:// URL of the state store",
+    )
+    redis_username: str | None = Field(default=None, description="Redis ACL user name")
+    redis_password: SecretStr | None = Field(default=None, description="Redis password")
+    redis_ssl_ca_certs: Path | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the Redis server's certificate (rediss://)",
+    )
+    redis_ssl_certfile: Path | None = Field(
+        default=None, description="client certificate (PEM), for Redis with tls-auth-clients"
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        default=None, description="private key (PEM) of the Redis client certificate"
+    )
+    redis_key_prefix: str = Field(
+        default="ss", description="prefix of every Redis key (no braces); one per deployment"
+    )
+    state_retention_days: float = Field(
+        default=400.0,
+        gt=0,
+        description="a user's state expires this long after their last event",
+    )
 
     # Scoring semantics
-    churn_horizon_days: float = Field(default=14.0, gt=0, le=365)
-    value_horizon_days: float = Field(default=30.0, gt=0, le=365)
-    snapshot_period_days: float = Field(default=7.0, gt=0)
-    allowed_lateness_seconds: float = Field(default=300.0, ge=0)
-    max_future_skew_seconds: float = Field(default=300.0, ge=0)
-    max_event_bytes: int = Field(default=16_384, ge=256)
-    rescore_after_days: tuple[float, ...] = (3.0, 7.0, 14.0, 21.0, 30.0, 45.0, 60.0, 90.0)
-    churn_activity: ChurnActivity = ChurnActivity.ANY
-    at_risk_threshold: float = Field(default=0.6, gt=0, lt=1)
-    alert_raise_at: float = Field(default=0.7, gt=0, lt=1)
-    alert_clear_at: float = Field(default=0.5, gt=0, lt=1)
-    alert_critical_at: float = Field(default=0.9, gt=0, le=1)
-    alert_cooldown_days: float = Field(default=7.0, ge=0)
-    alert_min_purchases: int = Field(default=1, ge=0)
-    value_tiers: tuple[float, float] = (50.0, 200.0)
-    alert_actions: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ACTIONS))
+    churn_horizon_days: float = Field(
+        default=14.0,
+        gt=0,
+        le=365,
+        description="churn means no activity within this many days after the score",
+    )
+    value_horizon_days: float = Field(
+        default=30.0, gt=0, le=365, description="value means spend within this many days"
+    )
+    snapshot_period_days: float = Field(
+        default=7.0, gt=0, description="at most one training snapshot per user per period"
+    )
+    allowed_lateness_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="watermark = newest event time minus this; older events are late",
+    )
+    max_future_skew_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="events further than this ahead of the wall clock are dead-lettered",
+    )
+    max_event_bytes: int = Field(
+        default=16_384, ge=256, description="input records larger than this are dead-lettered"
+    )
+    rescore_after_days: tuple[float, ...] = Field(
+        default=(3.0, 7.0, 14.0, 21.0, 30.0, 45.0, 60.0, 90.0),
+        description="days of silence after which a quiet user is rescored (the churn "
+        "horizon is always one)",
+    )
+    churn_activity: ChurnActivity = Field(
+        default=ChurnActivity.ANY,
+        description="'any': churn is no event within the horizon; 'purchase': no purchase",
+    )
+    at_risk_threshold: float = Field(
+        default=0.6,
+        gt=0,
+        lt=1,
+        description="churn probability from which a customer's lifecycle stage is 'at risk'",
+    )
+    alert_raise_at: float = Field(
+        default=0.7, gt=0, lt=1, description="churn probability that raises an alert"
+    )
+    alert_clear_at: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="an alerted user is re-armed only after falling below this (hysteresis)",
+    )
+    alert_critical_at: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="churn probability from which an alert's risk is 'critical', not 'high'",
+    )
+    alert_cooldown_days: float = Field(
+        default=7.0, ge=0, description="at most one alert per user per this many days"
+    )
+    alert_min_purchases: int = Field(
+        default=1, ge=0, description="users with fewer purchases raise no alert"
+    )
+    value_tiers: tuple[float, float] = Field(
+        default=(50.0, 200.0),
+        description="predicted-value thresholds of the mid and high tiers of alert_actions",
+    )
+    alert_actions: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ACTIONS),
+        description="recommended action by '<low|mid|high>/<high|critical>' (value tier / "
+        "risk); a missing key means 'review'",
+    )
 
     # Operations
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(default=9108, ge=0, le=65535)
-    checkpoint_interval_seconds: float = Field(default=60.0, gt=0)
-    checkpoint_key: SecretStr | None = None
-    checkpoint_key_id: str = "k1"
-    checkpoint_old_keys: dict[str, SecretStr] = Field(default_factory=dict)
-    on_bad_checkpoint: Literal["fail", "fresh"] = "fail"
-    dlq_max_ratio: float = Field(default=0.95, gt=0, le=1)
-    dlq_window: int = Field(default=1000, ge=10)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address of the HTTP server (/metrics, /healthz, /readyz); 0.0.0.0 in "
+        "containers",
+    )
+    metrics_port: int = Field(
+        default=9108, ge=0, le=65535, description="port of that HTTP server (0: no server)"
+    )
+    health_stuck_after_polls: int = Field(
+        default=150,
+        ge=1,
+        description="/healthz fails once the loop has neither finished a batch nor retried "
+        "a failing step for this many poll timeouts (150 × 200 ms = 30 s); keep it above "
+        "15 s, since retries back off up to 10 s and a poll waits up to 10 s for a group join",
+    )
+    checkpoint_interval_seconds: float = Field(
+        default=60.0, gt=0, description="seconds between model checkpoints"
+    )
+    checkpoint_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key that signs model checkpoints; unset: no checkpoints",
+    )
+    checkpoint_key_id: str = Field(
+        default="k1", description="id stored with each checkpoint, naming the key that signed it"
+    )
+    checkpoint_old_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="earlier keys by id, still accepted when restoring (key rotation)",
+    )
+    on_bad_checkpoint: Literal["fail", "fresh"] = Field(
+        default="fail",
+        description="what a tampered or unverifiable checkpoint does: stop, or start fresh models",
+    )
+    dlq_max_ratio: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="stop when more than this share of a window of input is dead-lettered",
+    )
+    dlq_window: int = Field(
+        default=1000, ge=10, description="records per window of the dead-letter limit"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="level of streamscore's own log (any case)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="'json': one JSON object per line, with the batch's partitions and offsets",
+    )
+
+    @field_validator("log_level", "kafka_log_level", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
@@ -126,6 +291,11 @@ class Settings(BaseSettings):
             raise ValueError("rescore_after_days must be positive numbers of days, e.g. [3, 7, 14]")
         if self.value_tiers[0] >= self.value_tiers[1]:
             raise ValueError("value_tiers must be two increasing spend thresholds, e.g. [50, 200]")
+        if self.checkpoint_key is not None and not self.checkpoint_key.get_secret_value():
+            raise ValueError(
+                "checkpoint_key is empty: set a long random string (openssl rand -hex 32), "
+                "or leave it unset to run without checkpoints"
+            )
         if self.kafka_sasl_mechanism and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
@@ -200,14 +370,22 @@ class Settings(BaseSettings):
         )
 
 
+def config_path(config_file: Path | None = None) -> Path | None:
+    """The settings file in use: ``--config``, else ``STREAMSCORE_CONFIG``, else none."""
+    return config_file or (Path(p) if (p := os.environ.get("STREAMSCORE_CONFIG")) else None)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read and validate settings; raise ``ConfigError`` with one line per problem."""
     global _toml_path  # noqa: PLW0603 - pydantic-settings takes the file path at class level
-    path = config_file or (Path(p) if (p := os.environ.get("STREAMSCORE_CONFIG")) else None)
+    path = config_path(config_file)
     if path is not None and not path.is_file():
-        raise ConfigError(
-            f"config file {path} does not exist (from --config or STREAMSCORE_CONFIG)"
-        )
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what} (from --config or STREAMSCORE_CONFIG)")
+    fields = Settings.model_fields
+    unknown = unknown_variables(os.environ, fields)
+    if unknown:
+        raise ConfigError("unknown environment variables:\n" + "\n".join(unknown))
     _toml_path = path
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -215,8 +393,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         lines = []
         for err in exc.errors(include_url=False):
             field = ".".join(str(p) for p in err["loc"]) or "settings"
-            env = f"STREAMSCORE_{str(err['loc'][0]).upper()}" if err["loc"] else ""
+            env = env_name(str(err["loc"][0])) if err["loc"] else ""
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden" and err["loc"]:
+                lines.append(
+                    f"  {field}: not a streamscore setting{unknown_key_hint(field, fields)}"
+                )
+                continue
             lines.append(f"  {field}{f' ({env})' if env else ''}: {msg}")
         origin = f" (file {path})" if path else ""
         raise ConfigError("invalid settings" + origin + ":\n" + "\n".join(lines)) from None

@@ -149,16 +149,42 @@ def replay(
     finally:
         sink.close()
     cutoff = as_of_ms if as_of_ms is not None else summary.last_event_ms
-    now = wall_clock_ms()
-    with (out_dir / "final_scores.jsonl").open("wb") as fp:
-        for record in final_scores(scorer, store, cutoff, now):
-            fp.write(orjson.dumps(record) + b"\n")
-            summary.users += 1
-    rep = report(scorer, trainer, summary)
-    rep["as_of"] = cutoff
-    rep["users_scored"] = summary.users
-    (out_dir / "report.json").write_bytes(orjson.dumps(rep, option=orjson.OPT_INDENT_2))
+    rep = write_reports(out_dir, scorer, store, summary, cutoff, trainer=trainer, title="replay")
+    summary.users = rep["users_scored"]
     return summary, rep
+
+
+def write_reports(
+    out_dir: Path,
+    scorer: Scorer,
+    store: MemoryStateStore,
+    summary: RunSummary,
+    as_of_ms: int,
+    *,
+    trainer: Trainer,
+    title: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``final_scores.jsonl`` (every user as of ``as_of_ms``), ``report.json`` and the
+    self-contained ``report.html`` drawn from it; returns the report."""
+    from streamscore.report_html import render_report
+
+    segments: Counter[str] = Counter()
+    lifecycles: Counter[str] = Counter()
+    with (out_dir / "final_scores.jsonl").open("wb") as fp:
+        for record in final_scores(scorer, store, as_of_ms, wall_clock_ms()):
+            fp.write(orjson.dumps(record) + b"\n")
+            segments[record["segment"]] += 1
+            lifecycles[record["lifecycle_stage"]] += 1
+    rep = report(scorer, trainer, summary)
+    rep["as_of"] = as_of_ms
+    rep["users_scored"] = sum(segments.values())
+    rep["segments"] = dict(segments.most_common())
+    rep["lifecycles"] = dict(lifecycles.most_common())
+    rep.update(extra or {})
+    (out_dir / "report.json").write_bytes(orjson.dumps(rep, option=orjson.OPT_INDENT_2))
+    (out_dir / "report.html").write_text(render_report(rep, title=title), encoding="utf-8")
+    return rep
 
 
 def simulated_records(sim: ShopSimulator, topic: str) -> Iterator[SourceRecord]:
@@ -225,13 +251,33 @@ def demo(
         segments[state.segment or "-"] += 1
         lifecycles[state.lifecycle or "-"] += 1
     summary.users = sum(segments.values())
+    truth = {
+        "model_auc": exact_auc(preds, labels) if outcomes else None,
+        "oracle_auc": exact_auc(oracle, labels) if outcomes else None,
+        "warm_model_auc": exact_auc(preds[warm_from:], labels[warm_from:]) if outcomes else None,
+        "warm_oracle_auc": exact_auc(oracle[warm_from:], labels[warm_from:]) if outcomes else None,
+    }
+    simulation = {"users": sim_config.users, "days": sim_config.days, "seed": sim_config.seed}
+    rep = write_reports(
+        out_dir,
+        scorer,
+        store,
+        summary,
+        summary.last_event_ms,
+        trainer=trainer,
+        title="demo",
+        extra={
+            "ground_truth": truth,
+            "simulation": {**simulation, "drift_day": sim_config.drift_day},
+        },
+    )
     return DemoResult(
         summary=summary,
-        report=report(scorer, trainer, summary),
-        model_auc=exact_auc(preds, labels) if outcomes else None,
-        oracle_auc=exact_auc(oracle, labels) if outcomes else None,
-        warm_model_auc=exact_auc(preds[warm_from:], labels[warm_from:]) if outcomes else None,
-        warm_oracle_auc=exact_auc(oracle[warm_from:], labels[warm_from:]) if outcomes else None,
+        report=rep,
+        model_auc=truth["model_auc"],
+        oracle_auc=truth["oracle_auc"],
+        warm_model_auc=truth["warm_model_auc"],
+        warm_oracle_auc=truth["warm_oracle_auc"],
         labels=len(outcomes),
         segments=segments,
         lifecycles=lifecycles,

@@ -7,9 +7,8 @@ and alert rules in ``deploy/`` use only these names.
 from __future__ import annotations
 
 import logging
-import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamscore.core.drift import PSI_FEATURES
 from streamscore.core.scorer import Scorer
@@ -179,12 +178,6 @@ def count_transient_error(step: str, error: Exception) -> None:
     TRANSIENT_ERRORS.labels(step).inc()
     if isinstance(error, NewerFormatError):
         NEWER_FORMAT_REFUSALS.inc()
-
-
-def serve(host: str, port: int) -> None:
-    """Expose the registry on http://host:port/metrics."""
-    start_http_server(port, addr=host, registry=REGISTRY)
-    UP_SINCE.set(time.time())
 
 
 def observe_batch(stats: BatchStats, now_s: float) -> None:

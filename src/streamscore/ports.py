@@ -55,6 +55,11 @@ class Source(Protocol):
 
     topic: str
 
+    @property
+    def owned(self) -> set[int]:
+        """The partitions assigned to this source as of its last poll."""
+        ...
+
     def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
         """Up to ``max_records`` records; an empty list means none yet (or the end)."""
         ...

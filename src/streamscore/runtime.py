@@ -31,6 +31,7 @@ from streamscore.core.timeutil import iso
 from streamscore.core.values import Output
 from streamscore.errors import InvalidEvent
 from streamscore.guards import DeadLetterGuard, OnRetry, RetryPolicy
+from streamscore.logging_setup import batch_context, end_batch
 from streamscore.ports import Sink, Source, SourceRecord, StateStore
 
 log = logging.getLogger("streamscore.runtime")
@@ -75,6 +76,9 @@ class _Batch:
     outputs: list[Output] = field(default_factory=list)
     groups: dict[str, list[tuple[int, int, Event]]] = field(default_factory=dict)
     late: list[tuple[SourceRecord, Event, InvalidEvent]] = field(default_factory=list)
+    # Each admitted record's partition watermark just before it was read (see
+    # ``Scorer.apply_events``): what makes a state independent of batch boundaries.
+    watermarks_before: dict[tuple[int, int], int] = field(default_factory=dict)
     states: dict[str, UserState] = field(default_factory=dict)
     # Due-queue entries to drop, by partition: users whose partition changed (the topic
     # grew) and queued users whose state has expired.
@@ -177,6 +181,7 @@ class Pipeline:
         records = self.retry.run(
             "poll", lambda: self.source.poll(self.batch_size, self.poll_timeout_s), self.on_retry
         )
+        batch_context(records)  # log lines from here on name the batch's offsets
         batch = _Batch(records, self.clock())
         self._decode(batch)
         t1 = time.perf_counter()
@@ -202,6 +207,7 @@ class Pipeline:
         if offsets:
             self.retry.run("commit offsets", lambda: self.source.commit(offsets), self.on_retry)
         t7 = time.perf_counter()
+        end_batch()
 
         stats = batch.stats
         _count_outputs(stats, batch.outputs)
@@ -231,6 +237,9 @@ class Pipeline:
             except InvalidEvent as exc:
                 batch.outputs.append(self._dead_letter(rec, exc, now, stats))
                 continue
+            batch.watermarks_before[rec.partition, rec.offset] = self.watermarks.get(
+                rec.partition, 0
+            )
             try:
                 self._admit(rec.partition, event.ts)
             except InvalidEvent as exc:
@@ -266,7 +275,9 @@ class Pipeline:
         states, now = batch.states, batch.now
         previous = {u: s.partition for u, s in states.items()}
         for uid, events in batch.groups.items():
-            batch.outputs.extend(self.scorer.apply_events(states[uid], events, now))
+            batch.outputs.extend(
+                self.scorer.apply_events(states[uid], events, now, batch.watermarks_before)
+            )
         for uid, before in previous.items():
             if before >= 0 and before != states[uid].partition:
                 batch.dropped.setdefault(before, {})[uid] = None  # the topic grew

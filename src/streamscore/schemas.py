@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from streamscore.core.records import SCHEMAS
+from streamscore.core.records import SCHEMAS, TOPIC_EVENTS
 
 
 def schema_documents() -> dict[str, dict[str, Any]]:
@@ -15,7 +15,7 @@ def schema_documents() -> dict[str, dict[str, Any]]:
     docs: dict[str, dict[str, Any]] = {}
     for topic, model in SCHEMAS.items():
         schema = model.model_json_schema(
-            mode="validation" if topic == "user-events" else "serialization"
+            mode="validation" if topic == TOPIC_EVENTS else "serialization"
         )
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",

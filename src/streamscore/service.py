@@ -20,6 +20,8 @@ from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
 from streamscore.errors import RetryAbandoned, TransientError
 from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
+from streamscore.health import LoopStatus
+from streamscore.httpd import serve_http
 from streamscore.model_checkpoints import ModelCheckpoints
 from streamscore.progress import Progress
 from streamscore.runtime import Pipeline
@@ -75,13 +77,23 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
     stop = stop or StopFlag()
     if threading.current_thread() is threading.main_thread():
         stop.install()
-    if settings.metrics_port:
-        metrics.serve(settings.metrics_host, settings.metrics_port)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    status = LoopStatus(settings.health_stuck_after_polls * settings.poll_timeout_ms / 1000)
+    http = serve_http(settings, status)
+    try:
+        return _run(settings, stop, status)
+    finally:
+        if http is not None:
+            http.close()
+
+
+def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
     if settings.checkpoint_key is None:
         log.warning("STREAMSCORE_CHECKPOINT_KEY is not set: models will not be checkpointed")
     pipeline, checkpoints = build_service(settings, stop.event)
     source = pipeline.source
+    models = checkpoints.trainer.models
+    status.models_loaded(models.version, restored=models.generation > 0)
+    pipeline.on_retry = status.wrap_on_retry(pipeline.on_retry)
     frozen = freeze_startup_heap()
     log.info(
         "scoring %s from %s (%d start-up objects exempt from garbage collection)",
@@ -94,9 +106,11 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
     failed_commits = 0
     watch = metrics.ScorerWatch(pipeline.scorer, checkpoints.trainer, log)
     abandoned = False
+    status.running()
     try:
         while not stop.event.is_set():
             stats = pipeline.run_once()
+            status.batch_done(source.owned)
             now = time.time()
             metrics.observe_batch(stats, now)
             metrics.MODEL_INFO.clear()
@@ -124,6 +138,7 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
             exc,
         )
     finally:
+        status.stopping()
         try:
             if not pipeline.learning_saved:
                 log.warning("stopping without a model checkpoint: the last batch was not saved")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS
 from streamscore.core.timeutil import iso
 from streamscore.embedded import DemoResult, RunSummary
 
@@ -49,9 +50,9 @@ def print_demo(result: DemoResult, out_dir: Path) -> None:
         lines.append(left + right)
     lines += [
         "",
-        f"churn alerts     {s.outputs.get('churn-alerts', 0):>12,}",
-        f"segment changes  {s.outputs.get('segment-changes', 0):>12,}",
-        f"scores           {s.outputs.get('user-scores', 0):>12,}",
+        f"churn alerts     {s.outputs.get(TOPIC_ALERTS, 0):>12,}",
+        f"segment changes  {s.outputs.get(TOPIC_SEGMENTS, 0):>12,}",
+        f"scores           {s.outputs.get(TOPIC_SCORES, 0):>12,}",
         f"dead letters     {dlq:>12,}   {dict(s.dead_letters) if dlq else ''}",
     ]
     if result.drift_day is not None:
@@ -61,7 +62,11 @@ def print_demo(result: DemoResult, out_dir: Path) -> None:
         lines += [f"  {iso(e.t_ms)[:10]}  {e.detail}" for e in result.drift_events[:3]]
     else:
         lines.append("drift detected   none")
-    lines += [f"outputs          {out_dir}/<topic>.jsonl", ""]
+    lines += [
+        f"outputs          {out_dir}/<topic>.jsonl, final_scores.jsonl, report.json",
+        f"report           {out_dir}/report.html (open it in a browser)",
+        "",
+    ]
     print("\n".join(lines))
 
 
@@ -90,6 +95,7 @@ def print_replay(summary: RunSummary, rep: dict[str, Any], out_dir: Path) -> Non
                 f"outputs      {dict(summary.outputs)}",
                 f"dead letters {dlq:>12,}   {dict(summary.dead_letters) if dlq else ''}",
                 f"written      {out_dir}/<topic>.jsonl, final_scores.jsonl, report.json",
+                f"report       {out_dir}/report.html (open it in a browser)",
                 "",
             ]
         )

@@ -43,9 +43,9 @@ from streamscore.core.records import (
 )
 from streamscore.errors import ConfigError
 from streamscore.ports import Sink, Source, SourceRecord, StateStore
+from tests.required import skip_or_fail
 
 REDIS_URL = os.environ.get("STREAMSCORE_REDIS_URL", "redis://127.0.0.1:6379/0")
-STACK_REQUIRED = os.environ.get("STREAMSCORE_STACK") == "1"
 
 
 class ContractStore(StateStore, Protocol):
@@ -54,13 +54,6 @@ class ContractStore(StateStore, Protocol):
     def due_count(self) -> int:
         """Users waiting in due queues."""
         ...
-
-
-def unavailable(reason: str) -> None:
-    """Skip, or fail when the stack is required (``STREAMSCORE_STACK=1``)."""
-    if STACK_REQUIRED:
-        pytest.fail(f"{reason} (STREAMSCORE_STACK=1: the stack is required here)", pytrace=False)
-    pytest.skip(reason)
 
 
 def redis_settings(prefix: str, **overrides: Any) -> Settings:
@@ -83,7 +76,7 @@ def redis_problem() -> str | None:
 def redis_client(redis_problem: str | None) -> Iterator[redis.Redis]:
     """A plain client on the test Redis, to look at keys behind the store's back."""
     if redis_problem:
-        unavailable(redis_problem)
+        skip_or_fail(redis_problem)
     s = redis_settings("unused")
     password = s.redis_password.get_secret_value() if s.redis_password else None
     client = redis.Redis.from_url(REDIS_URL, username=s.redis_username, password=password)
@@ -354,7 +347,7 @@ def _harness(
 ) -> Iterator[Any]:
     """The harness of ``request.param`` (Kafka only when the broker answers), closed after."""
     if request.param == "kafka" and kafka_problem:
-        unavailable(kafka_problem)
+        skip_or_fail(kafka_problem)
     harness = make[request.param]()
     try:
         yield harness

@@ -6,12 +6,6 @@ errors when Redis is missing or refuses us.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -32,8 +26,9 @@ from streamscore.core.snapshots import Snapshot
 from streamscore.core.state import UserState, id_hash
 from streamscore.core.timeutil import DAY_MS
 from streamscore.errors import ConfigError, TransientError
+from tests.conftest import MakeRedis
 
-from .conftest import ContractStore, MakeRedisStore, redis_settings, unavailable
+from .conftest import ContractStore, MakeRedisStore, redis_settings
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 ODD_IDS = ["plain", "üser-ß", "用户-7", "with space", "a:b:c", "{braced}", "a}b", "x" * 128]
@@ -369,33 +364,9 @@ def test_urls_and_prefixes() -> None:
 
 
 @pytest.fixture
-def password_redis() -> Iterator[str]:
-    """A private redis-server with a password on a unix socket; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server is not installed (Debian package redis-server)")
-        raise AssertionError  # unreachable: unavailable() skips or fails
-    tmp = Path(tempfile.mkdtemp(prefix="ss-redis-", dir="/tmp"))
-    sock = tmp / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            *(binary, "--port", "0", "--unixsocket", str(sock), "--requirepass", "s3cret-pw"),
-            *("--save", "", "--appendonly", "no", "--dir", str(tmp)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("private redis-server did not start", pytrace=False)
-            time.sleep(0.02)
-        yield f"unix://{sock}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
+def password_redis(make_redis: MakeRedis) -> str:
+    """A private redis-server with a password; its URL."""
+    return make_redis(password="s3cret-pw").url
 
 
 @pytest.mark.integration

@@ -14,10 +14,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from .kafka_broker import topic_names
+from devstack import create_topics, delete_topics, topic_settings
+from tests.required import skip_or_fail
 
 BOOTSTRAP = os.environ.get("STREAMSCORE_TEST_KAFKA", "127.0.0.1:9092")
 REDIS_URL = os.environ.get("STREAMSCORE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+SHARED = {"bootstrap_servers": [BOOTSTRAP]}  # kafka-python options for the shared broker
 
 
 def _stack_up() -> str | None:
@@ -39,32 +41,41 @@ def _stack_up() -> str | None:
 def stack() -> None:
     """Require the local stack; fail under scripts/test, skip in a bare pytest run."""
     problem = _stack_up()
-    if problem is None:
-        return
-    message = f"{problem}; start it with scripts/stack up"
-    if os.environ.get("STREAMSCORE_STACK") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    if problem is not None:
+        skip_or_fail(f"{problem}; start it with scripts/stack up")
+
+
+def delete_keys(prefix: str) -> None:
+    """Delete every key under ``prefix:`` in the shared Redis."""
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        r.delete(*keys[i : i + 500])
+    r.close()
 
 
 @pytest.fixture
 def names(stack: None) -> Iterator[dict[str, str]]:
     """Unique topics (4 partitions), group and Redis prefix for one test; removed afterwards."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
     tag = uuid.uuid4().hex[:8]
-    topics = topic_names(f"t{tag}")
-    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    admin.create_topics([NewTopic(t, 4, 1) for t in topics.values()])
-    out = {**topics, "kafka_group_id": f"g{tag}", "redis_key_prefix": f"t{tag}"}
+    topics = topic_settings(f"t{tag}")
+    create_topics(SHARED, dict.fromkeys(topics.values(), 4))
     try:
-        yield out
+        yield {**topics, "kafka_group_id": f"g{tag}", "redis_key_prefix": f"t{tag}"}
     finally:
-        admin.delete_topics(list(topics.values()))
-        admin.close()
-        r = redis.Redis.from_url(REDIS_URL)
-        keys = list(r.scan_iter(match=f"t{tag}:*", count=1000))
-        for i in range(0, len(keys), 500):
-            r.delete(*keys[i : i + 500])
-        r.close()
+        delete_topics(SHARED, list(topics.values()))
+        delete_keys(f"t{tag}")
+
+
+@pytest.fixture
+def private_names(stack: None) -> Iterator[dict[str, str]]:
+    """Topic, group and Redis key prefix names for a test that brings its own broker."""
+    tag = uuid.uuid4().hex[:8]
+    try:
+        yield {
+            **topic_settings(f"p{tag}"),
+            "kafka_group_id": f"g{tag}",
+            "redis_key_prefix": f"p{tag}",
+        }
+    finally:
+        delete_keys(f"p{tag}")

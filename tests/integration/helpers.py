@@ -1,25 +1,28 @@
-"""Driving ``streamscore run`` as a real process against the local stack."""
+"""Driving ``streamscore run`` as a real process, and checking what it left behind."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-import orjson
-import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
-
+from devstack import GroupProgress, read_topic
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings, load_settings
-from streamscore.core.state import UserState
+from streamscore.ports import SourceRecord
+from tests.statecheck import StoreView, settled, store_view
 
-from .conftest import BOOTSTRAP, REDIS_URL
+from .conftest import BOOTSTRAP, REDIS_URL, SHARED
+
+# A member that got partitions logs "assigned partitions [0, 1]"; an empty "[]" is no join.
+ASSIGNED = re.compile(r"assigned partitions \[\d")
 
 
 def settings_for(names: dict[str, str], **extra: object) -> Settings:
@@ -29,9 +32,8 @@ def settings_for(names: dict[str, str], **extra: object) -> Settings:
     )
 
 
-def env_for(names: dict[str, str], **extra: object) -> dict[str, str]:
-    """The same settings as environment variables, for a scorer subprocess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
+def env_for(names: Mapping[str, object], **extra: object) -> dict[str, str]:
+    """A scorer subprocess's environment: the shared stack, its names, test-friendly timings."""
     values: dict[str, object] = {
         "kafka_bootstrap_servers": BOOTSTRAP,
         "redis_url": REDIS_URL,
@@ -40,23 +42,20 @@ def env_for(names: dict[str, str], **extra: object) -> dict[str, str]:
         "poll_timeout_ms": 100,
         "checkpoint_key": "integration-test-key",
         "checkpoint_interval_seconds": 2,
+        # Wall-clock idleness would move watermarks past what the input says, so a run's
+        # state would depend on its timing; the idle-partition test turns it on.
+        "idle_partition_seconds": 0,
         **names,
         **extra,
     }
+    return scorer_env(**values)
+
+
+def scorer_env(**values: object) -> dict[str, str]:
+    """This process's environment without STREAMSCORE_* variables, plus ``values`` as them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
     env.update({f"STREAMSCORE_{k.upper()}": str(v) for k, v in values.items()})
     return env
-
-
-def produce(topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
-    """Produce (key, value) records and wait for all of them."""
-    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=5)
-    n = 0
-    for key, value in records:
-        producer.send(topic, key=key, value=value)
-        n += 1
-    producer.flush()
-    producer.close()
-    return n
 
 
 def start_scorer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -65,40 +64,6 @@ def start_scorer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
         return subprocess.Popen(
             [sys.executable, "-m", "streamscore.cli", "run"], env=env, stdout=log, stderr=log
         )
-
-
-def committed_fraction(group: str, topic: str) -> float:
-    """Share of the topic's records the group has committed."""
-    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        ends = consumer.end_offsets(parts)
-        try:
-            committed = admin.list_group_offsets(group).get(group, {})
-        except KafkaError:
-            return 0.0  # the group has not committed anything yet
-        total = sum(ends.values())
-        done = sum(min(committed[tp].offset, ends[tp]) for tp in parts if tp in committed)
-        return done / total if total else 1.0
-    finally:
-        consumer.close()
-        admin.close()
-
-
-def wait_until_committed(
-    group: str, topic: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 120.0
-) -> None:
-    """Block until the group has committed every record, failing early if a scorer died."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"scorer exited early with code {p.returncode}")
-        if committed_fraction(group, topic) >= 1.0:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"group {group} did not commit all of {topic} in {timeout_s}s")
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
@@ -112,41 +77,144 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
         raise
 
 
-def consume_all(
-    topic: str, expect_at_least: int = 0, idle_s: float = 3.0
-) -> list[dict[str, object]]:
-    """Every JSON record of a topic, read from the beginning until it goes quiet."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=BOOTSTRAP,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        consumer_timeout_ms=int(idle_s * 1000),
-    )
-    out = [orjson.loads(m.value) for m in consumer]
-    consumer.close()
-    assert len(out) >= expect_at_least, f"{topic}: {len(out)} records, expected ≥ {expect_at_least}"
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: a crash."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    """The end of a log file, for failure messages."""
+    return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} missing)"
+
+
+def wait_for(
+    what: str,
+    condition: Callable[[], bool],
+    timeout_s: float,
+    procs: Mapping[Path, subprocess.Popen[bytes]] | None = None,
+    interval_s: float = 0.05,
+) -> None:
+    """Poll ``condition`` until true; fail early, with the log, when a process of ``procs``
+    (log path → process) exits, and with every log when time runs out."""
+    procs = procs or {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for log, p in procs.items():
+            if p.poll() is not None:
+                raise AssertionError(
+                    f"{p.args!r} exited ({p.returncode}) waiting for {what}:\n{tail(log)}"
+                )
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {log.name}\n{tail(log)}" for log in procs)
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{logs}")
+        time.sleep(interval_s)
+
+
+def joined(log: Path, before: int = 0) -> bool:
+    """True when the log shows more than ``before`` non-empty partition assignments."""
+    return len(ASSIGNED.findall(log.read_text(errors="replace"))) > before
+
+
+def wait_until_committed(
+    group: str,
+    topic: str,
+    procs: Mapping[Path, subprocess.Popen[bytes]],
+    timeout_s: float = 120.0,
+    client: Mapping[str, Any] = SHARED,
+) -> None:
+    """Block until the group has committed every record, failing early if a scorer died."""
+    progress = GroupProgress(client, group, topic)
+    try:
+        wait_for(f"{group} to commit all of {topic}", lambda: progress.fraction() >= 1.0,
+                 timeout_s, procs)  # fmt: skip
+    finally:
+        progress.close()
+
+
+def redis_view(settings: Settings, users: set[str], partitions: int = 4) -> StoreView:
+    """What the scorers left in the Redis the settings point at."""
+    store = RedisStateStore.from_settings(settings)
+    try:
+        return store_view(store, users, range(partitions))
+    finally:
+        store.close()
+
+
+def wait_until_settled(
+    settings: Settings,
+    procs: Mapping[Path, subprocess.Popen[bytes]],
+    timeout_s: float = 60.0,
+    partitions: int = 4,
+) -> None:
+    """Block until no user is due behind a saved watermark (silences and horizons done)."""
+    store = RedisStateStore.from_settings(settings)
+    try:
+        wait_for("the due queues to drain", lambda: settled(store, range(partitions)),
+                 timeout_s, procs)  # fmt: skip
+    finally:
+        store.close()
+
+
+def input_records(topic: str, client: Mapping[str, Any] = SHARED) -> list[SourceRecord]:
+    """The input topic as it is on the broker: each record with its partition and offset."""
+    return [
+        SourceRecord(m.topic, m.partition, m.offset, m.value, m.timestamp)
+        for m in read_topic(client, topic)
+    ]
+
+
+def scrape(port: int, metric: str) -> dict[str, float]:
+    """Samples of one metric from a Prometheus endpoint on 127.0.0.1: {label text: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(metric + "{") or line.startswith(metric + " "):
+            name, _, value = line.rpartition(" ")
+            out[name[len(metric) :]] = float(value)
     return out
 
 
-def redis_states(settings: Settings, users: set[str]) -> dict[str, UserState]:
-    """The saved states of these users in the Redis the settings point at."""
-    store = RedisStateStore.from_settings(settings)
-    try:
-        raw = store.load(sorted(users))
-    finally:
-        store.close()
-    return {u: UserState.from_bytes(u, b) for u, b in raw.items()}
+def last_positions(records: list[SourceRecord]) -> dict[str, tuple[int, int]]:
+    """Each user's last record on the broker, (partition, offset), read off the topic."""
+    import orjson
+
+    out: dict[str, tuple[int, int]] = {}
+    for r in records:
+        try:
+            uid = str(orjson.loads(r.value)["user_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue  # not an event: dead-lettered, no state
+        out[uid] = max(out.get(uid, (r.partition, -1)), (r.partition, r.offset))
+    return out
 
 
-def assert_same_features(got: dict[str, UserState], want: dict[str, UserState]) -> None:
-    """Same users with the same features (floats to 1e-9)."""
-    assert got.keys() == want.keys(), (len(got), len(want))
-    for uid, state in want.items():
-        a, b = got[uid].features.to_dict(), state.features.to_dict()
-        for key, value in b.items():
-            if isinstance(value, float | list):
-                assert a[key] == pytest.approx(value, rel=1e-9, abs=1e-9), (uid, key)
-            else:
-                assert a[key] == value, (uid, key)
+def assert_same_as_uninterrupted(
+    names: Mapping[str, str],
+    *,
+    client: Mapping[str, Any] = SHARED,
+    redis_url: str = REDIS_URL,
+) -> StoreView:
+    """The whole state the scorers left in Redis equals an uninterrupted run's over the same
+    partitioned input (``tests/statecheck.py``), and every user's position is their last
+    record on the broker. Returns what was in Redis."""
+    from devstack import consume
+    from tests.statecheck import assert_same_state, reference_run
+
+    records = input_records(names["input_topic"], client)
+    want, _ = reference_run(load_settings(metrics_port=0), records, 4)
+    settings = load_settings(redis_url=redis_url, redis_key_prefix=names["redis_key_prefix"])
+    got = redis_view(settings, set(want.states))
+    assert_same_state(
+        got,
+        want,
+        scores=consume(client, names["scores_topic"]),
+        alerts=consume(client, names["alerts_topic"]),
+    )
+    positions = {u: (s.partition, s.offset) for u, s in got.states.items()}
+    on_broker = last_positions(records)
+    assert positions == {u: on_broker[u] for u in positions}
+    return got

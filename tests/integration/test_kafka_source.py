@@ -14,14 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
+from devstack import GroupProgress, create_topics, delete_topics, produce
 from streamscore.adapters.kafka import KafkaSource
 from streamscore.ports import SourceRecord
 
-from .conftest import BOOTSTRAP
-from .helpers import produce, settings_for
-from .kafka_broker import GroupProgress
+from .conftest import BOOTSTRAP, SHARED
+from .helpers import settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +28,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def two_partition_topic(names: dict[str, str]) -> Iterator[str]:
     topic = names["input_topic"] + "-2p"
-    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    admin.create_topics([NewTopic(topic, 2, 1)])
+    create_topics(SHARED, {topic: 2})
     try:
         yield topic
     finally:
-        admin.delete_topics([topic])
-        admin.close()
+        delete_topics(SHARED, [topic])
 
 
 def _group_state(group: str) -> str:
@@ -60,7 +57,7 @@ def test_commit_during_a_rebalance_is_deferred_not_lost(
     names: dict[str, str], two_partition_topic: str
 ) -> None:
     topic, group = two_partition_topic, names["kafka_group_id"]
-    produce(topic, [(f"u{i}".encode(), b"{}") for i in range(40)])
+    produce(SHARED, topic, [(f"u{i}".encode(), b"{}") for i in range(40)])
     settings = settings_for(names, session_timeout_ms=10_000)
     first = KafkaSource(settings, topic=topic, group_id=group)
     second: KafkaSource | None = None
@@ -104,7 +101,7 @@ def test_commit_during_a_rebalance_is_deferred_not_lost(
         # The next polls rejoin; the offsets of the partitions still owned then go out.
         _poll_until(first, lambda _: not first.uncommitted and len(first.owned) == 1, 60)
         kept = next(iter(first.owned))
-        progress = GroupProgress({"bootstrap_servers": [BOOTSTRAP]}, group, topic)
+        progress = GroupProgress(SHARED, group, topic)
         try:
             committed = progress.committed()
         finally:

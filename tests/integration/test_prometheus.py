@@ -21,8 +21,8 @@ its model-health metrics, it
 and fails listing every expression that errors or returns no data (NaN alone counts as none).
 ``promtool check rules`` and ``promtool check config`` (the compose config and the generated
 one) run first. ``test_dashboard_is_consistent`` checks, without servers, that the dashboard
-and the rules use only metrics declared in ``streamscore.metrics`` and the datasource uid that
-Grafana provisions.
+and the rules use only metrics declared in ``streamscore.metrics`` and the dashboard's
+``datasource`` variable (so it imports into any Grafana).
 
 Skips without /usr/bin/prometheus, but fails under ``scripts/test`` (``STREAMSCORE_STACK=1``),
 which installs it.
@@ -32,25 +32,26 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devstack import free_port, produce
 from streamscore import metrics
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from tests.required import skip_or_fail
 
-from .helpers import env_for, produce, start_scorer, stop, wait_until_committed
+from .conftest import SHARED
+from .helpers import env_for, start_scorer, stop, tail, wait_for, wait_until_committed
 
 pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 
@@ -78,17 +79,9 @@ def prometheus_bin() -> None:
     missing = [str(p) for p in (PROMETHEUS, PROMTOOL) if not p.exists()]
     if not missing:
         return
-    message = f"{', '.join(missing)} missing; install it with scripts/stack up --with-prometheus"
-    if os.environ.get("STREAMSCORE_STACK") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    skip_or_fail(
+        f"{', '.join(missing)} missing; install it with scripts/stack up --with-prometheus"
+    )
 
 
 def promtool(*args: str) -> str:
@@ -131,10 +124,16 @@ def substitute(expr: str, variables: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, expr)
 
 
+def query_variables(dash: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dashboard's query variables (not the datasource picker)."""
+    found = dash.get("templating", {}).get("list", [])
+    return [v for v in found if v.get("type") != "datasource"]
+
+
 def template_variables(dash: dict[str, Any]) -> dict[str, str]:
     """The dashboard's own variables at their "All" value."""
     out: dict[str, str] = {}
-    for var in dash.get("templating", {}).get("list", []):
+    for var in query_variables(dash):
         assert var.get("includeAll") and var.get("allValue"), (
             f"variable {var.get('name')} needs includeAll and an allValue"
         )
@@ -144,7 +143,7 @@ def template_variables(dash: dict[str, Any]) -> dict[str, str]:
 
 def variable_queries(dash: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(name, PromQL selector) of every ``label_values(selector, label)`` variable."""
-    for var in dash.get("templating", {}).get("list", []):
+    for var in query_variables(dash):
         query = var.get("query")
         text = query.get("query") if isinstance(query, dict) else query
         m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\)\s*", str(text))
@@ -240,24 +239,6 @@ def has_data(result: list[dict[str, Any]]) -> bool:
     )
 
 
-def wait_for(
-    what: str,
-    check: Callable[[], bool],
-    timeout_s: float,
-    procs: dict[Path, subprocess.Popen[bytes]],
-) -> None:
-    """Poll ``check()`` until true; fail early, with its log, when one of ``procs`` died."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for log, p in procs.items():
-            assert p.poll() is None, f"{what}: {p.args!r} exited with {p.returncode}\n{tail(log)}"
-        if check():
-            return
-        time.sleep(0.25)
-    logs = "\n".join(f"--- {log.name}\n{tail(log)}" for log in procs)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{logs}")
-
-
 def declared_metric_names() -> set[str]:
     """Every series name ``streamscore.metrics`` can export (with _total/_bucket/... suffixes)."""
     names: set[str] = set()
@@ -280,18 +261,11 @@ def simulated_records() -> list[tuple[bytes | None, bytes]]:
     return out
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    """The end of a log file, for failure messages."""
-    if not path.exists():
-        return f"({path.name} missing)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 # -- tests ------------------------------------------------------------------------------------
 
 
 def test_dashboard_is_consistent() -> None:
-    """Static checks: declared metrics only, the provisioned datasource uid, unique panel ids."""
+    """Static checks: declared metrics only, the datasource variable, unique panel ids."""
     dash = dashboard()
     assert dash["uid"] == "streamscore"
     ds_uid = re.search(r"^\s*uid:\s*(\S+)\s*$", DATASOURCES.read_text(), re.MULTILINE)
@@ -305,7 +279,7 @@ def test_dashboard_is_consistent() -> None:
         if isinstance(node, dict):
             ds = node.get("datasource")
             if isinstance(ds, dict) and ds.get("type") == "prometheus":
-                assert ds.get("uid") == ds_uid.group(1), f"datasource {ds} in {node.get('title')}"
+                assert ds.get("uid") == "${datasource}", f"datasource {ds} in {node.get('title')}"
             if node.get("type") and "gridPos" in node:
                 ids.append(int(node["id"]))
             if "expr" in node:
@@ -376,7 +350,7 @@ def test_every_query_has_data(prometheus_bin: None, names: dict[str, str], tmp_p
     scorer: subprocess.Popen[bytes] | None = None
     api = PromAPI(prom_port)
     try:
-        wait_for("Prometheus ready", api.ready, 30, {prom_log: prom})
+        wait_for("Prometheus ready", api.ready, 30, {prom_log: prom}, interval_s=0.25)
         scorer = start_scorer(
             env_for(names, metrics_port=metrics_port, metrics_host="127.0.0.1"), scorer_log
         )
@@ -386,57 +360,74 @@ def test_every_query_has_data(prometheus_bin: None, names: dict[str, str], tmp_p
             lambda: bool(api.query('up{job="streamscore"} == 1')),
             30,
             {prom_log: prom, scorer_log: scorer},
+            interval_s=0.25,
         )
-        produce(names["input_topic"], records)
+        produce(SHARED, names["input_topic"], records)
         t_produced = time.monotonic()
-        wait_until_committed(names["kafka_group_id"], names["input_topic"], [scorer], 120)
+        wait_until_committed(
+            names["kafka_group_id"], names["input_topic"], {scorer_log: scorer}, 120
+        )
         t_committed = time.monotonic()
-        # The scorer refreshes quality, drift and lag metrics every 5 s (ScorerWatch); one
-        # more refresh, a scrape and a rule evaluation after the last batch.
-        time.sleep(7)
-        t_end = time.time()
 
-        variables = {
-            "__rate_interval": RATE_INTERVAL,
-            "__interval": "1s",
-            "__range": f"{math.ceil(t_end - t_start)}s",
-            **template_variables(dashboard()),
-        }
-        failures: list[str] = []
-        checked = 0
+        def evaluate(t_end: float) -> tuple[list[str], int]:
+            """Every dashboard query, variable and rule over the scorer's life so far."""
+            variables = {
+                "__rate_interval": RATE_INTERVAL,
+                "__interval": "1s",
+                "__range": f"{math.ceil(t_end - t_start)}s",
+                **template_variables(dashboard()),
+            }
+            failures: list[str] = []
+            checked = 0
 
-        def check(label: str, expr: str) -> None:
-            nonlocal checked
-            checked += 1
-            try:
-                result = api.query_range(expr, t_start, t_end)
-            except ValueError as exc:
-                failures.append(f"{label}: ERROR {exc}\n    {expr}")
-                return
-            if not has_data(result):
-                failures.append(f"{label}: NO DATA\n    {expr}")
-
-        dash = dashboard()
-        for title, target in targets(dash):
-            check(f"panel {title!r} {target.get('refId')}", substitute(target["expr"], variables))
-        for name, selector in variable_queries(dash):
-            check(f"variable ${name}", selector)
-
-        groups = api.get("/api/v1/rules")["groups"]
-        rules = [rule for group in groups for rule in group["rules"]]
-        assert rules, "Prometheus loaded no rules from alerts.yml"
-        for rule in rules:
-            label = f"{rule['type']} rule {rule.get('name')!r}"
-            if rule.get("health") != "ok":
-                failures.append(f"{label}: health {rule.get('health')}: {rule.get('lastError')}")
-            if rule["type"] == "alerting":
-                try:  # as written: may be empty when healthy, must not error
-                    api.query_range(rule["query"], t_start, t_end)
+            def check(label: str, expr: str) -> None:
+                nonlocal checked
+                checked += 1
+                try:
+                    result = api.query_range(expr, t_start, t_end)
                 except ValueError as exc:
-                    failures.append(f"{label}: ERROR {exc}\n    {rule['query']}")
-                check(f"{label} (bool)", with_bool(rule["query"]))
-            else:
-                check(label, rule["query"])
+                    failures.append(f"{label}: ERROR {exc}\n    {expr}")
+                    return
+                if not has_data(result):
+                    failures.append(f"{label}: NO DATA\n    {expr}")
+
+            dash = dashboard()
+            for title, target in targets(dash):
+                check(
+                    f"panel {title!r} {target.get('refId')}", substitute(target["expr"], variables)
+                )
+            for name, selector in variable_queries(dash):
+                check(f"variable ${name}", selector)
+
+            groups = api.get("/api/v1/rules")["groups"]
+            rules = [rule for group in groups for rule in group["rules"]]
+            assert rules, "Prometheus loaded no rules from alerts.yml"
+            for rule in rules:
+                label = f"{rule['type']} rule {rule.get('name')!r}"
+                if rule.get("health") != "ok":
+                    failures.append(
+                        f"{label}: health {rule.get('health')}: {rule.get('lastError')}"
+                    )
+                if rule["type"] == "alerting":
+                    try:  # as written: may be empty when healthy, must not error
+                        api.query_range(rule["query"], t_start, t_end)
+                    except ValueError as exc:
+                        failures.append(f"{label}: ERROR {exc}\n    {rule['query']}")
+                    check(f"{label} (bool)", with_bool(rule["query"]))
+                else:
+                    check(label, rule["query"])
+            return failures, checked
+
+        # The scorer refreshes quality, drift and lag metrics every 5 s (ScorerWatch), then
+        # Prometheus scrapes and evaluates its rules: poll until every expression has data.
+        deadline = time.monotonic() + 60
+        while True:
+            t_end = time.time()
+            failures, checked = evaluate(t_end)
+            if not failures or time.monotonic() > deadline:
+                break
+            assert scorer.poll() is None, tail(scorer_log)
+            time.sleep(1)
 
         detections = [
             (d["metric"]["signal"], d["value"][1])

@@ -4,30 +4,30 @@ across a crash, and two processes in one group produce the state of one."""
 from __future__ import annotations
 
 import base64
-import signal
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from streamscore.adapters.memory import MemoryStateStore
-from streamscore.core.records import ChurnAlert, DeadLetter, SegmentChange, UserScore
-from streamscore.core.state import UserState
-from streamscore.embedded import replay
+from devstack import GroupProgress, consume, produce
+from streamscore.core.records import TOPIC_DLQ, ChurnAlert, DeadLetter, SegmentChange, UserScore
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from tests.statecheck import reference_run
 
+from .conftest import SHARED
 from .helpers import (
-    assert_same_features,
-    committed_fraction,
-    consume_all,
+    assert_same_as_uninterrupted,
     env_for,
-    produce,
-    redis_states,
+    input_records,
+    joined,
+    kill,
     settings_for,
     start_scorer,
     stop,
+    wait_for,
     wait_until_committed,
+    wait_until_settled,
 )
 
 pytestmark = pytest.mark.integration
@@ -44,54 +44,45 @@ def _events(users: int = 150, days: float = 45.0) -> list[tuple[str, bytes]]:
     return out
 
 
-def _write(events: list[tuple[str, bytes]], path: Path) -> None:
-    path.write_bytes(b"".join(v + b"\n" for _, v in events) + b"".join(b + b"\n" for b in BAD))
-
-
 def _produce_all(names: dict[str, str], events: list[tuple[str, bytes]]) -> None:
-    produce(names["input_topic"], [(u.encode(), v) for u, v in events])
-    produce(names["input_topic"], [(b"bad", b) for b in BAD])
-
-
-def _replay_states(tmp_path: Path, events: list[tuple[str, bytes]]) -> dict[str, UserState]:
-    path = tmp_path / "events.jsonl"
-    _write(events, path)
-    store = MemoryStateStore()
-    replay(settings_for({}), path, tmp_path / "replay", show_progress=False, store=store)
-    return {u: UserState.from_bytes(u, raw) for u, raw in store.states.items()}
+    produce(SHARED, names["input_topic"], [(u.encode(), v) for u, v in events])
+    produce(SHARED, names["input_topic"], [(b"bad", b) for b in BAD])
 
 
 def test_run_matches_replay(names: dict[str, str], tmp_path: Path) -> None:
     events = _events()
     users = {u for u, _ in events}
     _produce_all(names, events)
-    proc = start_scorer(env_for(names), tmp_path / "scorer.log")
+    log_path = tmp_path / "scorer.log"
+    proc = start_scorer(env_for(names), log_path)
     try:
-        wait_until_committed(names["kafka_group_id"], names["input_topic"], [proc])
+        wait_until_committed(names["kafka_group_id"], names["input_topic"], {log_path: proc})
+        wait_until_settled(settings_for(names), {log_path: proc})
     finally:
         code = stop(proc)
-    log = (tmp_path / "scorer.log").read_text()
+    log = log_path.read_text()
     assert code == 0, log
     assert "stopped cleanly" in log
 
-    want = _replay_states(tmp_path, events)
-    assert_same_features(redis_states(settings_for(names), users), want)
+    assert_same_as_uninterrupted(names)
 
-    scores = consume_all(names["scores_topic"], expect_at_least=len(users))
+    scores = consume(SHARED, names["scores_topic"])
     assert {s["user_id"] for s in scores} == users
     for record in scores:
         UserScore.model_validate(record)
-    for record in consume_all(names["segments_topic"], expect_at_least=len(users)):
+    segments = consume(SHARED, names["segments_topic"])
+    assert {s["user_id"] for s in segments} == users  # everyone starts in some segment
+    for record in segments:
         SegmentChange.model_validate(record)
-    for record in consume_all(names["alerts_topic"]):
+    for record in consume(SHARED, names["alerts_topic"]):
         ChurnAlert.model_validate(record)
-    dlq = consume_all(names["dlq_topic"], expect_at_least=len(BAD))
+    dlq = consume(SHARED, names["dlq_topic"])
     for record in dlq:
         DeadLetter.model_validate(record)
     assert sorted(base64.b64decode(str(r["raw"])) for r in dlq) == sorted(BAD)
     assert Counter(str(r["error_type"]) for r in dlq) == {"invalid_json": 1, "unknown_type": 1}
-    replay_dlq = (tmp_path / "replay" / "user-events-dlq.jsonl").read_text().splitlines()
-    assert len(replay_dlq) == len(dlq)
+    _, uninterrupted = reference_run(settings_for({}), input_records(names["input_topic"]), 4)
+    assert len(uninterrupted.records[TOPIC_DLQ]) == len(dlq)
 
 
 def test_sigkill_mid_stream_loses_and_doubles_nothing(
@@ -103,47 +94,50 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     env = env_for(names, batch_max_records=200, session_timeout_ms=6000)
     log_path = tmp_path / "scorer.log"
     group, topic = names["kafka_group_id"], names["input_topic"]
-    kills = 0
-    for target in (0.2, 0.5):
-        proc = start_scorer(env, log_path)
-        deadline = time.monotonic() + 90
-        while committed_fraction(group, topic) < target and time.monotonic() < deadline:
-            assert proc.poll() is None, log_path.read_text()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    assert kills == 2
+    progress = GroupProgress(SHARED, group, topic)
+    try:
+        for target in (0.2, 0.5):  # killed as soon as the group has committed this share
+            proc = start_scorer(env, log_path)
+            wait_for(
+                f"{target:.0%} committed",
+                lambda: progress.fraction() >= target,  # noqa: B023
+                90,
+                {log_path: proc},
+                interval_s=0.01,
+            )
+            kill(proc)
+            assert progress.fraction() < 1.0, "the kill came after the last commit"
+    finally:
+        progress.close()
     proc = start_scorer(env, log_path)
     try:
-        wait_until_committed(group, topic, [proc])
+        wait_until_committed(group, topic, {log_path: proc})
+        wait_until_settled(settings_for(names), {log_path: proc})
     finally:
         assert stop(proc) == 0, log_path.read_text()
 
-    want = _replay_states(tmp_path, events)
-    got = redis_states(settings_for(names), users)
-    assert_same_features(got, want)
-    assert sum(s.features.events for s in got.values()) == len(events)
-    scores = consume_all(names["scores_topic"])
+    got = assert_same_as_uninterrupted(names)
+    assert sum(s.features.events for s in got.states.values()) == len(events)
+    scores = consume(SHARED, names["scores_topic"])
     assert {s["user_id"] for s in scores} == users
 
 
 def test_two_processes_share_the_work(names: dict[str, str], tmp_path: Path) -> None:
     events = _events(users=200, days=45)
-    users = {u for u, _ in events}
     env = env_for(names, batch_max_records=200)
-    procs = [start_scorer(env, tmp_path / f"scorer{i}.log") for i in range(2)]
+    logs = [tmp_path / f"scorer{i}.log" for i in range(2)]
+    procs = {log: start_scorer(env, log) for log in logs}
     try:
-        time.sleep(4)  # both join before the input arrives, so both get partitions
+        # Both own partitions before the input arrives, so both work on it.
+        wait_for("both scorers to get partitions", lambda: all(map(joined, logs)), 60, procs)
         _produce_all(names, events)
         wait_until_committed(names["kafka_group_id"], names["input_topic"], procs)
+        wait_until_settled(settings_for(names), procs)
     finally:
-        codes = [stop(p) for p in procs]
-    logs = [(tmp_path / f"scorer{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], logs
-    for log in logs:
-        assert "assigned partitions [" in log, log
-    assert_same_features(redis_states(settings_for(names), users), _replay_states(tmp_path, events))
+        codes = [stop(p) for p in procs.values()]
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    got = assert_same_as_uninterrupted(names)
+    assert {s.partition for s in got.states.values()} == {0, 1, 2, 3}
 
 
 def _user_on(partition: int, partitions: int = 4) -> str:
@@ -185,16 +179,16 @@ def test_an_idle_partition_still_rescores_its_silent_users(
     log = tmp_path / "scorer.log"
     proc = start_scorer(env_for(names, idle_partition_seconds=2), log)
     try:
-        produce(topic, first)
-        for d in range(1, 31):
-            produce(topic, [_session(u, d, t0 + d * day) for u in active])
+        produce(SHARED, topic, first)
+        for d in range(1, 31):  # the other partitions go on, in wall-clock time too
+            produce(SHARED, topic, [_session(u, d, t0 + d * day) for u in active])
             time.sleep(0.3)
-        wait_until_committed(names["kafka_group_id"], topic, [proc])
+        wait_until_committed(names["kafka_group_id"], topic, {log: proc})
     finally:
         code = stop(proc)
     text = log.read_text()
     assert code == 0, text[-4000:]
     assert "partition 3 has had no input" in text, text[-4000:]
-    scores = consume_all(names["scores_topic"])
+    scores = consume(SHARED, names["scores_topic"])
     silences = [s for s in scores if s["user_id"] == quiet and s["trigger"] == "silence"]
     assert len(silences) >= 3, [s for s in scores if s["user_id"] == quiet]

@@ -29,6 +29,8 @@ with warnings.catch_warnings():
     )
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
+from devstack import STANDARD_TOPICS
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
@@ -40,13 +42,6 @@ pytestmark = [
 KAFKA_BOOTSTRAP = f"127.0.0.1:{os.environ.get('STREAMSCORE_KAFKA_PORT', '9092')}"
 REDIS_PORT = int(os.environ.get("STREAMSCORE_REDIS_PORT", "6379"))
 PARTITIONS = int(os.environ.get("STREAMSCORE_PARTITIONS", "4"))
-STANDARD_TOPICS = [
-    "user-events",
-    "user-scores",
-    "churn-alerts",
-    "segment-changes",
-    "user-events-dlq",
-]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +66,7 @@ def test_single_unfenced_broker(admin: KafkaAdminClient) -> None:
 
 
 def test_standard_topics_exist_with_configured_partitions(admin: KafkaAdminClient) -> None:
-    described = {t["name"]: t for t in admin.describe_topics(STANDARD_TOPICS)}
+    described = {t["name"]: t for t in admin.describe_topics(list(STANDARD_TOPICS))}
     for name in STANDARD_TOPICS:
         topic = described.get(name)
         assert topic is not None, f"topic {name} not returned"

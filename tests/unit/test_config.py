@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamscore.config import Settings, load_settings
+from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.values import ChurnActivity
 from streamscore.errors import ConfigError
 
@@ -36,7 +37,7 @@ def test_defaults() -> None:
     s = load_settings()
     assert s.churn_horizon_days == 14.0
     assert s.value_horizon_days == 30.0
-    assert s.input_topic == "user-events"
+    assert s.input_topic == TOPIC_EVENTS
     assert s.kafka_sasl_password is None
 
 

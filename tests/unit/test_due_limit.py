@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
+from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.trainer import Trainer
 from streamscore.ports import SourceRecord
 from streamscore.runtime import DUE_FLOOR_PER_PARTITION, Pipeline
@@ -50,7 +51,7 @@ def test_a_delayed_burst_of_due_users_resolves_the_same_labels() -> None:
     last = max(e["ts"] for e in events if isinstance(e, dict))
     jump = {"event_id": "jump", "user_id": "u-late", "type": "page_view", "ts": last + 30 * DAY}
     records = [
-        SourceRecord("user-events", 0, i, encode_event(e)) for i, e in enumerate([*events, jump])
+        SourceRecord(TOPIC_EVENTS, 0, i, encode_event(e)) for i, e in enumerate([*events, jump])
     ]
     reports = []
     max_due = []

@@ -1,4 +1,4 @@
-"""The ``user-events`` decoder (DESIGN.md §2): what it accepts, and how it refuses the rest.
+"""The input events' decoder (DESIGN.md §2): what it accepts, and how it refuses the rest.
 
 Every refusal must carry the ``error_type`` a dead-letter consumer groups by and a message a
 person can act on; nothing but ``InvalidEvent`` may ever escape the decoder.

@@ -30,6 +30,13 @@ from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core.events import EventType
 from streamscore.core.features import MAX_PURCHASE_BUFFER
+from streamscore.core.records import (
+    TOPIC_ALERTS,
+    TOPIC_DLQ,
+    TOPIC_EVENTS,
+    TOPIC_SCORES,
+    TOPIC_SEGMENTS,
+)
 from streamscore.core.state import RECENT_IDS, UserState
 from streamscore.errors import DeadLetterLimitExceeded
 from streamscore.guards import DeadLetterGuard
@@ -37,6 +44,7 @@ from streamscore.ports import SourceRecord
 from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 from streamscore.wiring import in_process_scorer
+from tests.statecheck import memory_pipeline
 
 SETTINGS = Settings()
 DAY = 86_400_000
@@ -44,7 +52,7 @@ MINUTE = 60_000
 BASE = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 NOW = BASE + 400 * DAY  # the receiving clock: every good event is in its past
 LATENESS = SETTINGS.scoring().allowed_lateness_ms
-TOPIC = "user-events"
+TOPIC = TOPIC_EVENTS
 ERROR_TYPES = {
     "invalid_json",
     "invalid_utf8",
@@ -71,19 +79,9 @@ def run(
     first_offset: int = 0,
 ) -> tuple[MemoryStateStore, ListSink]:
     """Run records (partition 0, consecutive offsets) through a fresh pipeline."""
-    store = store if store is not None else MemoryStateStore()
-    sink = ListSink()
     records = [SourceRecord(TOPIC, 0, first_offset + i, v) for i, v in enumerate(values)]
-    pipeline = Pipeline(
-        ListSource(records),
-        store,
-        sink,
-        in_process_scorer(SETTINGS.scoring())[0],
-        limits=SETTINGS.event_limits(),
-        batch_size=batch_size,
-        poll_timeout_s=0.0,
-        clock=lambda: NOW,
-        dlq_guard=guard,
+    pipeline, store, sink = memory_pipeline(
+        SETTINGS, records, batch=batch_size, store=store, clock=lambda: NOW, dlq_guard=guard
     )
     pipeline.run_until_exhausted()
     return store, sink
@@ -304,7 +302,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_unaffected(
     store, sink = run(mixed, batch_size=batch_size)
     clean_store, clean_sink = run(good)
 
-    dlq = sink.records.get("user-events-dlq", [])
+    dlq = sink.records.get(TOPIC_DLQ, [])
     got = {int(r["source"]["offset"]): r for r in dlq}  # type: ignore[call-overload,index]
     assert len(got) == len(dlq), "a record was dead-lettered twice"
     assert got.keys() == expected.keys(), "dead letters are exactly the bad records"
@@ -313,7 +311,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_unaffected(
         assert record["error_type"] in ERROR_TYPES
         assert isinstance(record["error"], str) and record["error"]
         assert base64.b64decode(str(record["raw"])) == mixed[offset]
-    assert "user-events-dlq" not in clean_sink.records
+    assert TOPIC_DLQ not in clean_sink.records
     assert_same_states(states(store), states(clean_store))
 
 
@@ -331,7 +329,7 @@ def test_a_replay_after_a_crash_between_save_and_commit_is_not_late() -> None:
     store, sink = run(
         values[batch:], batch_size=batch, guard=guard, store=store, first_offset=batch
     )
-    assert "user-events-dlq" not in sink.records
+    assert TOPIC_DLQ not in sink.records
     clean, _ = run(values, batch_size=batch)
     assert_same_states(states(store), states(clean))
 
@@ -339,9 +337,9 @@ def test_a_replay_after_a_crash_between_save_and_commit_is_not_late() -> None:
 # Fields that identify what an output record is about (see tests/integration/
 # test_reliability.py for the whole deduplication contract); the rest may differ between copies.
 IDENTITY = {
-    "user-scores": ("user_id", "as_of", "trigger", "value_horizon_days"),
-    "segment-changes": ("user_id", "as_of", "current", "lifecycle_current"),
-    "churn-alerts": ("user_id", "as_of"),
+    TOPIC_SCORES: ("user_id", "as_of", "trigger", "value_horizon_days"),
+    TOPIC_SEGMENTS: ("user_id", "as_of", "current", "lifecycle_current"),
+    TOPIC_ALERTS: ("user_id", "as_of"),
 }
 
 
@@ -431,7 +429,7 @@ def test_mostly_garbage_stops_the_pipeline_with_a_clear_message() -> None:
 def test_some_garbage_does_not_stop_the_pipeline() -> None:
     guard = DeadLetterGuard(max_ratio=0.95, window=200)
     _, sink = run(_garbage_with_good(2000, bad_every=2), batch_size=50, guard=guard)
-    assert len(sink.records["user-events-dlq"]) == 1000
+    assert len(sink.records[TOPIC_DLQ]) == 1000
 
 
 # -- bounded state ----------------------------------------------------------------------------
@@ -487,11 +485,11 @@ def test_one_users_state_stays_bounded(weights: list[float], mean_gap_s: int, se
         assert len(state.features.recent_purchases) <= MAX_PURCHASE_BUFFER
     assert state.features.events == 10_000
     assert largest <= STATE_BOUND_BYTES, largest
-    assert "user-events-dlq" not in sink.records
+    assert TOPIC_DLQ not in sink.records
 
 
 def test_an_absurd_amount_is_dead_lettered_not_fatal() -> None:
     absurd = _obj(_valid(event_id="rich", type="purchase", amount=1e39))
     after = _obj(_valid(event_id="next", ts=BASE + MINUTE))
     _, sink = run([absurd, after], batch_size=1)
-    assert [r["error_type"] for r in sink.records["user-events-dlq"]] == ["invalid_field"]
+    assert [r["error_type"] for r in sink.records[TOPIC_DLQ]] == ["invalid_field"]

@@ -11,6 +11,7 @@ import pytest
 from streamscore import metrics
 from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
+from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.state import STATE_FORMAT, UserState
 from streamscore.errors import NewerFormatError, RetryAbandoned, TransientError
 from streamscore.guards import RetryPolicy
@@ -107,7 +108,7 @@ def test_an_abandoned_batch_is_neither_saved_nor_committed() -> None:
     the pipeline says its models hold learning a restart will repeat (no checkpoint then)."""
     settings = Settings()
     events = list(ShopSimulator(SimulationConfig(users=10, days=20, seed=4)).events())
-    records = [SourceRecord("user-events", 0, i, encode_event(e)) for i, e in enumerate(events)]
+    records = [SourceRecord(TOPIC_EVENTS, 0, i, encode_event(e)) for i, e in enumerate(events)]
     users = {str(e["user_id"]) for e in events if isinstance(e, dict)}
     source, store = ListSource(records), MemoryStateStore()
     stop = threading.Event()

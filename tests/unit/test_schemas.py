@@ -225,6 +225,7 @@ def test_alerts_carry_an_action_and_reasons(
     for a in demo_outputs[TOPIC_ALERTS]:
         assert a["churn_probability"] >= 0.7
         assert a["recommended_action"] in actions
+        assert a["reasons"], f"alert without reasons: {a}"
         for reason in a["reasons"]:
             assert reason["contribution"] > 0
 
@@ -251,3 +252,17 @@ def test_simulated_events_satisfy_the_input_schema() -> None:
         Event.model_validate(e)
         n += 1
     assert n > 0
+
+
+def test_output_timestamps_are_declared_date_time() -> None:
+    docs = schema_documents()
+    stamps = {
+        TOPIC_SCORES: ("as_of", "scored_at"),
+        TOPIC_ALERTS: ("as_of",),
+        TOPIC_SEGMENTS: ("as_of",),
+        TOPIC_DLQ: ("received_at",),
+    }
+    for topic, fields in stamps.items():
+        props = docs[f"{topic}.schema.json"]["properties"]
+        for f in fields:
+            assert props[f].get("format") == "date-time", (topic, f)

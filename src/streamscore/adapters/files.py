@@ -17,6 +17,7 @@ from typing import IO
 import orjson
 
 from streamscore.adapters.memory import ListSource, MemoryGroup
+from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.timeutil import parse_rfc3339
 from streamscore.core.values import Output
 from streamscore.ports import SourceRecord
@@ -103,7 +104,7 @@ class JsonlSource(ListSource):
     def __init__(
         self,
         path: Path,
-        topic: str = "user-events",
+        topic: str = TOPIC_EVENTS,
         *,
         presorted: bool = False,
         until_ms: int | None = None,

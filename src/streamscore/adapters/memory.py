@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from itertools import islice
 
+from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.values import Output
 from streamscore.ports import CommitStatus, RebalanceHook, SourceHealth, SourceRecord
 
@@ -100,7 +101,8 @@ class ListSource:
     """A source over records in memory with a Kafka consumer's semantics (tests, the demo).
 
     - Assignment is queued and applied at the next ``poll``, rebalance hooks included, like
-      ``KafkaSource``: at first all of ``partitions`` (as a group's only member gets them);
+      ``KafkaSource``: at first all of ``partitions`` (as a group's only member gets them;
+      by default those a list's records are on, or partition 0 of a lazy iterable);
       ``revoke`` and ``assign`` queue a rebalance the same way (what another member joining
       or leaving does).
     - Each partition is read from its group's committed offset: records below it are never
@@ -116,9 +118,9 @@ class ListSource:
     def __init__(
         self,
         records: Iterable[SourceRecord] = (),
-        topic: str = "user-events",
+        topic: str = TOPIC_EVENTS,
         *,
-        partitions: Iterable[int] = (0,),
+        partitions: Iterable[int] | None = None,
         group: MemoryGroup | None = None,
         endless: bool = False,
     ) -> None:
@@ -133,12 +135,15 @@ class ListSource:
         self._position: dict[int, int] = {}  # owned partition -> next offset to return
         self._next_offset: dict[int, int] = {}  # for ``produce``
         self._held: set[int] = set()
+        eager = isinstance(records, list | tuple)
+        if partitions is None:  # the topic's partitions: those its records are on
+            partitions = ({r.partition for r in records} or {0}) if eager else {0}
         self._rebalances: deque[tuple[str, set[int]]] = deque([("assigned", set(partitions))])
         self._assigned_hook: RebalanceHook | None = None
         self._revoked_hook: RebalanceHook | None = None
         self._last_poll_ms: int | None = None
         self._closed = False
-        if isinstance(records, list | tuple):
+        if eager:
             self._fetch(None)
 
     @property

@@ -1,4 +1,4 @@
-"""The ``user-events`` contract (DESIGN.md §2) and the decoder that enforces it.
+"""The input events' contract (DESIGN.md §2) and the decoder that enforces it.
 
 Decoding never raises anything but ``InvalidEvent``: every way a record can be bad maps to an
 ``error_type`` a dead-letter consumer can group by, and a message a person can act on.

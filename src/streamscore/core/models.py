@@ -103,17 +103,32 @@ class Models:
     def churn_reasons(
         self, churn_x: list[float], derived: dict[str, float], top: int = 3
     ) -> list[dict[str, float | str]]:
-        """The inputs pushing the churn score up the most, as weight × scaled value."""
-        if self.churn_learnt == 0:
-            return []
+        """What pushed the churn score up, largest first; never empty.
+
+        Each reason is one term of the score's logit: weight × scaled input, or the model's
+        ``intercept`` (its base rate; ``value`` 1). While the model warms up the score is the
+        probability-alive heuristic, so its one reason is that input (``p_quiet_logit``, the
+        whole logit). The terms add up to the logit, so a score above 0.5 always has a
+        positive one; below, the largest term is given.
+        """
+        if self.churn_learnt < self.params.warmup_labels:
+            logit = churn_x[0]
+            return [
+                {
+                    "feature": "p_quiet_logit",
+                    "contribution": round(logit, 4),
+                    "value": round(logit, 3),
+                }
+            ]
         scaler = self.churn["StandardScaler"]
-        weights = self.churn["LogisticRegression"].weights
+        lr = self.churn["LogisticRegression"]
+        weights = lr.weights
         scaled = scaler.transform_one(_named(CHURN_INPUTS, churn_x))
-        contrib = sorted(
-            ((float(weights.get(k, 0.0)) * float(v), k) for k, v in scaled.items()), reverse=True
-        )
+        terms = [(float(weights.get(k, 0.0)) * float(v), k, derived[k]) for k, v in scaled.items()]
+        terms.append((float(lr.intercept), "intercept", 1.0))
+        terms.sort(key=lambda t: t[0], reverse=True)
+        chosen = [t for t in terms[:top] if round(t[0], 4) > 0] or terms[:1]
         return [
-            {"feature": k, "contribution": round(c, 4), "value": round(derived[k], 3)}
-            for c, k in contrib[:top]
-            if c > 0
+            {"feature": k, "contribution": round(c, 4), "value": round(value, 3)}
+            for c, k, value in chosen
         ]

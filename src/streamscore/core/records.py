@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,10 @@ def record_id(*parts: object) -> str:
     return h.hexdigest()
 
 
+# An RFC 3339 UTC time as output records carry it; "date-time" tells schema validators.
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,21 +46,23 @@ class UserScore(_Record):
 
     id: str
     user_id: str
-    as_of: str = Field(description="event time the score refers to (RFC 3339)")
+    as_of: Timestamp = Field(description="event time the score refers to (RFC 3339)")
     churn_probability: float = Field(ge=0, le=1)
     predicted_value: float = Field(ge=0)
     value_horizon_days: float
     segment: str
     lifecycle_stage: str
     model_version: str
-    scored_at: str = Field(description="wall-clock time the score was computed (RFC 3339)")
+    scored_at: Timestamp = Field(description="wall-clock time the score was computed (RFC 3339)")
     trigger: Literal["event", "silence"] = Field(
         description="scored on new events, or rescored because the user went quiet"
     )
 
 
 class Reason(_Record):
-    """One input that pushed the churn score up."""
+    """One term that pushed the churn score up: an input's weight × scaled value, or the
+    model's ``intercept`` (its base rate); before the model has learnt enough labels, the
+    probability-alive heuristic ``p_quiet_logit`` that made the score. Never an empty list."""
 
     feature: str
     contribution: float
@@ -68,7 +74,7 @@ class ChurnAlert(_Record):
 
     id: str
     user_id: str
-    as_of: str
+    as_of: Timestamp = Field(description="event time of the score behind it (RFC 3339)")
     churn_probability: float = Field(ge=0, le=1)
     predicted_value: float = Field(ge=0)
     segment: str
@@ -82,7 +88,7 @@ class SegmentChange(_Record):
 
     id: str
     user_id: str
-    as_of: str
+    as_of: Timestamp = Field(description="event time of the score behind it (RFC 3339)")
     previous: str | None
     current: str
     lifecycle_previous: str | None
@@ -105,7 +111,7 @@ class DeadLetter(_Record):
     error: str
     source: DlqSource
     raw: str = Field(description="the original record value, base64")
-    received_at: str
+    received_at: Timestamp = Field(description="wall-clock time it was dead-lettered")
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {

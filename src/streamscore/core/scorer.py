@@ -11,7 +11,7 @@ at a snapshot, for the RFM population.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from streamscore.core import outputs
 from streamscore.core.drift import DriftLog, PopulationDrift
@@ -71,13 +71,24 @@ class Scorer:
     # -- events ---------------------------------------------------------------------------
 
     def apply_events(
-        self, state: UserState, events: Iterable[tuple[int, int, Event]], now_ms: int
+        self,
+        state: UserState,
+        events: Iterable[tuple[int, int, Event]],
+        now_ms: int,
+        watermarks_before: Mapping[tuple[int, int], int] | None = None,
     ) -> list[Output]:
         """Apply a user's new events (partition, offset, event), then score once as of the last.
 
         Duplicates are weeded out in offset order first (replayed offsets, repeated ids), and
         only then are the new events applied in event-time order: sorting first would make an
         earlier offset with a later timestamp look replayed.
+
+        ``watermarks_before`` maps (partition, offset) to the partition's watermark just before
+        that record was read. Silences and label horizons the watermark had passed by then are
+        settled before the event is applied, as if every record were a batch of its own: the
+        state then does not depend on where batch boundaries fell (a batch holding both a
+        user's return and the records that carried the watermark past one of their silence
+        points would otherwise skip that silence).
         """
         cfg = self.config
         fresh: list[tuple[int, int, Event]] = []
@@ -92,7 +103,12 @@ class Scorer:
         fresh.sort(key=lambda e: (e[2].ts, e[1]))
         returning = state.lifecycle == Lifecycle.CHURNED
         f = state.features
-        for _, _, event in fresh:
+        out: list[Output] = []
+        for partition, offset, event in fresh:
+            wm = watermarks_before.get((partition, offset), 0) if watermarks_before else 0
+            if wm and (settled := self.advance(state, wm, now_ms)):
+                out.extend(settled)
+                returning = state.lifecycle == Lifecycle.CHURNED
             if returning:
                 state.reactivated_ms = event.ts  # the first event back after churning
                 returning = False
@@ -105,7 +121,8 @@ class Scorer:
                 self._take_snapshot(state, event.ts)
         last_event = fresh[-1][2]
         last = max(last_event.ts, f.last_seen_ms)
-        return self._score(state, last, now_ms, trigger="event", key=last_event.event_id)
+        out.extend(self._score(state, last, now_ms, trigger="event", key=last_event.event_id))
+        return out
 
     def _observe_activity(self, state: UserState, event: Event) -> None:
         """Activity inside a snapshot's horizon labels it "not churned" at once.

@@ -37,7 +37,7 @@ class Trainer:
         """Validate ``example`` against the prediction stored with it, then learn it."""
         if example.kind is LabelKind.CHURN:
             churned = example.churned
-            self.quality.churn.update(example.predicted, churned)
+            self.quality.churn.update(example.predicted, churned, example.snapshot_ms)
             self.drift.churn_label(example.predicted, churned, example.label_ms)
             self.models.learn_churn(example.inputs, churned, example.weight)
         else:

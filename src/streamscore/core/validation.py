@@ -2,8 +2,9 @@
 its snapshot before any model learns from it.
 
 Two views are kept. Cumulative figures for the report (AUC from a 1,000-bin histogram, exact to
-the bin; log loss; MAE next to a naive baseline; normalised Gini on a reservoir sample) and
-rolling ones for dashboards and drift (the last ``window`` labels).
+the bin; log loss; MAE next to a naive baseline; normalised Gini on a reservoir sample; the
+curves of ``curves.py``: ROC, AUC per block of labels over time, gain and lift) and rolling
+ones for dashboards and drift (the last ``window`` labels).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from streamscore.core.curves import AucTimeline, auc_of_bins, gain_curve, lift_by_decile, roc_points
 
 EPS = 1e-7
 AUC_BINS = 1000
@@ -27,15 +30,7 @@ def log_loss(p: float, y: bool) -> float:
 
 def auc_from_bins(pos: list[float], neg: list[float]) -> float | None:
     """ROC AUC from score histograms: P(score of a positive > score of a negative)."""
-    n_pos, n_neg = sum(pos), sum(neg)
-    if not n_pos or not n_neg:
-        return None
-    below = 0.0
-    total = 0.0
-    for p, n in zip(pos, neg, strict=True):
-        total += p * (below + n / 2)
-        below += n
-    return total / (n_pos * n_neg)
+    return auc_of_bins(pos, neg)
 
 
 def exact_auc(scores: list[float], labels: list[bool]) -> float | None:
@@ -91,9 +86,13 @@ class ChurnQuality:
     calib_true: list[float] = field(default_factory=lambda: [0.0] * CALIBRATION_BUCKETS)
     calib_n: list[int] = field(default_factory=lambda: [0] * CALIBRATION_BUCKETS)
     recent: deque[tuple[float, bool]] = field(default_factory=deque)
+    timeline: AucTimeline = field(default_factory=AucTimeline)
 
-    def update(self, p: float, churned: bool) -> float:
-        """Record one resolved label; returns its log loss (fed to the drift detector)."""
+    def update(self, p: float, churned: bool, t_ms: int | None = None) -> float:
+        """Record one resolved label; returns its log loss (fed to the drift detector).
+
+        ``t_ms`` (when the prediction was made) places the label on the AUC-over-time curve.
+        """
         b = min(int(p * AUC_BINS), AUC_BINS - 1)
         (self.pos_bins if churned else self.neg_bins)[b] += 1
         loss = log_loss(p, churned)
@@ -107,6 +106,8 @@ class ChurnQuality:
         self.recent.append((p, churned))
         if len(self.recent) > self.window:
             self.recent.popleft()
+        if t_ms is not None:
+            self.timeline.update(p, churned, t_ms)
         return loss
 
     def auc(self) -> float | None:
@@ -144,6 +145,8 @@ class ChurnQuality:
                 for i, n in enumerate(self.calib_n)
                 if n
             ],
+            "roc_curve": roc_points(self.pos_bins, self.neg_bins),
+            "auc_over_time": self.timeline.report(),
         }
 
 
@@ -196,6 +199,8 @@ class ValueQuality:
             "mae": self.abs_err / n if n else None,
             "naive_mae": self.naive_abs_err / n if n else None,
             "normalised_gini": gini,
+            "gain_curve": gain_curve(self.sample),
+            "lift_by_decile": lift_by_decile(self.sample),
         }
 
 

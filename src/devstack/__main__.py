@@ -1,0 +1,7 @@
+"""``python -m devstack``: the command line behind ``scripts/stack``."""
+
+import sys
+
+from devstack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,311 @@
+"""Redis servers of our own: the stack's, the tests' private ones, and a 3-master cluster.
+
+Every server runs in the foreground of its own session (``--daemonize no``) with a pid file
+and its data in its own directory; AOF persistence is on and RDB snapshots are off, so a
+stop and start on the same directory keeps the data. Variants: ``requirepass``, ACL users,
+TLS only (the plain port closed, optionally mutual), and cluster mode.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from devstack.procs import DevstackError, Process, Server, listener, port_open, wait_until
+from devstack.tls import TlsFiles
+
+if TYPE_CHECKING:
+    import redis
+    from redis.cluster import RedisCluster as ClusterClient
+
+CLUSTER_SLOTS = 16384
+CLUSTER_BUS_OFFSET = 10000  # a cluster node also listens on port + 10000
+
+
+def require_redis_server() -> None:
+    """Raise unless Debian's redis-server and redis-cli are on the PATH."""
+    missing = [c for c in ("redis-server", "redis-cli") if shutil.which(c) is None]
+    if missing:
+        raise DevstackError(
+            f"{' and '.join(missing)} not installed; scripts/stack up installs them "
+            "(apt-get install -y redis-server redis-tools)"
+        )
+
+
+class RedisServer(Server):
+    """One ``redis-server`` on 127.0.0.1:``port``, its files under ``root``."""
+
+    def __init__(
+        self,
+        root: Path,
+        port: int,
+        *,
+        password: str | None = None,
+        acl_users: Iterable[str] = (),
+        tls: TlsFiles | None = None,
+        client_certs: bool = False,
+        appendfsync: str = "always",
+        cluster: bool = False,
+    ) -> None:
+        self.root = root
+        self.port = port
+        self.password = password
+        self.acl_users = list(acl_users)  # full ACL SETUSER rules, e.g. "bob on >pw ~* &* +@all"
+        self.tls = tls  # TLS only: the plain port is closed
+        self.client_certs = client_certs  # TLS clients must present a certificate it trusts
+        self.appendfsync = appendfsync
+        self.cluster = cluster
+        self.log = root / "redis.log"
+        self.process = Process(root / "redis.pid", f"redis-server 127.0.0.1:{port}")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port)."""
+        return ("127.0.0.1", self.port)
+
+    @property
+    def url(self) -> str:
+        """redis:// (or, with TLS, rediss://) URL without credentials."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def client_options(self) -> dict[str, Any]:
+        """redis-py keyword arguments of an admin client (the default user)."""
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+        options["password"] = self.password
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls.cert))
+            if self.client_certs:
+                options.update(ssl_certfile=str(self.tls.cert), ssl_keyfile=str(self.tls.key))
+        return options
+
+    def client(self, **overrides: Any) -> redis.Redis:
+        """An admin client (the default user)."""
+        import redis
+
+        return redis.Redis(**{**self.client_options(), **overrides})
+
+    def argv(self) -> list[str]:
+        """The server's command line."""
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port)]
+            ports += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            ports += ["--tls-ca-cert-file", str(self.tls.cert)]
+            ports += ["--tls-auth-clients", "yes" if self.client_certs else "no"]
+        else:
+            ports = ["--port", str(self.port)]
+        argv = ["redis-server", *ports, "--bind", "127.0.0.1", "--protected-mode", "yes"]
+        argv += ["--dir", str(self.root), "--logfile", str(self.log), "--daemonize", "no"]
+        # The scorer's state store: AOF, no RDB; losing the last second of writes on a crash
+        # (everysec) is replayed from Kafka. Never evict: a dropped state is a wrong state.
+        argv += ["--save", "", "--appendonly", "yes", "--appendfsync", self.appendfsync]
+        argv += ["--maxmemory-policy", "noeviction"]
+        if self.cluster:
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            argv += ["--cluster-node-timeout", "5000"]
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
+        for rule in self.acl_users:
+            argv += ["--user", *rule.split()]
+        return argv
+
+    def pid(self) -> int | None:
+        """The running server's pid, or None."""
+        return self.process.pid()
+
+    def start(self, timeout_s: float = 20.0) -> int:
+        """Start (or restart on the same directory and port) and wait for PING; its pid."""
+        require_redis_server()
+        if port_open(self.port):
+            raise DevstackError(
+                f"port {self.port} is in use by another process ({listener(self.port)}) - e.g. "
+                "Debian's redis service: 'service redis-server stop', or set "
+                "STREAMSCORE_REDIS_PORT"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        pid = self.process.spawn(self.argv(), self.root / "redis.out")
+        try:
+            self.wait_ready(timeout_s)
+        except DevstackError as exc:
+            self.process.kill()
+            raise DevstackError(f"{exc}; see {self.log}:\n{self.tail()}") from None
+        return pid
+
+    def healthy(self) -> bool:
+        """One PING (a server still loading its AOF is not healthy yet)."""
+        import redis
+
+        try:
+            client = self.client(socket_timeout=3, socket_connect_timeout=1)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            return False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until PING answers; fail at once if the process died."""
+        wait_until(
+            f"redis on 127.0.0.1:{self.port}", self.healthy, timeout_s, alive=self.process.alive
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM: Redis fsyncs its AOF and exits. SIGKILL if it hangs. False if not running."""
+        return self.process.stop(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash (what the AOF has not synced is lost)."""
+        self.process.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs, connections stay open (a stalled Redis, not a dead one)."""
+        self.process.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        self.process.signal(signal.SIGCONT)
+
+    def restart(self, timeout_s: float = 20.0) -> int:
+        """Stop, then start on the same directory and port (the data is kept)."""
+        self.stop()
+        return self.start(timeout_s)
+
+    def tail(self, lines: int = 20) -> str:
+        """The end of the server's log, for failure messages."""
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def info(self, section: str = "server") -> dict[str, Any]:
+        """``INFO section`` as a dict."""
+        client = self.client(socket_timeout=3)
+        try:
+            return dict(client.info(section))
+        finally:
+            client.close()
+
+
+def check_cluster_ports(ports: Sequence[int]) -> None:
+    """Three distinct ports whose cluster bus ports (port + 10000) exist too."""
+    if len(set(ports)) != 3:
+        raise DevstackError(f"a Redis Cluster here has 3 masters on 3 ports, got {list(ports)}")
+    for port in ports:
+        if not 0 < port <= 65535 - CLUSTER_BUS_OFFSET:
+            raise DevstackError(
+                f"Redis Cluster port {port}: its bus port {port + CLUSTER_BUS_OFFSET} does not "
+                "exist; set STREAMSCORE_REDIS_CLUSTER_PORT below 55534"
+            )
+
+
+class RedisCluster(Server):
+    """A real Redis Cluster of three masters on loopback (no replicas), one dir per node."""
+
+    def __init__(self, root: Path, ports: Sequence[int], *, appendfsync: str = "everysec") -> None:
+        check_cluster_ports(ports)
+        self.root = root
+        self.nodes = [
+            RedisServer(root / f"node-{p}", p, appendfsync=appendfsync, cluster=True) for p in ports
+        ]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every master, the startup nodes of a cluster client."""
+        return [n.address for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """A redis:// URL of the first node (a cluster client discovers the others)."""
+        return self.nodes[0].url
+
+    def client(self, **options: Any) -> ClusterClient:
+        """A redis-py cluster client."""
+        from redis.cluster import ClusterNode
+        from redis.cluster import RedisCluster as Client
+
+        startup = [ClusterNode(host, port) for host, port in self.addresses]  # type: ignore[no-untyped-call]
+        return Client(startup_nodes=startup, **options)
+
+    def running(self) -> list[int | None]:
+        """Each node's pid (None where it is not running)."""
+        return [n.pid() for n in self.nodes]
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the nodes; the first time, create the cluster; wait for ``cluster_state:ok``."""
+        require_redis_server()
+        for node in self.nodes:
+            for port in (node.port, node.port + CLUSTER_BUS_OFFSET):
+                if port_open(port):
+                    raise DevstackError(
+                        f"port {port} is in use by another process ({listener(port)}); "
+                        "set STREAMSCORE_REDIS_CLUSTER_PORT"
+                    )
+        for node in self.nodes:
+            node.start()
+        if self._assigned_slots() < CLUSTER_SLOTS:
+            self._create()
+        wait_until("cluster_state:ok on every node", self.ok, timeout_s, interval_s=0.2)
+
+    def _create(self) -> None:
+        hosts = [f"{h}:{p}" for h, p in self.addresses]
+        done = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *hosts,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise DevstackError(
+                f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}\n"
+                f"(node logs under {self.root}; 'scripts/stack down --wipe' starts over)"
+            )
+
+    def _cluster_info(self, node: RedisServer) -> dict[str, str]:
+        import redis
+
+        try:
+            client = node.client(socket_timeout=3)
+            try:
+                text = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+            finally:
+                client.close()
+        except redis.RedisError:
+            return {}
+        if isinstance(text, bytes):
+            text = text.decode()
+        if isinstance(text, dict):
+            return {str(k): str(v) for k, v in text.items()}
+        return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+
+    def _assigned_slots(self) -> int:
+        return max(int(self._cluster_info(n).get("cluster_slots_assigned", 0)) for n in self.nodes)
+
+    def ok(self) -> bool:
+        """True when every node says ``cluster_state:ok`` with all slots assigned and knows
+        all three masters."""
+        for node in self.nodes:
+            info = self._cluster_info(node)
+            if (
+                info.get("cluster_state") != "ok"
+                or int(info.get("cluster_slots_assigned", 0)) != CLUSTER_SLOTS
+                or int(info.get("cluster_known_nodes", 0)) != len(self.nodes)
+            ):
+                return False
+        return True
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop every node; False when none was running."""
+        stopped = [n.stop(timeout_s) for n in self.nodes]  # every node, not just the first
+        return any(stopped)
