@@ -335,7 +335,7 @@ def test_a_store_hiccup_during_a_periodic_checkpoint_does_not_stop_the_scorer(
     assert store.get_blob(BLOB) is not None
 
 
-# -- formats: the checkpoint of 0.1.0 upgrades, a newer one is refused ------------------------
+# -- formats: a v1 checkpoint upgrades, a newer one is refused ------------------------
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_v1"
 

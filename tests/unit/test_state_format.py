@@ -1,9 +1,10 @@
 """The stored user state: every older format upgrades, a newer one is refused clearly.
 
-``tests/fixtures/state_v2/`` holds nine states written by streamscore 0.1.0 (state format
-v2, positional) and, beside them, what that version's reader read from each one, field by
-field (``expected.json``; see ``make_fixtures.py`` for how both were made). The upgraded
-states are checked against those values, not against anything the current reader wrote.
+``tests/fixtures/state_v2/`` holds nine states written by the code before versioned state
+(state format v2, positional; commit 1dab7da) and, beside them, what that version's reader
+read from each one, field by field (``expected.json``; ``make_fixtures.py`` says how both
+were made). The upgraded states are checked against those values, not against anything the
+current reader wrote.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ The header is read by name and says its format: ``format`` (what wrote it) and
 ``min_reader`` (the oldest format that can read it; absent: ``format``). The same rules as
 for user states (``core/state.py``): a checkpoint only a newer version can read is refused
 with ``CheckpointTooNew`` before anything is unpickled; an older one is upgraded on load by
-``UPGRADES``. Format 1 (0.1.0) had no version fields.
+``UPGRADES``. Format 1 (before versioned checkpoints) had no version fields.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Checkpoint:
 
 
 def _v1_to_v2(header: dict[str, Any], state: Any) -> tuple[dict[str, Any], Any]:
-    """v1 (0.1.0): the same header and payload, without the version fields."""
+    """v1: the same header and payload, without the version fields."""
     return {**header, "format": 2, "min_reader": 2}, state
 
 

@@ -187,7 +187,7 @@ class UserFeatures:
 # The fields of UserFeatures as each state format stores them, by position. A layout only
 # ever appends to the one before (an older reader reads the fields it knows and keeps the
 # rest); a field is never moved or dropped without raising state.MIN_READER. Format v2
-# (0.1.0) stored the same fields in the same order as v3.
+# (the positional format before named fields) stored the same fields in the same order as v3.
 _V2_FIELDS = (
     "first_seen_ms",
     "last_seen_ms",

@@ -207,7 +207,7 @@ class UserState:
 
 
 def _v2_to_v3(d: Any) -> dict[str, Any]:
-    """v2 (0.1.0): a positional JSON list; snapshots without header or model generation.
+    """v2 (before named fields): a positional list; snapshots without header or generation.
 
     ``[2, schema, partition, offset, ids, features, snapshots, last_snapshot_ms, alert active,
     last alert, segment, lifecycle, reactivated, rescore step, churn score, value score]``
