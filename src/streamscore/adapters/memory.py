@@ -11,7 +11,6 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from itertools import islice
 
 from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.values import Output
@@ -129,7 +128,7 @@ class ListSource:
         self.endless = endless
         self._incoming: Iterator[SourceRecord] = iter(records)
         self._drained = False
-        self._seq = 0
+        self._turn = 0  # which readable partition a poll starts with
         # Per partition: fetched records not yet committed, in offset order.
         self._kept: dict[int, _Log] = {}
         self._position: dict[int, int] = {}  # owned partition -> next offset to return
@@ -190,10 +189,20 @@ class ListSource:
             raise RuntimeError("poll on a closed source")
         self._apply_rebalances()
         self._fetch(max_records)
-        unread = [self._log(p).read(self._position[p]) for p in self._readable()]
-        out = [rec for _, rec in islice(heapq.merge(*unread), max_records)]
-        for rec in out:
-            self._position[rec.partition] = rec.offset + 1
+        # Like Kafka's fetcher: partition after partition, starting one further each poll so
+        # a partition with a backlog cannot starve the others.
+        readable = self._readable()
+        out: list[SourceRecord] = []
+        if readable:
+            first = self._turn % len(readable)
+            self._turn += 1
+            for p in readable[first:] + readable[:first]:
+                taken = self._log(p).take(self._position[p], max_records - len(out))
+                if taken:
+                    out += taken
+                    self._position[p] = taken[-1].offset + 1
+                if len(out) >= max_records:
+                    break
         self._last_poll_ms = time.time_ns() // 1_000_000
         return out
 
@@ -248,8 +257,7 @@ class ListSource:
         self._next_offset[p] = max(self._next_offset.get(p, 0), rec.offset + 1)
         if rec.offset < self.group.committed.get(p, 0):
             return  # committed by an earlier member of the group
-        self._log(p).add(self._seq, rec)
-        self._seq += 1
+        self._log(p).add(rec)
 
     def _fetch(self, wanted: int | None) -> None:
         """Read the iterable until ``wanted`` records are readable (None: to its end)."""
@@ -279,19 +287,23 @@ class ListSource:
 
 
 class _Log:
-    """One partition's kept records in offset order, with their arrival numbers."""
+    """One partition's kept records, in offset order."""
 
     __slots__ = ("offsets", "records", "start")
 
     def __init__(self) -> None:
         self.offsets: list[int] = []
-        self.records: list[tuple[int, SourceRecord]] = []
+        self.records: list[SourceRecord] = []
         self.start = 0  # records before it are committed and forgotten
 
-    def add(self, seq: int, rec: SourceRecord) -> None:
+    def add(self, rec: SourceRecord) -> None:
+        if not self.offsets or rec.offset > self.offsets[-1]:
+            self.offsets.append(rec.offset)
+            self.records.append(rec)
+            return
         i = bisect.bisect_right(self.offsets, rec.offset, lo=self.start)
         self.offsets.insert(i, rec.offset)
-        self.records.insert(i, (seq, rec))
+        self.records.insert(i, rec)
 
     def _index(self, offset: int) -> int:
         return bisect.bisect_left(self.offsets, offset, lo=self.start)
@@ -299,9 +311,10 @@ class _Log:
     def count_from(self, offset: int) -> int:
         return len(self.offsets) - self._index(offset)
 
-    def read(self, offset: int) -> Iterator[tuple[int, SourceRecord]]:
-        records = self.records
-        return (records[i] for i in range(self._index(offset), len(records)))
+    def take(self, offset: int, n: int) -> list[SourceRecord]:
+        """Up to ``n`` records from ``offset`` on."""
+        i = self._index(offset)
+        return self.records[i : i + n]
 
     def forget_before(self, offset: int) -> None:
         self.start = max(self.start, self._index(offset))
