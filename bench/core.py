@@ -22,23 +22,31 @@ import orjson
 from bench.common import DatasetSpec, kafka_partition, locality, log
 from bench.profiles import from_pyinstrument, render, summarize
 from streamscore.adapters.memory import MemoryStateStore
-from streamscore.app import build_pipeline
 from streamscore.config import load_settings
-from streamscore.core.scorer import Output
-from streamscore.ports import RebalanceHook, SourceRecord
+from streamscore.core.values import Output
+from streamscore.ports import CommitStatus, RebalanceHook, SourceHealth, SourceRecord
 from streamscore.runtime import Pipeline
+from streamscore.wiring import build_pipeline, in_process_scorer
 
 STAGES = ("poll_decode", "load", "score", "produce", "save", "commit", "total")
 PARTITIONS = 4
 
 
 class RecordsSource:
-    """A finite source over pre-built records (no copies, no I/O)."""
+    """A finite source over pre-built records, in producer order, with no bookkeeping.
+
+    Not the memory twin (``ListSource``): that one keeps what Kafka keeps (positions, the
+    group's commits, records until committed) and hands out partition after partition, as
+    Kafka's fetcher does. Here a batch interleaves the partitions in the order the records
+    were produced, the workload every earlier ``bench core`` figure measured, and the source
+    costs nothing, so the figures are the pipeline's.
+    """
 
     def __init__(self, records: Sequence[SourceRecord], topic: str) -> None:
         self.topic = topic
         self._records = records
         self._pos = 0
+        self.owned = set(range(PARTITIONS))
 
     def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
         batch = list(self._records[self._pos : self._pos + max_records])
@@ -48,6 +56,15 @@ class RecordsSource:
     def commit(self, next_offsets: Mapping[int, int]) -> None:
         return None
 
+    def commit_status(self) -> CommitStatus:
+        return CommitStatus(pending={}, failed=0)
+
+    def lag(self) -> dict[int, int]:
+        return {}
+
+    def health(self) -> SourceHealth:
+        return SourceHealth(connected=True, last_poll_ms=None)
+
     def exhausted(self) -> bool:
         return self._pos >= len(self._records)
 
@@ -55,7 +72,7 @@ class RecordsSource:
         return set(partitions) if self.exhausted() else set()
 
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
-        assigned(set(range(PARTITIONS)))
+        assigned(set(self.owned))
 
     def close(self) -> None:
         return None
@@ -102,7 +119,9 @@ def run_core(
     """One pass over the records; per-stage microseconds per event."""
     settings = load_settings(batch_max_records=batch, metrics_port=0)
     sink = SerializingSink()
-    pipeline = build_pipeline(settings, RecordsSource(records, "bench"), MemoryStateStore(), sink)
+    scorer = in_process_scorer(settings.scoring())[0]
+    source = RecordsSource(records, "bench")
+    pipeline = build_pipeline(settings, source, MemoryStateStore(), sink, scorer)
     totals = dict.fromkeys(STAGES, 0.0)
     events = users = due_users = batches = 0
     if profiler is not None:
@@ -125,6 +144,7 @@ def run_core(
     if keep is not None:
         keep.append(pipeline)
     counters = pipeline.scorer.counters
+    models = pipeline.scorer.lineage.models
     return {
         "batch_max_records": batch,
         "records": n,
@@ -139,11 +159,8 @@ def run_core(
         "due_users_per_batch": round(due_users / batches, 1),
         "outputs": sink.records,
         "output_bytes_per_event": round(sink.bytes / n, 1),
-        "scorer_counters": dict(counters),
-        "labels_learnt": {
-            "churn": pipeline.scorer.models.churn_learnt,
-            "value": pipeline.scorer.models.value_learnt,
-        },
+        "scorer_counters": asdict(counters),
+        "labels_learnt": {"churn": models.churn_learnt, "value": models.value_learnt},
     }
 
 
@@ -164,9 +181,10 @@ def micro(records: Sequence[SourceRecord], pipeline: Pipeline) -> dict[str, floa
     ``pipeline`` has run over the data set, so its states have history and its models have
     learnt (predict goes through river, not the warm-up heuristic).
     """
+    from streamscore.core import outputs
     from streamscore.core.events import EventLimits, decode_event
     from streamscore.core.features import derive
-    from streamscore.core.models import churn_inputs, value_inputs
+    from streamscore.core.inputs import churn_inputs, value_inputs
     from streamscore.core.records import record_id
     from streamscore.core.state import UserState
     from streamscore.core.timeutil import DAY_MS, iso
@@ -183,7 +201,13 @@ def micro(records: Sequence[SourceRecord], pipeline: Pipeline) -> dict[str, floa
     deriveds = [derive(s.features, t) for s, t in zip(states, times, strict=True)]
     inputs = [(churn_inputs(d), value_inputs(d)) for d in deriveds]
     evals = [(s, scorer.evaluate(s, t), t) for s, t in zip(states, times, strict=True)]
-    scored = [scorer.score_record(s, ev, t, now, trigger="event", key="k") for s, ev, t in evals]
+    version = scorer.lineage.models.version
+    scored = [
+        outputs.score_record(
+            scorer.config, s.user_id, ev, t, now, trigger="event", key="k", model_version=version
+        )
+        for s, ev, t in evals
+    ]
     out = {
         "decode_event (orjson + pydantic + checks)": _per_call(
             lambda raw: decode_event(raw, now_ms=now, limits=limits), raws
@@ -194,7 +218,9 @@ def micro(records: Sequence[SourceRecord], pipeline: Pipeline) -> dict[str, floa
         "derive (features as of t)": _per_call(
             lambda st: derive(st[0].features, st[1]), list(zip(states, times, strict=True))
         ),
-        "Models.predict (both models)": _per_call(lambda xs: scorer.models.predict(*xs), inputs),
+        "Models.predict (both models)": _per_call(
+            lambda xs: scorer.lineage.models.predict(*xs), inputs
+        ),
         "Scorer.evaluate (derive + predict + segment)": _per_call(
             lambda st: scorer.evaluate(st[0], st[1]), list(zip(states, times, strict=True))
         ),

@@ -499,7 +499,7 @@ def run_anatomy(
     checkpoints of ``run_service``: a diagnostic for the latency figures, not one of them.
     """
     from streamscore.config import load_settings
-    from streamscore.heap import freeze_startup_heap, thaw_heap
+    from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
     from streamscore.service import build_service
 
     stack = ctx.stack
@@ -510,7 +510,8 @@ def run_anatomy(
     settings = load_settings(
         kafka_bootstrap_servers=BOOTSTRAP, redis_url=REDIS_URL, metrics_port=0, **names
     )
-    pipeline, _, source = build_service(settings)
+    pipeline, _ = build_service(settings)
+    source = pipeline.source
     freeze_startup_heap()  # as run_service does
     spec = ctx.spec
     argv = [sys.executable, "-m", "bench.workers", "produce", "--topic", topic]

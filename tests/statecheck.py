@@ -34,11 +34,12 @@ from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core.alerts import AlertPolicy
 from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES
-from streamscore.core.scorer import Scorer
-from streamscore.core.state import Snapshot, UserState
+from streamscore.core.snapshots import Snapshot
+from streamscore.core.state import UserState
 from streamscore.core.timeutil import iso
 from streamscore.ports import SourceRecord, StateStore
 from streamscore.runtime import Pipeline
+from streamscore.wiring import in_process_scorer
 
 FACTS = (
     "user_id",
@@ -50,11 +51,13 @@ FACTS = (
     "last_snapshot_ms",
     "reactivated_ms",
     "rescore_step",
+    "carried",  # what a newer writer stored that this version does not know
+    "carried_features",
 )
 MODEL_OUTPUTS = ("alert", "segment", "lifecycle", "last_score")
 SNAPSHOT_FACTS = ("t_ms", "returned", "spend", "churn_learnt", "value_learnt", "naive_value")
 SNAPSHOT_INPUTS = ("churn_x", "value_x")  # packed as float16
-SNAPSHOT_PREDICTIONS = ("churn_p", "value_p")
+SNAPSHOT_PREDICTIONS = ("churn_p", "value_p", "model_generation")
 FLOAT32 = {"rel": 1e-6, "abs": 1e-6}  # snapshot numbers are stored as float32
 FLOAT16 = {"rel": 2e-3, "abs": 2e-3}
 FEATURE = {"rel": 1e-9, "abs": 1e-9}
@@ -104,7 +107,7 @@ def memory_pipeline(
         ListSource(records),
         store,
         sink,
-        Scorer(settings.scoring()),
+        in_process_scorer(settings.scoring())[0],
         limits=settings.event_limits(),
         batch_size=batch,
         poll_timeout_s=0.0,

@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streamscore.app import demo
+    from streamscore.embedded import demo
     from streamscore.simulator import SimulationConfig
     from streamscore.summary import print_demo
 
@@ -123,7 +123,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from streamscore.app import replay
+    from streamscore.embedded import replay
     from streamscore.summary import print_replay
 
     summary, rep = replay(settings, args.events, args.out, args.as_of)
@@ -146,7 +146,7 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.out is not None:
         from itertools import islice
 
-        from streamscore.app import write_events
+        from streamscore.embedded import write_events
 
         started = time.perf_counter()
         n = write_events(islice(sim.events(), args.limit), args.out)

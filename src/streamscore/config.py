@@ -28,7 +28,7 @@ from streamscore.core.records import (
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
 )
-from streamscore.core.scorer import ChurnActivity, ScoringConfig
+from streamscore.core.values import ChurnActivity, ScoringConfig
 from streamscore.errors import ConfigError
 
 _toml_path: Path | None = None

@@ -6,6 +6,9 @@
 - ``CheckpointError``: a model checkpoint is unsigned, tampered with or unreadable.
 - ``DeadLetterLimitExceeded``: most input is bad (a wrong topic, say); stop and say so.
 - ``RetryAbandoned``: a stop was asked for while a step was still failing; nothing committed.
+- ``NewerFormatError``: a stored record needs a newer streamscore (a rolling upgrade is under
+  way); a transient error: the batch is retried until another process takes the partition.
+- ``StoredFormatError``: a stored record that no version can read (corrupt, or too old).
 """
 
 from __future__ import annotations
@@ -28,12 +31,41 @@ class TransientError(StreamscoreError):
     """A failure of Kafka or Redis that may pass; the batch is retried, nothing committed."""
 
 
+class NewerFormatError(TransientError):
+    """A stored record that only a newer streamscore can read.
+
+    In a rolling upgrade the new version may already have written a user's state (or the
+    model checkpoint) when an old process gets its partition back. Refusing it must not
+    crash the old process: the batch is retried with backoff and nothing is committed, so
+    the process stays up until the new version takes its partitions (or is rolled back).
+    """
+
+    def __init__(self, what: str, written: int, needs: int, reads: int) -> None:
+        super().__init__(
+            f"{what} was written by stored format v{written} and needs a reader of v{needs} "
+            f"or later; this streamscore reads up to v{reads}. A newer streamscore is running: "
+            "finish the rolling upgrade (stop this process so the new version takes its "
+            "partitions) or roll the new version back"
+        )
+        self.written = written
+        self.needs = needs
+        self.reads = reads
+
+
+class StoredFormatError(StreamscoreError):
+    """A stored record that is corrupt, or older than any upgrade step reads."""
+
+
 class ConfigError(StreamscoreError):
     """Settings that cannot work; the message says what to change."""
 
 
 class CheckpointError(StreamscoreError):
     """A model checkpoint that must not be loaded (bad signature, unknown key, corrupt)."""
+
+
+class CheckpointTooNew(CheckpointError):  # noqa: N818 - a kind of CheckpointError
+    """A model checkpoint written by a newer streamscore, refused before it is unpickled."""
 
 
 class DeadLetterLimitExceeded(StreamscoreError):  # noqa: N818

@@ -23,6 +23,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from streamscore.guards import OnRetry
+
 # The runtime's retried steps, by the server they talk to.
 STEP_SERVER = {
     "poll": "kafka",
@@ -93,13 +95,13 @@ class LoopStatus:
             else:
                 failure.attempts += 1
 
-    def wrap_on_retry(self, on_retry: Callable[[str], None] | None) -> Callable[[str], None]:
+    def wrap_on_retry(self, on_retry: OnRetry | None) -> OnRetry:
         """The runtime's retry callback, also reporting the failure here."""
 
-        def both(step: str) -> None:
+        def both(step: str, error: Exception) -> None:
             self.step_failed(step)
             if on_retry is not None:
-                on_retry(step)
+                on_retry(step, error)
 
         return both
 

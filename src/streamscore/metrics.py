@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from streamscore.core.drift import PSI_FEATURES
 from streamscore.core.scorer import Scorer
 from streamscore.core.timeutil import iso
+from streamscore.core.trainer import Trainer
+from streamscore.errors import NewerFormatError
 from streamscore.runtime import BatchStats
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -59,15 +61,22 @@ CONSUMER_LAG = Gauge(
     ["partition"],
     registry=REGISTRY,
 )
-RETRIES = Counter(
+TRANSIENT_ERRORS = Counter(
     "streamscore_transient_errors_total",
-    "Retried transient failures by step",
+    "Transient failures by step (each is retried with backoff; nothing is committed meanwhile)",
     ["step"],
     registry=REGISTRY,
 )
-DUE_USERS = Counter(
-    "streamscore_silent_users_rescored_total",
-    "Users loaded because time passed, not events",
+NEWER_FORMAT_REFUSALS = Counter(
+    "streamscore_newer_format_refusals_total",
+    "Steps retried because a stored user state or checkpoint needs a newer streamscore "
+    "(a rolling upgrade is under way: finish it, or roll back)",
+    registry=REGISTRY,
+)
+DUE_USERS_LOADED = Counter(
+    "streamscore_due_users_loaded_total",
+    "Users loaded without new events of theirs, because a label horizon or a rescoring point "
+    "of their silence fell due",
     registry=REGISTRY,
 )
 LABELS = Counter(
@@ -84,6 +93,11 @@ VALUE_MAE = Gauge(
 )
 MODEL_INFO = Gauge(
     "streamscore_model_info", "Current model version", ["version"], registry=REGISTRY
+)
+SOURCE_CONNECTED = Gauge(
+    "streamscore_source_connected",
+    "1 while the input source's last poll worked and a broker connection is up, else 0",
+    registry=REGISTRY,
 )
 CHECKPOINT_AGE = Gauge(
     "streamscore_checkpoint_age_seconds",
@@ -156,7 +170,14 @@ RETRY_STEPS = (  # the steps runtime.Pipeline retries with on_retry
 for _signal in DRIFT_SIGNALS:
     DRIFT_DETECTIONS.labels(_signal)
 for _step in RETRY_STEPS:
-    RETRIES.labels(_step)
+    TRANSIENT_ERRORS.labels(_step)
+
+
+def count_transient_error(step: str, error: Exception) -> None:
+    """``Pipeline``'s ``on_retry``: one more transient failure of ``step``."""
+    TRANSIENT_ERRORS.labels(step).inc()
+    if isinstance(error, NewerFormatError):
+        NEWER_FORMAT_REFUSALS.inc()
 
 
 def observe_batch(stats: BatchStats, now_s: float) -> None:
@@ -174,7 +195,7 @@ def observe_batch(stats: BatchStats, now_s: float) -> None:
         if wm > 0:
             WATERMARK.labels(str(partition)).set(wm / 1000)
             EVENT_TIME_LAG.labels(str(partition)).set(max(now_s - wm / 1000, 0.0))
-    DUE_USERS.inc(stats.due_users)
+    DUE_USERS_LOADED.inc(stats.due_users)
     for p in stats.churn_scores:
         SCORES.observe(p)
     for v in stats.predicted_values:
@@ -184,10 +205,11 @@ def observe_batch(stats: BatchStats, now_s: float) -> None:
 
 
 class ScorerWatch:
-    """Turns the scorer's running figures into metrics and logs new drift detections."""
+    """Turns the scorer's and trainer's running figures into metrics; logs new drift detections."""
 
-    def __init__(self, scorer: Scorer, log: logging.Logger) -> None:
+    def __init__(self, scorer: Scorer, trainer: Trainer, log: logging.Logger) -> None:
         self.scorer = scorer
+        self.trainer = trainer
         self.log = log
         self._labels = {"churn": 0, "value": 0}
         self._events_seen = 0
@@ -195,11 +217,11 @@ class ScorerWatch:
     def update(self) -> None:
         """Refresh quality, drift and label metrics (a few ms: call every few seconds)."""
         s = self.scorer
-        q = s.quality
+        q = self.trainer.quality
         for model, total in (("churn", q.churn.count), ("value", q.value.count)):
             LABELS.labels(model).inc(total - self._labels[model])
             self._labels[model] = total
-        PENDING_LABELS.set(s.counters["snapshots"] - q.value.count)
+        PENDING_LABELS.set(s.counters.snapshots - q.value.count)
         auc = q.churn.rolling_auc()
         if auc is not None:
             CHURN_AUC.set(auc)
@@ -212,14 +234,15 @@ class ScorerWatch:
         for row in q.churn.report()["calibration"]:
             CALIBRATION.labels(row["bucket"], "observed").set(row["observed_rate"])
             CALIBRATION.labels(row["bucket"], "predicted").set(row["mean_predicted"])
-        d = s.drift
-        DRIFT_BIAS.labels("churn").set(d.churn_bias)
-        DRIFT_BIAS.labels("value").set(d.value_bias)
-        for signal, value in d.psi.items():
+        labels = self.trainer.drift
+        DRIFT_BIAS.labels("churn").set(labels.churn_bias)
+        DRIFT_BIAS.labels("value").set(labels.value_bias)
+        for signal, value in s.drift.psi.items():
             DRIFT_PSI.labels(signal).set(value)
-        for event in d.events[self._events_seen :]:
+        events = labels.log.events
+        for event in events[self._events_seen :]:
             DRIFT_DETECTIONS.labels(event.signal).inc()
             self.log.warning(
                 "drift detected (%s) at %s: %s", event.signal, iso(event.t_ms), event.detail
             )
-        self._events_seen = len(d.events)
+        self._events_seen = len(events)

@@ -1,5 +1,10 @@
 """The three ports the runtime talks to; adapters implement them for Kafka, Redis, files and
 memory. Anything crossing a process boundary is batched: one call per batch, not per event.
+
+The runtime (``runtime.py``, ``service.py``) uses nothing of an adapter that is not declared
+here, and every adapter passes the same contract suite (``tests/contract/``), the in-memory
+twins included: those behave like the real thing (a rebalance is applied at the next poll,
+outputs are delivered at the flush, a restarted source resumes at the last commit).
 """
 
 from __future__ import annotations
@@ -8,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from streamscore.core.scorer import Output
+from streamscore.core.values import Output
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,17 +30,59 @@ class SourceRecord:
 RebalanceHook = Callable[[set[int]], None]
 
 
+@dataclass(frozen=True, slots=True)
+class CommitStatus:
+    """Offset commits not yet confirmed, and how many were refused since the start.
+
+    Commits may be asynchronous (Kafka): a refused one stays ``pending`` and is sent again,
+    so ``failed`` only counts answers, for the transient-errors metric.
+    """
+
+    pending: Mapping[int, int]
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceHealth:
+    """Whether the source can reach what it reads, and when a poll last succeeded."""
+
+    connected: bool
+    last_poll_ms: int | None  # wall clock; None before the first successful poll
+
+
 class Source(Protocol):
     """Where events come from: Kafka, a JSONL file, a list."""
 
     topic: str
+
+    @property
+    def owned(self) -> set[int]:
+        """The partitions assigned to this source as of its last poll."""
+        ...
 
     def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
         """Up to ``max_records`` records; an empty list means none yet (or the end)."""
         ...
 
     def commit(self, next_offsets: Mapping[int, int]) -> None:
-        """Record that everything before these offsets (per partition) is fully processed."""
+        """Record that everything before these offsets (per partition) is fully processed.
+
+        Only partitions the source owns are committed (a revoked partition's next owner
+        commits for it), each exactly at the offset given. A source created again on the same
+        group starts each partition there.
+        """
+        ...
+
+    def commit_status(self) -> CommitStatus:
+        """Commits asked for and not confirmed yet, and refusals so far."""
+        ...
+
+    def lag(self) -> dict[int, int]:
+        """Records between the position and the end of each owned partition, where known."""
+        ...
+
+    def health(self) -> SourceHealth:
+        """Connected, and the wall-clock time of the last successful poll."""
         ...
 
     def exhausted(self) -> bool:
@@ -51,7 +98,12 @@ class Source(Protocol):
         ...
 
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
-        """Register callbacks for partitions gained and lost."""
+        """Register callbacks for partitions gained and lost.
+
+        They run inside ``poll``, on the caller's thread, before the records of that poll
+        (which come only from partitions owned after it): a rebalance is never applied
+        between polls.
+        """
         ...
 
     def close(self) -> None:
@@ -100,13 +152,14 @@ class Sink(Protocol):
     """Where output records go."""
 
     def send(self, outputs: Iterable[Output]) -> None:
-        """Queue records for delivery."""
+        """Queue records for delivery (they may or may not be visible before ``flush``)."""
         ...
 
     def flush(self) -> None:
-        """Block until every queued record is durably delivered, or raise."""
+        """Block until every queued record is durably delivered, in order, or raise."""
         ...
 
     def close(self) -> None:
-        """Flush and release."""
+        """Release. Records sent since the last flush may be lost: their batch was never
+        committed, so a restart sends them again."""
         ...

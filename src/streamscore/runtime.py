@@ -18,28 +18,23 @@ itself runs once per batch, so a retry never learns a label twice.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal
 
 from streamscore.core.events import Event, EventLimits, decode_event
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS, dead_letter
-from streamscore.core.scorer import Output, Scorer
+from streamscore.core.scorer import Scorer
 from streamscore.core.state import UserState, id_hash
 from streamscore.core.timeutil import iso
-from streamscore.errors import (
-    DeadLetterLimitExceeded,
-    InvalidEvent,
-    RetryAbandoned,
-    TransientError,
-)
+from streamscore.core.values import Output
+from streamscore.errors import InvalidEvent
+from streamscore.guards import DeadLetterGuard, OnRetry, RetryPolicy
 from streamscore.logging_setup import batch_context, end_batch
 from streamscore.ports import Sink, Source, SourceRecord, StateStore
 
 log = logging.getLogger("streamscore.runtime")
-T = TypeVar("T")
 # Due users a partition may rescore in any batch, however small: an idle input still drains.
 DUE_FLOOR_PER_PARTITION = 25
 Clock = Callable[[], int]
@@ -59,7 +54,8 @@ class BatchStats:
     dead_letters: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, int] = field(default_factory=dict)
     users: int = 0
-    due_users: int = 0
+    due_users: int = 0  # loaded without events of theirs: a label or a silence fell due
+    due_expired: int = 0  # queued as due, but their state had expired: dropped from the queue
     seconds: dict[str, float] = field(default_factory=dict)
     watermarks: dict[int, int] = field(default_factory=dict)
     max_event_ms: int = 0
@@ -101,69 +97,6 @@ def _count_outputs(stats: BatchStats, outputs: list[Output]) -> None:
             stats.segment_moves[move] = stats.segment_moves.get(move, 0) + 1
 
 
-@dataclass(slots=True)
-class RetryPolicy:
-    """Exponential backoff for transient failures; ``attempts=0`` retries forever.
-
-    ``stop`` is the service's stop request: once set, a failing step gives up with
-    ``RetryAbandoned`` instead of retrying, so SIGTERM during an outage ends the process
-    without committing anything unsaved, rather than waiting for the outage to pass.
-    """
-
-    initial_s: float = 0.2
-    max_s: float = 10.0
-    attempts: int = 0
-    stop: threading.Event | None = None
-
-    def run(
-        self, what: str, fn: Callable[[], T], on_retry: Callable[[str], None] | None = None
-    ) -> T:
-        """Call ``fn`` until it stops raising ``TransientError``."""
-        delay = self.initial_s
-        tries = 0
-        while True:
-            try:
-                return fn()
-            except TransientError as exc:
-                tries += 1
-                if self.attempts and tries >= self.attempts:
-                    raise
-                if self.stop is not None and self.stop.is_set():
-                    raise RetryAbandoned(what, exc) from exc
-                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-                if on_retry is not None:
-                    on_retry(what)
-                if self.stop is not None:
-                    self.stop.wait(delay)
-                else:
-                    time.sleep(delay)
-                delay = min(delay * 2, self.max_s)
-
-
-class DeadLetterGuard:
-    """Stops the service when most recent input is invalid: a wrong topic, a broken producer."""
-
-    def __init__(self, max_ratio: float, window: int) -> None:
-        self.max_ratio = max_ratio
-        self.window = window
-        self._bad = 0
-        self._total = 0
-
-    def observe(self, bad: int, total: int) -> None:
-        """Count a batch; raise ``DeadLetterLimitExceeded`` once a full window is mostly bad."""
-        self._bad += bad
-        self._total += total
-        if self._total >= self.window:
-            ratio = self._bad / self._total
-            self._bad = self._total = 0
-            if ratio > self.max_ratio:
-                raise DeadLetterLimitExceeded(
-                    f"{ratio:.0%} of the last {self.window}+ records were invalid (limit "
-                    f"{self.max_ratio:.0%}); is the input topic right? Inspect the dead-letter "
-                    "topic, fix the producer, or raise STREAMSCORE_DLQ_MAX_RATIO."
-                )
-
-
 class Pipeline:
     """Runs batches from a source through the scorer into a sink, state in a store."""
 
@@ -183,7 +116,7 @@ class Pipeline:
         clock: Clock = wall_clock_ms,
         retry: RetryPolicy | None = None,
         dlq_guard: DeadLetterGuard | None = None,
-        on_retry: Callable[[str], None] | None = None,
+        on_retry: OnRetry | None = None,
     ) -> None:
         self.source = source
         self.store = store
@@ -205,11 +138,18 @@ class Pipeline:
         self.dlq_guard = dlq_guard
         self.on_retry = on_retry
         self.watermarks: dict[int, int] = {}
-        # True from the moment a batch touches the models until its states are saved: a
-        # model checkpoint taken then would hold learning that a restart repeats.
-        self.unsaved_learning = False
+        self._learning_unsaved = False
         self.lateness_ms = scorer.config.allowed_lateness_ms
         source.on_rebalance(self._assigned, self._revoked)
+
+    @property
+    def learning_saved(self) -> bool:
+        """False from the moment a batch touches the models until its states are saved.
+
+        A model checkpoint taken meanwhile would hold learning that a restart repeats (the
+        batch is read again), so the service skips the checkpoint of an abandoned batch.
+        """
+        return not self._learning_unsaved
 
     # -- rebalancing ----------------------------------------------------------------------
 
@@ -247,7 +187,7 @@ class Pipeline:
         t1 = time.perf_counter()
         self._load_event_users(batch)
         t2 = time.perf_counter()
-        self.unsaved_learning = True
+        self._learning_unsaved = True
         self._apply_events(batch)
         # The scores of this batch's events go to the producer now, ahead of the silent users'
         # work below, so a batch heavy with due users does not delay them. Safety is the same:
@@ -261,7 +201,7 @@ class Pipeline:
         self.retry.run("flush producer", self.sink.flush, self.on_retry)
         t5 = time.perf_counter()
         self._save(batch.states, batch.dropped)
-        self.unsaved_learning = False
+        self._learning_unsaved = False
         t6 = time.perf_counter()
         offsets = batch.stats.next_offsets
         if offsets:
@@ -344,7 +284,7 @@ class Pipeline:
         for rec, event, why in batch.late:
             state = states.get(event.user_id)
             if state is not None and id_hash(event.event_id) in state.recent_ids:
-                self.scorer.counters["duplicates"] += 1  # a copy of an event of this batch
+                self.scorer.counters.duplicates += 1  # a copy of an event of this batch
             else:
                 batch.outputs.append(self._dead_letter(rec, why, now, batch.stats))
         if self.dlq_guard is not None and batch.records:
@@ -360,11 +300,12 @@ class Pipeline:
         # A list, not a set: the order users are advanced in is the order the models learn
         # in, and it must not depend on the interpreter's hash seed.
         extra = list(dict.fromkeys(u for users in due.values() for u in users if u not in states))
-        found = self._load(extra, missing_ok=False)
+        found = self._load(extra, missing="skip")
         for partition, users in due.items():
             for uid in users:
                 if uid in extra and uid not in found:
                     batch.dropped.setdefault(partition, {})[uid] = None  # state expired
+                    batch.stats.due_expired += 1
         states.update(found)
         batch.stats.due_users = len(found)
         for state in states.values():
@@ -424,7 +365,7 @@ class Pipeline:
 
     def _duplicate(self, state: UserState, rec: SourceRecord, event: Event) -> bool:
         if state.seen(rec.partition, rec.offset, event.event_id):
-            self.scorer.counters["duplicates"] += 1
+            self.scorer.counters.duplicates += 1
             return True
         return False
 
@@ -466,17 +407,26 @@ class Pipeline:
         if candidate > wm:
             self.watermarks[partition] = candidate
 
-    def _load(self, user_ids: Iterable[str], *, missing_ok: bool = True) -> dict[str, UserState]:
-        """States of these users; unknown users get a fresh state unless ``missing_ok`` is off."""
+    def _load(
+        self, user_ids: Iterable[str], *, missing: Literal["new", "skip"] = "new"
+    ) -> dict[str, UserState]:
+        """States of these users; a user without one gets a new state, or is left out."""
         ids = list(user_ids)
         if not ids:
             return {}
-        raw = self.retry.run("load states", lambda: self.store.load(ids), self.on_retry)
-        if not missing_ok:
-            return {u: UserState.from_bytes(u, b) for u, b in raw.items()}
-        return {
-            u: UserState.from_bytes(u, raw[u]) if u in raw else UserState(user_id=u) for u in ids
-        }
+
+        def load() -> dict[str, UserState]:
+            # Decoded inside the retried step: a state only a newer version can read
+            # (NewerFormatError, transient) keeps the batch from going on, uncommitted.
+            raw = self.store.load(ids)
+            if missing == "skip":
+                return {u: UserState.from_bytes(u, b) for u, b in raw.items()}
+            return {
+                u: UserState.from_bytes(u, raw[u]) if u in raw else UserState(user_id=u)
+                for u in ids
+            }
+
+        return self.retry.run("load states", load, self.on_retry)
 
     def _save(
         self, states: dict[str, UserState], dropped: dict[int, dict[str, int | None]]
@@ -493,8 +443,24 @@ class Pipeline:
     # -- driving --------------------------------------------------------------------------
 
     def run_until_exhausted(self, on_batch: Callable[[BatchStats], None] | None = None) -> None:
-        """Process a finite source to its end, then let the watermark settle due users."""
+        """Process a finite source to its end, then let the watermark settle due users.
+
+        Raises ``DeadLetterLimitExceeded`` when the input is mostly invalid (see
+        ``DeadLetterGuard``), like ``streamscore run``.
+
+        The last batch leaves users waiting whose labels or silences are due at or before the
+        final watermarks when there were more than one batch may take (``due_limit``, the
+        per-record share): batches without input run until one finds nobody due.
+        """
         while not self.source.exhausted():
             stats = self.run_once()
             if on_batch is not None:
                 on_batch(stats)
+        if self.dlq_guard is not None:
+            self.dlq_guard.finish()
+        while True:
+            stats = self.run_once()
+            if on_batch is not None:
+                on_batch(stats)
+            if stats.due_users == 0 and stats.due_expired == 0:
+                return

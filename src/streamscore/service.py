@@ -18,15 +18,15 @@ from streamscore.adapters.kafka import KafkaSink, KafkaSource
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
-from streamscore.core.scorer import Scorer
 from streamscore.errors import RetryAbandoned, TransientError
+from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
 from streamscore.health import LoopStatus
-from streamscore.heap import freeze_startup_heap, thaw_heap
 from streamscore.httpd import serve_http
-from streamscore.modelstore import ModelKeeper
+from streamscore.model_checkpoints import ModelCheckpoints
 from streamscore.progress import Progress
-from streamscore.runtime import DeadLetterGuard, Pipeline, RetryPolicy
+from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, encode_event
+from streamscore.wiring import build_pipeline, in_process_scorer
 
 log = logging.getLogger("streamscore.service")
 
@@ -51,30 +51,25 @@ class StopFlag:
 
 def build_service(
     settings: Settings, stop: threading.Event | None = None
-) -> tuple[Pipeline, ModelKeeper, KafkaSource]:
+) -> tuple[Pipeline, ModelCheckpoints]:
     """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
     store = RedisStateStore.from_settings(settings)
-    scorer = Scorer(settings.scoring())
-    keeper = ModelKeeper(settings, store, scorer)
-    keeper.restore()
+    scorer, trainer = in_process_scorer(settings.scoring())
+    checkpoints = ModelCheckpoints(settings, store, trainer)
+    checkpoints.restore()
     source = KafkaSource(settings)
     sink = KafkaSink(settings)
-    pipeline = Pipeline(
+    pipeline = build_pipeline(
+        settings,
         source,
         store,
         sink,
         scorer,
-        limits=settings.event_limits(),
-        batch_size=settings.batch_max_records,
-        poll_timeout_s=settings.poll_timeout_ms / 1000,
-        due_limit=settings.due_users_per_batch,
-        due_per_record=settings.due_users_per_record,
-        idle_after_ms=round(settings.idle_partition_seconds * 1000) or None,
-        dlq_guard=DeadLetterGuard(settings.dlq_max_ratio, settings.dlq_window),
-        retry=RetryPolicy(stop=stop),
-        on_retry=lambda step: metrics.RETRIES.labels(step).inc(),
+        live=True,
+        stop=stop,
+        on_retry=metrics.count_transient_error,
     )
-    return pipeline, keeper, source
+    return pipeline, checkpoints
 
 
 def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
@@ -94,8 +89,9 @@ def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
 def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
     if settings.checkpoint_key is None:
         log.warning("STREAMSCORE_CHECKPOINT_KEY is not set: models will not be checkpointed")
-    pipeline, keeper, source = build_service(settings, stop.event)
-    models = pipeline.scorer.models
+    pipeline, checkpoints = build_service(settings, stop.event)
+    source = pipeline.source
+    models = checkpoints.trainer.models
     status.models_loaded(models.version, restored=models.generation > 0)
     pipeline.on_retry = status.wrap_on_retry(pipeline.on_retry)
     frozen = freeze_startup_heap()
@@ -108,7 +104,7 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
     last_lag = 0.0
     offsets: dict[int, int] = {}
     failed_commits = 0
-    watch = metrics.ScorerWatch(pipeline.scorer, log)
+    watch = metrics.ScorerWatch(pipeline.scorer, checkpoints.trainer, log)
     abandoned = False
     status.running()
     try:
@@ -118,20 +114,22 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
             now = time.time()
             metrics.observe_batch(stats, now)
             metrics.MODEL_INFO.clear()
-            metrics.MODEL_INFO.labels(pipeline.scorer.models.version).set(1)
-            if keeper.last_saved_wall:
-                metrics.CHECKPOINT_AGE.set(now - keeper.last_saved_wall)
+            metrics.MODEL_INFO.labels(checkpoints.trainer.models.version).set(1)
+            if checkpoints.last_saved_wall:
+                metrics.CHECKPOINT_AGE.set(now - checkpoints.last_saved_wall)
             offsets.update(stats.next_offsets)
-            if source.failed_commits > failed_commits:
+            refused = source.commit_status().failed
+            if refused > failed_commits:
                 # Offset commits are asynchronous: their failures surface here, not as retries.
-                metrics.RETRIES.labels("commit offsets").inc(source.failed_commits - failed_commits)
-                failed_commits = source.failed_commits
+                metrics.TRANSIENT_ERRORS.labels("commit offsets").inc(refused - failed_commits)
+                failed_commits = refused
             if now - last_lag > 5:
                 last_lag = now
                 watch.update()
                 for p, lag in source.lag().items():
                     metrics.CONSUMER_LAG.labels(str(p)).set(lag)
-            keeper.maybe_save(offsets)
+                metrics.SOURCE_CONNECTED.set(1 if source.health().connected else 0)
+            checkpoints.maybe_save(offsets)
     except RetryAbandoned as exc:
         abandoned = True
         log.warning(
@@ -142,11 +140,11 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
     finally:
         status.stopping()
         try:
-            if pipeline.unsaved_learning:
+            if not pipeline.learning_saved:
                 log.warning("stopping without a model checkpoint: the last batch was not saved")
             else:
                 log.info("stopping: checkpointing models and closing clients")
-                keeper.save()
+                checkpoints.save()
         except TransientError as exc:
             log.warning("stopping without a model checkpoint: %s", exc)
         finally:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streamscore.app import DemoResult, RunSummary
 from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS
 from streamscore.core.timeutil import iso
+from streamscore.embedded import DemoResult, RunSummary
 
 
 def _f(value: object, fmt: str = ".3f") -> str:

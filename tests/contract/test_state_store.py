@@ -21,8 +21,9 @@ from streamscore.adapters.redis_store import (
 from streamscore.config import Settings
 from streamscore.core.alerts import AlertState
 from streamscore.core.events import Event, EventType
-from streamscore.core.models import CHURN_INPUTS, VALUE_INPUTS
-from streamscore.core.state import Snapshot, UserState, id_hash
+from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS
+from streamscore.core.snapshots import Snapshot
+from streamscore.core.state import UserState, id_hash
 from streamscore.core.timeutil import DAY_MS
 from streamscore.errors import ConfigError, TransientError
 from tests.conftest import MakeRedis

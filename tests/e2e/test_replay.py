@@ -17,7 +17,6 @@ import pytest
 
 from streamscore.adapters.files import JsonlSource
 from streamscore.adapters.memory import ListSink, MemoryStateStore
-from streamscore.app import build_pipeline, drive, iter_states
 from streamscore.cli import main
 from streamscore.config import load_settings
 from streamscore.core.records import (
@@ -32,8 +31,9 @@ from streamscore.core.records import (
     SegmentChange,
     UserScore,
 )
-from streamscore.core.scorer import Scorer
 from streamscore.core.timeutil import parse_rfc3339
+from streamscore.embedded import drive, iter_states
+from streamscore.wiring import build_pipeline, in_process_scorer
 
 DAY = 86_400_000
 MINUTE = 60_000
@@ -250,7 +250,10 @@ def run_to_store(path: Path, *, presorted: bool = False) -> tuple[MemoryStateSto
     source = JsonlSource(path, topic=settings.input_topic, presorted=presorted)
     store = MemoryStateStore()
     sink = ListSink()
-    drive(build_pipeline(settings, source, store, sink, Scorer(settings.scoring())), None)
+    drive(
+        build_pipeline(settings, source, store, sink, in_process_scorer(settings.scoring())[0]),
+        None,
+    )
     return store, sink
 
 
@@ -413,3 +416,53 @@ def test_missing_events_file_is_a_config_error(
     rc = main(["replay", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+# -- a file that is not events: the dead-letter limit, as for `run` -----------------------------
+
+
+def _csv_export(path: Path, rows: int) -> None:
+    lines = [b"user_id,type,ts,amount"]
+    lines += [
+        b"u%06d,purchase,2026-01-%02dT10:00:00Z,%d.50" % (i, 1 + i % 28, i) for i in range(rows)
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+@pytest.mark.parametrize("rows", [1500, 40])  # more than a window of 1,000 records, and fewer
+def test_replaying_a_csv_file_stops_with_the_dead_letter_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rows: int
+) -> None:
+    events = tmp_path / "export.csv"
+    _csv_export(events, rows)
+    rc = main(["replay", str(events), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    share = "of the last 1000+ records" if rows > 1000 else f"of all {rows + 1} records"
+    assert f"100% {share} were invalid (limit 95%)" in err
+    assert "is the input a JSONL file of user events?" in err
+    assert "STREAMSCORE_DLQ_MAX_RATIO" in err
+    assert not (tmp_path / "out" / "report.json").exists(), "a refused replay wrote a report"
+
+
+def test_replaying_a_binary_file_stops_with_the_dead_letter_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.jsonl.gz"
+    rng = random.Random(3)
+    events.write_bytes(bytes(rng.randrange(256) for _ in range(200_000)))
+    rc = main(["replay", str(events), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "were invalid (limit 95%); is the input a JSONL file of user events?" in err
+    dlq = read_jsonl(tmp_path / "out" / "user-events-dlq.jsonl")
+    assert dlq and {r["error_type"] for r in dlq} <= {"invalid_json", "invalid_utf8", "too_large"}
+
+
+def test_a_file_with_some_bad_lines_is_replayed(tmp_path: Path) -> None:
+    events = tmp_path / "mixed.jsonl"
+    _tiny_file(events)
+    with events.open("ab") as fp:
+        fp.write(b"not an event\n")
+    report = replay(events, tmp_path / "out")
+    assert report["dead_letters"] == {"invalid_json": 1}

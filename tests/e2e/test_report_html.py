@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from streamscore.app import demo, replay, write_events
 from streamscore.config import load_settings
+from streamscore.embedded import demo, replay, write_events
 from streamscore.simulator import ShopSimulator, SimulationConfig
 
 SIM = SimulationConfig(users=300, days=75.0, seed=5)

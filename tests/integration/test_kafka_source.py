@@ -87,7 +87,7 @@ def test_commit_during_a_rebalance_is_deferred_not_lost(
         # As in the scorer: a short poll starts the rejoin and returns, the batch is
         # processed, then its offsets are committed while the client is mid-rebalance. The
         # refusal is answered asynchronously, in a later poll or commit.
-        while not first.failed_commits:
+        while not first.commit_status().failed:
             first.poll(500, 0.01)
             started = time.monotonic()
             first.commit(saved)  # must neither raise nor wait for the rebalance

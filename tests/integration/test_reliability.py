@@ -43,7 +43,7 @@ import redis
 from devstack import GroupProgress, consume, free_port, produce
 from streamscore.config import Settings, load_settings
 from streamscore.core import checkpoint
-from streamscore.core.models import FEATURE_SCHEMA
+from streamscore.core.inputs import FEATURE_SCHEMA
 from streamscore.core.records import TOPIC_SCORES, TOPIC_SEGMENTS
 from streamscore.core.timeutil import parse_rfc3339
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event

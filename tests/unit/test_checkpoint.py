@@ -1,4 +1,4 @@
-"""Signed model checkpoints (issue 5, item 4): ``core.checkpoint`` and ``ModelKeeper``.
+"""Signed model checkpoints (issue 5, item 4): ``core.checkpoint`` and ``ModelCheckpoints``.
 
 A checkpoint is a pickle, and unpickling runs code, so nothing may be unpickled before its
 HMAC-SHA256 signature has been checked under a configured key id.
@@ -6,8 +6,10 @@ HMAC-SHA256 signature has been checked under a configured key id.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import struct
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,10 +18,10 @@ import pytest
 from streamscore.adapters.memory import MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core import checkpoint
-from streamscore.core.models import FEATURE_SCHEMA
-from streamscore.core.scorer import Scorer
-from streamscore.errors import CheckpointError, ConfigError, TransientError
-from streamscore.modelstore import BLOB, ModelKeeper
+from streamscore.core.inputs import FEATURE_SCHEMA
+from streamscore.core.trainer import Trainer
+from streamscore.errors import CheckpointError, CheckpointTooNew, ConfigError, TransientError
+from streamscore.model_checkpoints import BLOB, ModelCheckpoints
 
 KEY = b"k1-secret"
 KEYS = {"k1": KEY}
@@ -171,26 +173,26 @@ def test_key_rotation_old_key_verifies_new_one_signs() -> None:
     assert "key id 'k2'" in refused(new, KEYS)  # a process that only knows k1
 
 
-# -- ModelKeeper ------------------------------------------------------------------------------
+# -- ModelCheckpoints ------------------------------------------------------------------------------
 
 
 def settings(**kw: Any) -> Settings:
     return Settings(metrics_port=0, **kw)
 
 
-def keeper(store: MemoryStateStore, **kw: Any) -> ModelKeeper:
+def checkpoints(store: MemoryStateStore, **kw: Any) -> ModelCheckpoints:
     s = settings(**kw)
-    return ModelKeeper(s, store, Scorer(s.scoring()))
+    return ModelCheckpoints(s, store, Trainer())
 
 
-def saved_by(store: MemoryStateStore, **kw: Any) -> ModelKeeper:
-    k = keeper(store, **kw)
+def saved_by(store: MemoryStateStore, **kw: Any) -> ModelCheckpoints:
+    k = checkpoints(store, **kw)
     k.maybe_save({0: 5, 1: 9})  # interval not passed: remembers the offsets only
     k.save()
     return k
 
 
-def test_keeper_saves_a_signed_checkpoint_with_offsets_and_versions() -> None:
+def test_checkpoints_saves_a_signed_checkpoint_with_offsets_and_versions() -> None:
     store = MemoryStateStore()
     k = saved_by(store, checkpoint_key="secret")
     raw = store.get_blob(BLOB)
@@ -199,19 +201,19 @@ def test_keeper_saves_a_signed_checkpoint_with_offsets_and_versions() -> None:
     h = ckpt.header
     assert h["key_id"] == "k1"
     assert h["offsets"] == {"0": 5, "1": 9}
-    assert h["model_version"] == k.scorer.models.version
+    assert h["model_version"] == k.trainer.models.version
     assert h["feature_schema"] == FEATURE_SCHEMA
     for lib in ("river", "kafka-python", "python", "streamscore"):
         assert isinstance(h[lib], str) and h[lib], lib
     assert set(ckpt.state) == {"models", "rfm"}
 
 
-def test_keeper_restores_models_and_the_offsets_they_reflect() -> None:
+def test_checkpoints_restores_models_and_the_offsets_they_reflect() -> None:
     store = MemoryStateStore()
     before = saved_by(store, checkpoint_key="secret")
-    after = keeper(store, checkpoint_key="secret")
+    after = checkpoints(store, checkpoint_key="secret")
     assert after.restore() is True
-    assert after.scorer.models.version == before.scorer.models.version
+    assert after.trainer.models.version == before.trainer.models.version
     # A restarted process that only reads partition 1 still checkpoints partition 0's offset.
     after.maybe_save({1: 20})
     after.save()
@@ -220,21 +222,21 @@ def test_keeper_restores_models_and_the_offsets_they_reflect() -> None:
     assert checkpoint.load(raw, {"k1": b"secret"}).header["offsets"] == {"0": 5, "1": 20}
 
 
-def test_keeper_without_a_key_saves_nothing() -> None:
+def test_checkpoints_without_a_key_saves_nothing() -> None:
     store = MemoryStateStore()
     saved_by(store)
     assert store.get_blob(BLOB) is None
 
 
 def test_no_checkpoint_starts_fresh() -> None:
-    assert keeper(MemoryStateStore(), checkpoint_key="secret").restore() is False
+    assert checkpoints(MemoryStateStore(), checkpoint_key="secret").restore() is False
 
 
 def test_a_checkpoint_without_a_configured_key_is_a_config_error() -> None:
     store = MemoryStateStore()
     saved_by(store, checkpoint_key="secret")
     with pytest.raises(ConfigError, match="STREAMSCORE_CHECKPOINT_KEY is not set"):
-        keeper(store).restore()
+        checkpoints(store).restore()
 
 
 def _tamper(store: MemoryStateStore) -> None:
@@ -247,7 +249,7 @@ def test_tampered_checkpoint_fails_by_default_with_a_clear_message() -> None:
     store = MemoryStateStore()
     saved_by(store, checkpoint_key="secret")
     _tamper(store)
-    k = keeper(store, checkpoint_key="secret")
+    k = checkpoints(store, checkpoint_key="secret")
     with pytest.raises(CheckpointError) as info:
         k.restore()
     message = str(info.value)
@@ -260,13 +262,13 @@ def test_tampered_checkpoint_with_on_bad_fresh_starts_fresh(
 ) -> None:
     store = MemoryStateStore()
     before = saved_by(store, checkpoint_key="secret")
-    before.scorer.models.generation += 5
+    before.trainer.models.generation += 5
     before.save()
     _tamper(store)
-    k = keeper(store, checkpoint_key="secret", on_bad_checkpoint="fresh")
-    fresh_version = k.scorer.models.version
+    k = checkpoints(store, checkpoint_key="secret", on_bad_checkpoint="fresh")
+    fresh_version = k.trainer.models.version
     assert k.restore() is False
-    assert k.scorer.models.version == fresh_version != before.scorer.models.version
+    assert k.trainer.models.version == fresh_version != before.trainer.models.version
     assert "starting with fresh models" in caplog.text
 
 
@@ -274,14 +276,14 @@ def test_unknown_key_id_fails_or_starts_fresh_as_configured() -> None:
     store = MemoryStateStore()
     saved_by(store, checkpoint_key="secret", checkpoint_key_id="k7")
     with pytest.raises(CheckpointError, match="key id 'k7'"):
-        keeper(store, checkpoint_key="secret").restore()
-    assert keeper(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore() is False
+        checkpoints(store, checkpoint_key="secret").restore()
+    assert checkpoints(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore() is False
 
 
 def test_rotation_restores_under_the_old_key_and_saves_under_the_new() -> None:
     store = MemoryStateStore()
     saved_by(store, checkpoint_key="old-secret", checkpoint_key_id="k1")
-    rotated = keeper(
+    rotated = checkpoints(
         store,
         checkpoint_key="new-secret",
         checkpoint_key_id="k2",
@@ -298,14 +300,13 @@ def test_rotation_restores_under_the_old_key_and_saves_under_the_new() -> None:
 
 def test_a_checkpoint_of_another_feature_schema_starts_fresh() -> None:
     store = MemoryStateStore()
-    s = settings(checkpoint_key="secret")
-    scorer = Scorer(s.scoring())
+    trainer = Trainer()
     header = {"feature_schema": "something-else", "offsets": {}}
     raw = checkpoint.dump(
-        {"models": scorer.models, "rfm": scorer.rfm}, key_id="k1", key=b"secret", header=header
+        {"models": trainer.models, "rfm": trainer.rfm}, key_id="k1", key=b"secret", header=header
     )
     store.put_blob(BLOB, raw)
-    assert keeper(store, checkpoint_key="secret").restore() is False
+    assert checkpoints(store, checkpoint_key="secret").restore() is False
 
 
 class _FlakyStore(MemoryStateStore):
@@ -324,7 +325,7 @@ def test_a_store_hiccup_during_a_periodic_checkpoint_does_not_stop_the_scorer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = _FlakyStore()
-    k = keeper(store, checkpoint_key="secret", checkpoint_interval_seconds=0.001)
+    k = checkpoints(store, checkpoint_key="secret", checkpoint_interval_seconds=0.001)
     k.last_saved -= 1
     k.maybe_save({0: 1})  # fails, logs, carries on
     assert store.get_blob(BLOB) is None
@@ -332,3 +333,90 @@ def test_a_store_hiccup_during_a_periodic_checkpoint_does_not_stop_the_scorer(
     k.last_saved -= 1
     k.maybe_save({0: 2})
     assert store.get_blob(BLOB) is not None
+
+
+# -- formats: a v1 checkpoint upgrades, a newer one is refused ------------------------
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_v1"
+
+
+def _fixture() -> tuple[bytes, dict[str, Any]]:
+    return (FIXTURE / "models.ckpt").read_bytes(), orjson.loads(
+        (FIXTURE / "expected.json").read_bytes()
+    )
+
+
+def test_a_v1_checkpoint_loads_upgraded_with_the_models_it_held() -> None:
+    blob, want = _fixture()
+    assert "format" not in split(blob)[0], "the fixture is a v1 checkpoint"
+    ckpt = checkpoint.load(blob, {want["key_id"]: want["key"].encode()})
+    assert ckpt.stored_format == 1
+    assert (ckpt.header["format"], ckpt.header["min_reader"]) == (2, 2)
+    assert ckpt.header["offsets"] == want["offsets"]
+    models, rfm = ckpt.state["models"], ckpt.state["rfm"]
+    assert models.version == want["model_version"]
+    assert (models.generation, models.churn_learnt, models.value_learnt) == (
+        want["generation"],
+        want["churn_learnt"],
+        want["value_learnt"],
+    )
+    for row in want["predictions"]:
+        assert list(models.predict(row["churn_x"], row["value_x"])) == row["predict"]
+    for row in want["rfm"]:
+        assert list(rfm.scores(*row["probe"])) == row["scores"]
+
+
+def test_the_checkpoints_restore_a_v1_checkpoint_and_save_the_current_format() -> None:
+    blob, want = _fixture()
+    store = MemoryStateStore()
+    store.put_blob(BLOB, blob)
+    k = checkpoints(store, checkpoint_key=want["key"])
+    assert k.restore() is True
+    assert k.trainer.models.version == want["model_version"]
+    k.save()
+    raw = store.get_blob(BLOB)
+    assert raw is not None
+    assert checkpoint.load(raw, {"k1": want["key"].encode()}).stored_format == checkpoint.FORMAT
+
+
+def _signed_newer(state: Any, key: bytes = KEY) -> bytes:
+    """A checkpoint as a version with checkpoint format 3 (readers of 3 and later) writes it."""
+    payload = pickle.dumps(state)
+    header: dict[str, Any] = {
+        **HEADER,
+        "format": 3,
+        "min_reader": 3,
+        "key_id": "k1",
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    header["hmac"] = checkpoint._mac(key, header, payload)
+    return join(header, payload)
+
+
+def test_a_checkpoint_only_a_newer_version_reads_is_refused_before_unpickling() -> None:
+    UNPICKLED.clear()
+    with pytest.raises(CheckpointTooNew) as info:
+        checkpoint.load(_signed_newer(_Boom()), KEYS)
+    assert UNPICKLED == []
+    message = str(info.value)
+    assert "checkpoint format v3" in message and "reads up to v2" in message
+    assert "rolling upgrade" in message
+
+
+def test_restoring_a_newer_checkpoint_fails_clearly_or_starts_fresh() -> None:
+    store = MemoryStateStore()
+    store.put_blob(BLOB, _signed_newer(STATE, b"secret"))
+    with pytest.raises(CheckpointTooNew, match="STREAMSCORE_ON_BAD_CHECKPOINT=fresh"):
+        checkpoints(store, checkpoint_key="secret").restore()
+    assert checkpoints(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore() is False
+
+
+def test_an_older_version_never_overwrites_a_newer_checkpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStateStore()
+    newer = _signed_newer(STATE, b"secret")
+    store.put_blob(BLOB, newer)
+    checkpoints(store, checkpoint_key="secret").save()
+    assert store.get_blob(BLOB) == newer
+    assert "newer than this streamscore's v2" in caplog.text

@@ -10,7 +10,7 @@ import pytest
 
 from streamscore.config import Settings, load_settings
 from streamscore.core.records import TOPIC_EVENTS
-from streamscore.core.scorer import ChurnActivity
+from streamscore.core.values import ChurnActivity
 from streamscore.errors import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""Drift detection: PSI by hand, Page-Hinkley on residuals, the monitor, and the simulator's drift.
+"""Drift detection: PSI by hand, Page-Hinkley on residuals, both monitors, the simulator's drift.
 
 The two ``slow`` tests run the whole demo (2,000 users, 120 days, ~20 s each). Measured before
 on seeds 7, 8 and 9: without drift no detection at all; with ``drift_day=60`` (every user's
@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from streamscore.app import demo
 from streamscore.config import load_settings
 from streamscore.core.drift import (
     PSI_EPS,
     PSI_FEATURES,
     BiasDetector,
-    DriftMonitor,
+    DriftLog,
+    LabelDrift,
+    PopulationDrift,
     PsiWindow,
     psi,
 )
+from streamscore.embedded import demo
 from streamscore.simulator import SimulationConfig
 
 DAY_MS = 86_400_000
@@ -89,7 +91,7 @@ def test_psi_window_slides() -> None:
 
 
 def _churn_detector() -> BiasDetector:
-    return BiasDetector(allowance=0.05, threshold=50.0, clip=1.0)  # as in DriftMonitor
+    return BiasDetector(allowance=0.05, threshold=50.0, clip=1.0)  # as in LabelDrift
 
 
 def test_bias_detector_quiet_on_stationary_noise() -> None:
@@ -125,7 +127,7 @@ def test_bias_detector_fires_on_a_downward_shift_and_clips_outliers() -> None:
     assert detector.mean < 0
 
 
-# -- DriftMonitor ---------------------------------------------------------------------------
+# -- LabelDrift, PopulationDrift ----------------------------------------------------------
 
 
 def _derived(rng: random.Random, recency_scale: float = 1.0) -> dict[str, float]:
@@ -137,56 +139,89 @@ def _derived(rng: random.Random, recency_scale: float = 1.0) -> dict[str, float]
     }
 
 
-def test_monitor_ignores_labels_during_warmup() -> None:
-    m = DriftMonitor(warmup_labels=500)
+def test_label_drift_ignores_labels_during_warmup() -> None:
+    m = LabelDrift(warmup_labels=500)
     for i in range(500):
         m.churn_label(0.1, True, i)  # wildly wrong, but the models are still settling
-    assert not m.warmed_up
-    assert m.events == []
+    assert m.log.events == []
     assert m.churn_bias == 0.0
+    for i in range(500, 2500):
+        m.churn_label(0.1, True, i)
+    assert m.churn_bias > 0.5, "past the warm-up the same labels count"
 
 
-def test_monitor_reports_churn_bias_with_direction() -> None:
+def test_label_drift_reports_churn_bias_with_direction() -> None:
     rng = random.Random(6)
-    m = DriftMonitor(warmup_labels=100)
+    m = LabelDrift(warmup_labels=100)
+    log = m.log
     t = 0
     for _ in range(3000):
         t += 1000
         m.churn_label(0.2, rng.random() < 0.2, t)
-    assert m.events == []
+    assert log.events == []
     shift_at = t
     for _ in range(2000):
         t += 1000
         m.churn_label(0.2, rng.random() < 0.6, t)
-    assert [e.signal for e in m.events][:1] == ["churn_bias"]
-    first = m.events[0]
+    assert [e.signal for e in log.events][:1] == ["churn_bias"]
+    first = log.events[0]
     assert first.kind == "quality"
     assert first.t_ms > shift_at
     assert "churn more than the model predicts" in first.detail
-    assert m.counts["churn_bias"] == len([e for e in m.events if e.signal == "churn_bias"])
+    assert log.counts["churn_bias"] == len([e for e in log.events if e.signal == "churn_bias"])
     assert m.churn_bias > 0.1
 
 
-def test_monitor_psi_detects_a_feature_shift_once_and_not_the_score() -> None:
+def test_population_drift_waits_for_the_churn_model_to_leave_its_warmup() -> None:
     rng = random.Random(7)
-    m = DriftMonitor(warmup_labels=0, psi_window=500, psi_every=100)
-    m.churn_label(0.5, False, 0)  # past the warm-up
+    m = PopulationDrift(warmup_labels=100, psi_window=50, psi_every=10)
+    for t in range(500):
+        m.observe_score(rng.random(), _derived(rng, recency_scale=1 + t), t, labels_learnt=100)
+    assert m.psi == {} and m.log.events == []
+    for t in range(500):
+        m.observe_score(rng.random(), _derived(rng), t, labels_learnt=101)
+    assert set(m.psi) == {"churn_score", *PSI_FEATURES}
+
+
+def test_population_drift_detects_a_feature_shift_once_and_not_the_score() -> None:
+    rng = random.Random(7)
+    m = PopulationDrift(warmup_labels=0, psi_window=500, psi_every=100)
     t = 0
     for _ in range(2000):
         t += 1000
-        m.observe_score(rng.random(), _derived(rng), t)
+        m.observe_score(rng.random(), _derived(rng), t, labels_learnt=1)
     assert set(m.psi) == {"churn_score", *PSI_FEATURES}
     assert max(m.psi.values()) < 0.25
-    assert m.events == []
+    assert m.log.events == []
     # Recency jumps tenfold and the scores all move to the top: only the feature is drift.
     for _ in range(2000):
         t += 1000
-        m.observe_score(0.9 + 0.1 * rng.random(), _derived(rng, recency_scale=10.0), t)
-    signals = [e.signal for e in m.events]
+        m.observe_score(
+            0.9 + 0.1 * rng.random(), _derived(rng, recency_scale=10.0), t, labels_learnt=1
+        )
+    signals = [e.signal for e in m.log.events]
     assert signals == ["psi_recency_days"]  # once per episode, while the PSI stays high
-    assert m.events[0].kind == "population"
-    assert m.events[0].value > 0.25
-    assert "recency_days" in m.events[0].detail
+    assert m.log.events[0].kind == "population"
+    assert m.log.events[0].value > 0.25
+    assert "recency_days" in m.log.events[0].detail
+
+
+def test_one_log_keeps_both_kinds_in_the_order_they_were_detected() -> None:
+    rng = random.Random(8)
+    log = DriftLog()
+    labels = LabelDrift(log, warmup_labels=0)
+    population = PopulationDrift(log, warmup_labels=0, psi_window=500, psi_every=100)
+    for t in range(2000):
+        population.observe_score(rng.random(), _derived(rng), t, labels_learnt=1)
+        labels.churn_label(0.2, rng.random() < 0.2, t)
+    assert log.events == []
+    for t in range(2000, 6000):
+        population.observe_score(rng.random(), _derived(rng, recency_scale=10.0), t, 1)
+    for t in range(6000, 9000):
+        labels.churn_label(0.2, rng.random() < 0.7, t)
+    signals = [e.signal for e in log.events]
+    assert signals[:2] == ["psi_recency_days", "churn_bias"], signals
+    assert log.counts["psi_recency_days"] == 1
 
 
 # -- the simulator's drift through the whole pipeline -------------------------------------

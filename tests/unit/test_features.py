@@ -13,7 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamscore.core.events import Event, EventType
-from streamscore.core.features import UserFeatures, derive, quiet_probability
+from streamscore.core.features import (
+    FEATURES_LAYOUT,
+    STORED_FIELDS,
+    UserFeatures,
+    derive,
+    quiet_probability,
+)
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DAY = 86_400_000
@@ -203,19 +209,45 @@ def test_quiet_probability_edges() -> None:
     assert 0.0 < q1 < 1.0
 
 
-def test_to_dict_round_trip_through_json() -> None:
+def test_the_stored_form_round_trips_through_json() -> None:
     f = build(timeline())
-    data = orjson.loads(orjson.dumps(f.to_dict()))
-    g = UserFeatures.from_dict(data)
-    assert g == f
+    data = orjson.loads(orjson.dumps(f.to_stored()))
+    g, carried = UserFeatures.from_stored(data, FEATURES_LAYOUT)
+    assert (g, carried) == (f, [])
     assert g.purchase_gap_stats() == f.purchase_gap_stats()
     assert derive(g, T0 + 40 * DAY) == derive(f, T0 + 40 * DAY)
 
 
-def test_from_dict_ignores_keys_of_newer_versions() -> None:
+def test_every_field_is_stored_and_layouts_only_ever_append() -> None:
+    current = STORED_FIELDS[FEATURES_LAYOUT]
+    assert set(current) == set(UserFeatures.__slots__), "a field the state would not keep"
+    assert len(set(current)) == len(current)
+    layouts = [STORED_FIELDS[v] for v in sorted(STORED_FIELDS)]
+    for older, newer in itertools.pairwise(layouts):
+        assert newer[: len(older)] == older, "a layout moved or dropped a field"
+
+
+def test_values_are_read_by_the_name_their_layout_gives_them() -> None:
+    # An older layout without the purchase-gap fields (as if they were added later): the
+    # stored values land on their names and the missing fields take their defaults.
+    f = build(timeline())
+    short = tuple(n for n in STORED_FIELDS[FEATURES_LAYOUT] if "final" not in n)
+    values = [getattr(f, n) for n in short]
+    STORED_FIELDS[1] = short
+    try:
+        g, carried = UserFeatures.from_stored(values, 1)
+    finally:
+        del STORED_FIELDS[1]
+    assert carried == []
+    assert (g.spend, g.purchases, g.decayed_events) == (f.spend, f.purchases, f.decayed_events)
+    assert (g.final_gaps, g.final_gap_sumsq_days, g.last_final_purchase_ms) == (0, 0.0, 0)
+
+
+def test_values_a_newer_writer_appended_come_back_apart_to_be_kept() -> None:
     f = build([ev("page_view", 1)])
-    g = UserFeatures.from_dict({**f.to_dict(), "brand_new_counter": 3})
+    g, carried = UserFeatures.from_stored([*f.to_stored(), 3, [1.5]], FEATURES_LAYOUT + 1)
     assert g == f
+    assert carried == [3, [1.5]]
 
 
 # -- order independence within the allowed lateness --------------------------------------------

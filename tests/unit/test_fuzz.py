@@ -37,12 +37,13 @@ from streamscore.core.records import (
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
 )
-from streamscore.core.scorer import Scorer
 from streamscore.core.state import RECENT_IDS, UserState
 from streamscore.errors import DeadLetterLimitExceeded
+from streamscore.guards import DeadLetterGuard
 from streamscore.ports import SourceRecord
-from streamscore.runtime import DeadLetterGuard, Pipeline
+from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from streamscore.wiring import in_process_scorer
 from tests.statecheck import memory_pipeline
 
 SETTINGS = Settings()
@@ -372,7 +373,7 @@ def test_outputs_replayed_after_a_crash_repeat_ids_with_the_same_identity() -> N
         source,
         store,
         first,
-        Scorer(SETTINGS.scoring()),
+        in_process_scorer(SETTINGS.scoring())[0],
         limits=SETTINGS.event_limits(),
         batch_size=300,
         poll_timeout_s=0.0,
@@ -467,7 +468,7 @@ def test_one_users_state_stays_bounded(weights: list[float], mean_gap_s: int, se
         ListSource(records),
         store,
         sink,
-        Scorer(SETTINGS.scoring()),
+        in_process_scorer(SETTINGS.scoring())[0],
         limits=SETTINGS.event_limits(),
         batch_size=250,
         poll_timeout_s=0.0,

@@ -108,6 +108,6 @@ def test_stopping_is_not_ready() -> None:
 def test_wrapped_retry_callback_still_calls_the_original() -> None:
     seen: list[str] = []
     status = started(Clock())
-    status.wrap_on_retry(seen.append)("save states")
+    status.wrap_on_retry(lambda step, error: seen.append(step))("save states", OSError("x"))
     assert seen == ["save states"]
     assert status.readiness()[1]["redis"]["failing_step"] == "save states"

@@ -6,16 +6,13 @@ Two partitions. User "a" lives on partition 1, which goes quiet after the first 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-
 import orjson
 
-from streamscore.adapters.memory import ListSink, MemoryStateStore
+from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
-from streamscore.core.records import TOPIC_DLQ, TOPIC_EVENTS, TOPIC_SCORES
-from streamscore.core.scorer import Scorer
-from streamscore.ports import RebalanceHook, SourceRecord
+from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES
 from streamscore.runtime import Pipeline
+from streamscore.wiring import in_process_scorer
 
 SETTINGS = Settings()
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, event time
@@ -24,69 +21,40 @@ WALL0 = T0 + 40 * DAY  # the wall clock, ahead of every event
 STEP_MS = 10_000
 
 
-class FedSource:
-    """Records handed in batch by batch; both partitions assigned from the start.
-
-    ``starved`` partitions have records waiting that polls never return, as when a busy
-    fetch serves other partitions first.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[SourceRecord] = []
-        self.offsets = {0: 0, 1: 0}
-        self.starved: set[int] = set()
-
-    def add(self, partition: int, event: dict[str, object]) -> None:
-        offset = self.offsets[partition]
-        self.offsets[partition] += 1
-        self.pending.append(SourceRecord(TOPIC_EVENTS, partition, offset, orjson.dumps(event)))
-
-    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
-        batch, self.pending = self.pending, []
-        return batch
-
-    def commit(self, next_offsets: Mapping[int, int]) -> None:
-        return None
-
-    def exhausted(self) -> bool:
-        return False
-
-    def caught_up(self, partitions: Collection[int]) -> set[int]:
-        return set(partitions) - self.starved
-
-    def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
-        assigned({0, 1})
-
-    def close(self) -> None:
-        return None
-
-
 def _event(user: str, n: int, ts: int, type_: str = "session_start") -> dict[str, object]:
     return {"event_id": f"{user}-{n}", "user_id": user, "type": type_, "ts": ts}
 
 
+def _add(source: ListSource, partition: int, event: dict[str, object]) -> None:
+    source.produce(partition, orjson.dumps(event))
+
+
 def _run(
     idle_after_ms: int | None, days: int = 30, starved: frozenset[int] = frozenset()
-) -> tuple[Pipeline, ListSink, FedSource]:
+) -> tuple[Pipeline, ListSink, ListSource]:
+    """``starved`` partitions have records waiting that polls do not return, as when a busy
+    fetch serves the other partitions first."""
     wall = [WALL0]
-    source, sink = FedSource(), ListSink()
+    source, sink = ListSource(partitions={0, 1}, endless=True), ListSink()
     pipeline = Pipeline(
         source,
         MemoryStateStore(),
         sink,
-        Scorer(SETTINGS.scoring()),
+        in_process_scorer(SETTINGS.scoring())[0],
         limits=SETTINGS.event_limits(),
         clock=lambda: wall[0],
         idle_after_ms=idle_after_ms,
     )
-    source.add(1, _event("a", 0, T0))
-    source.add(1, {**_event("a", 1, T0 + 60_000, "purchase"), "amount": 40.0})
-    source.add(0, _event("b", 0, T0))
+    _add(source, 1, _event("a", 0, T0))
+    _add(source, 1, {**_event("a", 1, T0 + 60_000, "purchase"), "amount": 40.0})
+    _add(source, 0, _event("b", 0, T0))
     pipeline.run_once()
-    source.starved |= starved
+    source.hold(starved)
     for day in range(1, days + 1):
         wall[0] += STEP_MS
-        source.add(0, _event("b", day, T0 + day * DAY))
+        _add(source, 0, _event("b", day, T0 + day * DAY))
+        if starved:
+            _add(source, 1, _event("a", 100 + day, T0 + day * DAY))  # waiting, never fetched
         pipeline.run_once()
     return pipeline, sink, source
 
@@ -102,7 +70,9 @@ def test_an_idle_partition_follows_the_active_one_and_its_silent_users_are_resco
     rescored = _silence_scores(sink, "a")
     assert len(rescored) >= 3, "user a went silent for 30 days: 3, 7, 14 and 21 days"
     waiting, _, _ = _run(idle_after_ms=None)
-    resolved = pipeline.scorer.quality.churn.count - waiting.scorer.quality.churn.count
+    resolved = (
+        pipeline.scorer.learner.quality.churn.count - waiting.scorer.learner.quality.churn.count
+    )
     # a's snapshots at day 0 (its events), 7 and 14 (silences, one per 7 days): their churn
     # labels fall due at days 14, 21 and 28, all behind the followed watermark (~day 30).
     assert resolved == 3
@@ -131,8 +101,8 @@ def test_a_partition_is_not_idle_before_the_timeout() -> None:
 def test_after_idling_an_event_behind_the_followed_watermark_is_late_and_a_new_one_is_not() -> None:
     pipeline, sink, source = _run(idle_after_ms=60_000)
     followed = pipeline.watermarks[1]
-    source.add(1, _event("a", 2, T0 + 2 * DAY))  # behind: those labels are final
-    source.add(1, _event("a", 3, T0 + 31 * DAY))  # on time
+    _add(source, 1, _event("a", 2, T0 + 2 * DAY))  # behind: those labels are final
+    _add(source, 1, _event("a", 3, T0 + 31 * DAY))  # on time
     pipeline.run_once()
     late = [d for d in sink.records.get(TOPIC_DLQ, []) if d["error_type"] == "late_event"]
     assert len(late) == 1

@@ -15,10 +15,22 @@ from typing import Any
 import pytest
 
 from streamscore.core.events import Event, EventType
+from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS
 from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS
-from streamscore.core.scorer import LabelOutcome, Output, Scorer, ScoringConfig
-from streamscore.core.state import Snapshot, UserState
+from streamscore.core.scorer import Scorer
+from streamscore.core.snapshots import Snapshot
+from streamscore.core.state import UserState
+from streamscore.core.trainer import Trainer
 from streamscore.core.validation import log_loss
+from streamscore.core.values import (
+    LabelKind,
+    LabelOutcome,
+    Output,
+    PopulationSample,
+    ScoringConfig,
+    TrainingExample,
+)
+from streamscore.wiring import in_process_scorer
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DAY = 86_400_000
@@ -66,9 +78,15 @@ class Feed:
 
 
 def new_scorer(config: ScoringConfig = CFG) -> Scorer:
-    scorer = Scorer(config)
+    scorer, _ = in_process_scorer(config)
     scorer.outcomes = []
     return scorer
+
+
+def learnt(scorer: Scorer) -> Trainer:
+    """The trainer the scorer learns through (in one process: its lineage too)."""
+    assert isinstance(scorer.learner, Trainer)
+    return scorer.learner
 
 
 def topics(outputs: list[Output]) -> list[str]:
@@ -78,16 +96,17 @@ def topics(outputs: list[Output]) -> list[str]:
 def spy_learning(scorer: Scorer) -> list[tuple[str, int, Any]]:
     """Record, at every learn call, how many labels the quality metrics had seen by then."""
     calls: list[tuple[str, int, Any]] = []
-    models = scorer.models
+    trainer = learnt(scorer)
+    models = trainer.models
     learn_churn, learn_value = models.learn_churn, models.learn_value
 
-    def churn(x: list[float], churned: bool) -> None:
-        calls.append(("churn", scorer.quality.churn.count, (list(x), churned)))
-        learn_churn(x, churned)
+    def churn(x: dict[str, float], churned: bool, weight: float = 1.0) -> None:
+        calls.append(("churn", trainer.quality.churn.count, (list(x.values()), churned)))
+        learn_churn(x, churned, weight)
 
-    def value(x: list[float], spend: float) -> None:
-        calls.append(("value", scorer.quality.value.count, (list(x), spend)))
-        learn_value(x, spend)
+    def value(x: dict[str, float], spend: float, weight: float = 1.0) -> None:
+        calls.append(("value", trainer.quality.value.count, (list(x.values()), spend)))
+        learn_value(x, spend, weight)
 
     models.learn_churn = churn  # type: ignore[method-assign]
     models.learn_value = value  # type: ignore[method-assign]
@@ -118,7 +137,7 @@ def test_snapshot_at_first_event_then_at_most_once_per_period() -> None:
     feed.apply(("page_view", T0 + 8 * DAY))
     assert feed.snapshot_times() == [T0, T0 + 7 * DAY]
     assert feed.state.last_snapshot_ms == T0 + 7 * DAY
-    assert feed.scorer.counters["snapshots"] == 2
+    assert feed.scorer.counters.snapshots == 2
 
 
 def test_snapshot_stores_the_prediction_made_then() -> None:
@@ -128,7 +147,7 @@ def test_snapshot_stores_the_prediction_made_then() -> None:
     (snap,) = feed.state.snapshots
     # A first-ever event: no recency yet, and the prediction is the models' at that moment.
     assert math.expm1(snap.churn_x[2]) == pytest.approx(0.0)
-    assert (snap.churn_p, snap.value_p) == scorer.models.predict(snap.churn_x, snap.value_x)
+    assert (snap.churn_p, snap.value_p) == learnt(scorer).models.predict(snap.churn_x, snap.value_x)
     assert 0.0 < snap.churn_p < 1.0
     assert snap.value_p == 0.0  # the value model has learnt nothing yet
     assert snap.naive_value == 0.0  # nothing spent yet
@@ -185,21 +204,21 @@ def test_return_is_learnt_as_not_churned_only_at_the_horizon() -> None:
         "2026-01-10T00:00:00.000Z",
     ]
     assert feed.snapshot_times() == [T0, T0 + 9 * DAY]
-    assert scorer.quality.churn.count == 0
-    assert scorer.models.churn_learnt == 0
+    assert learnt(scorer).quality.churn.count == 0
+    assert learnt(scorer).models.churn_learnt == 0
     assert calls == []
     assert not s0.churn_learnt
 
     feed.advance(T0 + 14 * DAY)
     assert s0.churn_learnt and not s0.value_learnt
-    q = scorer.quality.churn
+    q = learnt(scorer).quality.churn
     assert (q.count, q.positives) == (1, 0)
     assert q.loss_sum == pytest.approx(-math.log(1.0 - stored_p))
     assert q.loss_sum == pytest.approx(log_loss(stored_p, False))
     assert scorer.outcomes == [LabelOutcome("u1", T0, False, stored_p, 0.0)]
     # Scored against the stored prediction first, learnt after.
     assert calls == [("churn", 1, (stored_x, False))]
-    assert scorer.models.churn_learnt == 1
+    assert learnt(scorer).models.churn_learnt == 1
     # The snapshot stays for its value label (day 30).
     assert feed.snapshot_times() == [T0, T0 + 9 * DAY]
 
@@ -214,16 +233,16 @@ def test_silence_is_learnt_as_churned_when_the_watermark_passes_the_horizon() ->
     feed.advance(T0 + 14 * DAY - 1)
     # Rescored at days 3 and 7; the day-7 rescoring is a period after the first snapshot.
     assert feed.snapshot_times() == [T0, T0 + 7 * DAY]
-    assert scorer.quality.churn.count == 0
+    assert learnt(scorer).quality.churn.count == 0
     assert calls == []
 
     feed.advance(T0 + 14 * DAY)
-    q = scorer.quality.churn
+    q = learnt(scorer).quality.churn
     assert (q.count, q.positives) == (1, 1)
     assert q.loss_sum == pytest.approx(-math.log(stored_p))
     assert [(o.churned, o.predicted, o.t_ms) for o in scorer.outcomes] == [(True, stored_p, T0)]
     assert calls[0][:2] == ("churn", 1) and calls[0][2][1] is True
-    assert scorer.models.churn_learnt == 1
+    assert learnt(scorer).models.churn_learnt == 1
     # Day 14 is also a rescoring point, a period after day 7: one more snapshot.
     assert feed.snapshot_times() == [T0, T0 + 7 * DAY, T0 + 14 * DAY]
 
@@ -247,7 +266,7 @@ def test_every_label_is_scored_with_its_own_stored_prediction() -> None:
         pytest.approx(7.0),
     ]
     assert [c[1] for c in calls if c[0] == "churn"] == [1, 2]
-    assert scorer.quality.churn.loss_sum == pytest.approx(
+    assert learnt(scorer).quality.churn.loss_sum == pytest.approx(
         -math.log(s0.churn_p) - math.log(s1.churn_p)
     )
 
@@ -260,8 +279,8 @@ def test_pending_labels_survive_the_state_store() -> None:
     stored_p = feed.state.snapshots[0].churn_p
     feed.state = UserState.from_bytes("u1", feed.state.to_bytes())  # a restart
     feed.advance(T0 + 14 * DAY)
-    assert scorer.quality.churn.count == 1
-    assert scorer.quality.churn.positives == 0
+    assert learnt(scorer).quality.churn.count == 1
+    assert learnt(scorer).quality.churn.positives == 0
     assert scorer.outcomes[0].predicted == pytest.approx(stored_p, abs=1e-6)
 
 
@@ -283,19 +302,19 @@ def test_value_label_is_spend_in_the_horizon_learnt_at_its_end() -> None:
     # Day 14: S0's churn label (returned). Days 23 and 27: rescorings, a snapshot at 27.
     feed.advance(T0 + 30 * DAY - 1)
     assert s0.churn_learnt and not s0.value_learnt
-    assert scorer.models.value_learnt == 0
-    assert scorer.quality.value.count == 0
+    assert learnt(scorer).models.value_learnt == 0
+    assert learnt(scorer).quality.value.count == 0
     assert feed.snapshot_times() == [T0, T0 + 20 * DAY, T0 + 27 * DAY]
 
     feed.advance(T0 + 30 * DAY)
-    v = scorer.quality.value
+    v = learnt(scorer).quality.value
     assert v.count == 1
     assert v.total_actual == pytest.approx(65.0)
     # Predicted 0 (untrained) and a naive 0 (nothing spent by day 0): both 65 off.
     assert v.abs_err == pytest.approx(65.0)
     assert v.naive_abs_err == pytest.approx(65.0)
     assert [c for c in calls if c[0] == "value"] == [("value", 1, (s0.value_x, 65.0))]
-    assert scorer.models.value_learnt == 1
+    assert learnt(scorer).models.value_learnt == 1
     # Both labels learnt: the snapshot is gone.
     assert feed.snapshot_times() == [T0 + 20 * DAY, T0 + 27 * DAY]
 
@@ -361,7 +380,7 @@ def test_jump_past_the_horizon_rescored_at_each_point_and_churned_at_fourteen_da
     assert change["previous"] == change["current"] == "Prospect"
     assert feed.state.lifecycle == "churned"
     # The churn label of the first snapshot was learnt on the way (silence: churned).
-    assert (scorer.quality.churn.count, scorer.quality.churn.positives) == (1, 1)
+    assert (learnt(scorer).quality.churn.count, learnt(scorer).quality.churn.positives) == (1, 1)
     assert feed.snapshot_times() == [T0, T0 + 7 * DAY, T0 + 14 * DAY]
     # Next: the 21-day point.
     assert scorer.due_ms(feed.state) == T0 + 21 * DAY
@@ -445,21 +464,21 @@ def test_replayed_offset_or_duplicate_id_changes_nothing() -> None:
     state = UserState(user_id="u1")
     scorer.apply_events(state, [(0, 5, _event("a", T0, "session_start"))], NOW)
     before = state.to_bytes()
-    events_before = scorer.counters["events"]
+    events_before = scorer.counters.events
 
     # The same record again, an older offset with a new id, the same id on another partition.
     assert scorer.apply_events(state, [(0, 5, _event("a", T0, "session_start"))], NOW) == []
     assert scorer.apply_events(state, [(0, 3, _event("zz", T0 + DAY))], NOW) == []
     assert scorer.apply_events(state, [(1, 99, _event("a", T0, "session_start"))], NOW) == []
-    assert scorer.counters["duplicates"] == 3
-    assert scorer.counters["events"] == events_before
+    assert scorer.counters.duplicates == 3
+    assert scorer.counters.events == events_before
     assert state.to_bytes() == before
 
     # A new offset with a new id is applied.
     out = scorer.apply_events(state, [(0, 6, _event("b", T0 + DAY))], NOW)
     assert topics(out)[0] == TOPIC_SCORES
     assert state.features.events == 2
-    assert scorer.counters["duplicates"] == 3
+    assert scorer.counters.duplicates == 3
 
 
 def test_duplicate_inside_one_batch_is_applied_once() -> None:
@@ -468,7 +487,7 @@ def test_duplicate_inside_one_batch_is_applied_once() -> None:
     e = _event("a", T0, "session_start")
     scorer.apply_events(state, [(0, 1, e), (0, 2, e)], NOW)
     assert state.features.events == 1
-    assert scorer.counters["duplicates"] == 1
+    assert scorer.counters.duplicates == 1
 
 
 def test_out_of_order_events_within_one_batch_are_all_applied() -> None:
@@ -477,7 +496,7 @@ def test_out_of_order_events_within_one_batch_are_all_applied() -> None:
     # Offset 10 happened a minute after offset 11 (well within the allowed lateness).
     batch = [(0, 10, _event("later", T0 + MINUTE)), (0, 11, _event("earlier", T0))]
     scorer.apply_events(state, batch, NOW)
-    assert scorer.counters["duplicates"] == 0
+    assert scorer.counters.duplicates == 0
     assert state.features.events == 2
 
 
@@ -490,7 +509,7 @@ def test_user_moving_to_another_partition_keeps_receiving_events() -> None:
     scorer.apply_events(state, [(1, 6, _event("c", T0 + 2 * MINUTE))], NOW)
     assert (state.partition, state.offset) == (1, 6)
     assert state.features.events == 3
-    assert scorer.counters["duplicates"] == 0
+    assert scorer.counters.duplicates == 0
 
 
 def test_reactivation_time_does_not_depend_on_batching() -> None:
@@ -523,3 +542,57 @@ def test_no_alert_without_purchases() -> None:
     feed.apply(("session_start", T0))
     out = feed.advance(T0 + 60 * DAY)
     assert TOPIC_ALERTS not in topics(out)
+
+
+# -- the seam between scoring and learning --------------------------------------------------------
+
+
+class Recording:
+    """A learner that remembers what it is handed and passes it on to a trainer."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.examples: list[TrainingExample] = []
+        self.samples: list[PopulationSample] = []
+
+    def learn(self, example: TrainingExample) -> None:
+        self.examples.append(example)
+        self.trainer.learn(example)
+
+    def observe(self, sample: PopulationSample) -> None:
+        self.samples.append(sample)
+        self.trainer.observe(sample)
+
+
+def test_the_scorer_learns_only_through_its_learner() -> None:
+    # Predict with one trainer's lineage, learn through another: nothing may reach the first.
+    lineage, learner = Trainer(), Recording(Trainer())
+    feed = Feed(Scorer(CFG, lineage, learner))
+    feed.apply(("session_start", T0))
+    feed.apply(("purchase", T0 + DAY, 25.0))
+    s0 = feed.state.snapshots[0]
+    feed.advance(T0 + 30 * DAY)
+    assert lineage.models.churn_learnt == lineage.models.value_learnt == 0
+    assert lineage.quality.churn.count == lineage.rfm.recency.total == 0
+    # Snapshots at day 0 (the first event), 8, 15 and 22 (silences a period apart): the
+    # churn labels of the first three are due by day 30, and the value label of the first.
+    assert learner.trainer.models.churn_learnt == 3
+    assert learner.trainer.models.value_learnt == 1
+    assert len(learner.samples) == len(feed.state.snapshots) + 1 == 4
+    assert learner.samples[0] == PopulationSample(0.0, 0.0, 0.0)  # nothing bought at day 0
+    assert learner.trainer.rfm.recency.total == 3  # buyers only
+
+    churn = [e for e in learner.examples if e.kind is LabelKind.CHURN]
+    value = [e for e in learner.examples if e.kind is LabelKind.VALUE]
+    first = churn[0]
+    assert first.snapshot_ms == T0 and first.label_ms == T0 + 14 * DAY
+    assert first.label == 0.0  # the purchase on day 1 was a return
+    assert first.predicted == s0.churn_p and first.baseline is None
+    assert first.inputs == dict(zip(CHURN_INPUTS, s0.churn_x, strict=True))
+    assert first.weight == 1.0
+    (spent,) = value
+    assert (spent.snapshot_ms, spent.label_ms) == (T0, T0 + 30 * DAY)
+    assert (spent.label, spent.predicted, spent.baseline) == (25.0, s0.value_p, s0.naive_value)
+    assert spent.inputs == dict(zip(VALUE_INPUTS, s0.value_x, strict=True))
+    # In event-time order of the horizons, the order the models learn in.
+    assert [e.label_ms for e in learner.examples] == sorted(e.label_ms for e in learner.examples)

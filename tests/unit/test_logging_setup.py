@@ -11,11 +11,13 @@ import pytest
 
 from streamscore.adapters.memory import ListSource, MemoryStateStore
 from streamscore.core.events import EventLimits
-from streamscore.core.scorer import Scorer, ScoringConfig
+from streamscore.core.values import ScoringConfig
 from streamscore.errors import TransientError
+from streamscore.guards import RetryPolicy
 from streamscore.logging_setup import configure
 from streamscore.ports import SourceRecord
-from streamscore.runtime import Pipeline, RetryPolicy
+from streamscore.runtime import Pipeline
+from streamscore.wiring import in_process_scorer
 
 
 @pytest.fixture
@@ -72,12 +74,12 @@ def test_a_retry_inside_a_batch_names_its_partitions_and_offsets(stream: io.Stri
     configure("INFO", fmt="json", stream=stream)
     event = b'{"event_id":"e%d","user_id":"u%d","type":"page_view","ts":"2026-01-01T00:00:00Z"}'
     records = [SourceRecord("in", p, o, event % (o, p)) for p in (0, 1) for o in (5, 6, 7)]
-    source = ListSource(records, topic="in")
+    source = ListSource(records, topic="in", partitions=(0, 1))
     pipeline = Pipeline(
         source,
         FlakyStore(),
         _NullSink(),
-        Scorer(ScoringConfig()),
+        in_process_scorer(ScoringConfig())[0],
         limits=EventLimits(),
         poll_timeout_s=0.0,
         retry=RetryPolicy(initial_s=0.0),

@@ -20,6 +20,7 @@ from streamscore.adapters.memory import ListSink
 from streamscore.config import load_settings
 from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.timeutil import DAY_MS
+from streamscore.core.trainer import Trainer
 from streamscore.ports import SourceRecord
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 from tests.statecheck import (
@@ -139,13 +140,15 @@ def test_the_pipeline_learns_exactly_these_labels(batch: int) -> None:
     scorer.outcomes = []
     value_labels: list[tuple[int, float]] = []
     horizon = scorer.config.value_horizon_ms
-    learn_value = scorer.drift.value_label
+    trainer = scorer.learner
+    assert isinstance(trainer, Trainer)
+    learn_value = trainer.drift.value_label
 
     def spy(predicted: float, actual: float, t_ms: int) -> None:
         value_labels.append((t_ms - horizon, actual))
         learn_value(predicted, actual, t_ms)
 
-    scorer.drift.value_label = spy  # type: ignore[method-assign]
+    trainer.drift.value_label = spy  # type: ignore[method-assign]
     run_to_the_end(pipeline, store, PARTITIONS)
 
     churn = [(o.user_id, o.t_ms, o.churned) for o in scorer.outcomes]

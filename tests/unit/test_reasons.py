@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from streamscore.core.models import CHURN_INPUTS, VALUE_INPUTS, ModelParams, Models
+from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS, named
+from streamscore.core.models import ModelParams, Models
 
 N_CHURN = len(CHURN_INPUTS)
 DERIVED = dict.fromkeys({*CHURN_INPUTS, *VALUE_INPUTS}, 1.0)
@@ -26,7 +27,7 @@ def test_reasons_are_the_positive_terms_largest_first() -> None:
     models = Models(ModelParams(warmup_labels=10))
     for i in range(400):  # churners have a high first input
         high = i % 2 == 0
-        models.learn_churn(x(3.0 if high else -3.0, rest=float(i % 7)), high)
+        models.learn_churn(named(CHURN_INPUTS, x(3.0 if high else -3.0, rest=float(i % 7))), high)
     reasons = models.churn_reasons(x(3.0, 3.0), DERIVED, top=N_CHURN + 1)
     contributions = [float(r["contribution"]) for r in reasons]
     assert contributions and all(c > 0 for c in contributions)
@@ -38,7 +39,7 @@ def test_reasons_are_the_positive_terms_largest_first() -> None:
 def test_a_score_carried_by_the_base_rate_names_the_intercept() -> None:
     models = Models(ModelParams(warmup_labels=10))
     for i in range(300):  # 90% churn whatever the inputs: only the intercept is informative
-        models.learn_churn(x(0.0, rest=0.0), i % 10 != 0)
+        models.learn_churn(named(CHURN_INPUTS, x(0.0, rest=0.0)), i % 10 != 0)
     lr = models.churn["LogisticRegression"]
     assert lr.intercept > 0
     reasons = models.churn_reasons(x(0.0, rest=0.0), DERIVED)

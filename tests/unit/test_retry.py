@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
+import orjson
 import pytest
 
+from streamscore import metrics
 from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
-from streamscore.core.scorer import Scorer
-from streamscore.errors import RetryAbandoned, TransientError
+from streamscore.core.state import STATE_FORMAT, UserState
+from streamscore.errors import NewerFormatError, RetryAbandoned, TransientError
+from streamscore.guards import RetryPolicy
 from streamscore.ports import SourceRecord
-from streamscore.runtime import Pipeline, RetryPolicy
+from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from streamscore.wiring import in_process_scorer
 
 
 class Flaky:
@@ -33,9 +38,13 @@ class Flaky:
 def test_retries_until_the_step_succeeds() -> None:
     step, retried = Flaky(3), []
     policy = RetryPolicy(initial_s=0.001, max_s=0.002)
-    assert policy.run("send outputs", step, retried.append) == "ok"
+
+    def on_retry(what: str, exc: Exception) -> None:
+        retried.append((what, str(exc)))
+
+    assert policy.run("send outputs", step, on_retry) == "ok"
     assert step.calls == 4
-    assert retried == ["send outputs"] * 3
+    assert retried == [("send outputs", f"down (call {n})") for n in (1, 2, 3)]
 
 
 def test_a_limited_policy_reraises_the_last_failure() -> None:
@@ -108,16 +117,79 @@ def test_an_abandoned_batch_is_neither_saved_nor_committed() -> None:
         source,
         store,
         FailingSink(),
-        Scorer(settings.scoring()),
+        in_process_scorer(settings.scoring())[0],
         limits=settings.event_limits(),
         batch_size=100,
         poll_timeout_s=0.0,
         clock=lambda: 2_000_000_000_000,
         retry=RetryPolicy(initial_s=0.001, stop=stop),
     )
-    assert not pipeline.unsaved_learning
+    assert pipeline.learning_saved
     with pytest.raises(RetryAbandoned, match="flush producer"):
         pipeline.run_once()
-    assert pipeline.unsaved_learning
+    assert not pipeline.learning_saved
     assert source.committed == {}
     assert store.load(users) == {}
+
+
+NEWER = orjson.dumps({"v": STATE_FORMAT + 1, "r": STATE_FORMAT + 1, "p": 0, "o": -1, "f": []})
+
+
+def _one_event(retry: RetryPolicy, **kw: Any) -> tuple[Pipeline, ListSource, MemoryStateStore]:
+    """A pipeline over one event of a user whose stored state a newer version wrote."""
+    settings = Settings()
+    event = {"event_id": "e1", "user_id": "u1", "type": "page_view", "ts": 1_767_225_600_000}
+    source = ListSource([SourceRecord("user-events", 0, 0, encode_event(event))])
+    store = MemoryStateStore()
+    store.states["u1"] = NEWER
+    pipeline = Pipeline(
+        source,
+        store,
+        ListSink(),
+        in_process_scorer(settings.scoring())[0],
+        limits=settings.event_limits(),
+        poll_timeout_s=0.0,
+        clock=lambda: 2_000_000_000_000,
+        retry=retry,
+        **kw,
+    )
+    return pipeline, source, store
+
+
+def test_a_state_written_by_a_newer_version_holds_the_batch_back_and_is_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rolling upgrade: the old process gets a partition back whose states a newer version
+    wrote incompatibly. It neither crashes nor commits: the load is retried (logged with
+    both versions, counted), and the batch goes through once the state is readable."""
+    refusals = metrics.REGISTRY.get_sample_value("streamscore_newer_format_refusals_total")
+    steps: list[str] = []
+    committed_meanwhile: list[dict[int, int]] = []
+
+    def on_retry(step: str, exc: Exception) -> None:
+        steps.append(step)
+        committed_meanwhile.append(dict(source.committed))
+        metrics.count_transient_error(step, exc)
+        if len(steps) == 3:  # the rolling upgrade completes: the partition's state is readable
+            store.states["u1"] = UserState(user_id="u1").to_bytes()
+
+    pipeline, source, store = _one_event(
+        RetryPolicy(initial_s=0.001, max_s=0.002), on_retry=on_retry
+    )
+    stats = pipeline.run_once()
+    assert steps == ["load states"] * 3
+    assert committed_meanwhile == [{}, {}, {}]
+    after = metrics.REGISTRY.get_sample_value("streamscore_newer_format_refusals_total")
+    assert after is not None and after - (refusals or 0.0) == 3
+    assert f"needs a reader of v{STATE_FORMAT + 1}" in caplog.text
+    assert "finish the rolling upgrade" in caplog.text
+    assert stats.events == 1 and source.committed == {0: 1}
+    assert UserState.from_bytes("u1", store.states["u1"]).features.events == 1
+
+
+def test_a_refused_batch_commits_nothing_while_the_state_stays_newer() -> None:
+    pipeline, source, store = _one_event(RetryPolicy(initial_s=0.001, attempts=3))
+    with pytest.raises(NewerFormatError):
+        pipeline.run_once()
+    assert source.committed == {}
+    assert store.states["u1"] == NEWER

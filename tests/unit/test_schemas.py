@@ -13,7 +13,6 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from streamscore.app import demo
 from streamscore.cli import main
 from streamscore.config import load_settings
 from streamscore.core.events import Event
@@ -31,6 +30,7 @@ from streamscore.core.records import (
     UserScore,
 )
 from streamscore.core.timeutil import parse_rfc3339
+from streamscore.embedded import demo
 from streamscore.schemas import render, schema_documents
 from streamscore.simulator import ShopSimulator, SimulationConfig
 

@@ -16,10 +16,10 @@ from typing import IO
 
 import orjson
 
-from streamscore.adapters.memory import ListSource
+from streamscore.adapters.memory import ListSource, MemoryGroup
 from streamscore.core.records import TOPIC_EVENTS
-from streamscore.core.scorer import Output
 from streamscore.core.timeutil import parse_rfc3339
+from streamscore.core.values import Output
 from streamscore.ports import SourceRecord
 
 _UNPARSABLE = -(2**62)
@@ -94,7 +94,12 @@ def _until(lines: Iterator[bytes], until_ms: int) -> Iterator[bytes]:
 
 
 class JsonlSource(ListSource):
-    """Replays a JSONL file of events as partition 0 of ``topic``, in event-time order."""
+    """Replays a JSONL file of events as partition 0 of ``topic``, in event-time order.
+
+    Offsets are positions in the sorted stream; with a ``group``, a source opened again on the
+    same file resumes after the group's last commit. Lines are read as polls need them, so
+    ``lag`` counts only the lines read ahead.
+    """
 
     def __init__(
         self,
@@ -103,12 +108,13 @@ class JsonlSource(ListSource):
         *,
         presorted: bool = False,
         until_ms: int | None = None,
+        group: MemoryGroup | None = None,
     ) -> None:
         lines = _lines(path) if presorted else sorted_lines(path)
         if until_ms is not None:
             lines = _until(lines, until_ms)
         records = (SourceRecord(topic, 0, i, line) for i, line in enumerate(lines))
-        super().__init__(records, topic=topic)
+        super().__init__(records, topic=topic, group=group)
         self.path = path
         self.bytes_total = os.path.getsize(path)
 

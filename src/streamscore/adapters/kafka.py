@@ -33,9 +33,9 @@ from kafka.structs import MemberState, OffsetAndMetadata
 
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS
-from streamscore.core.scorer import Output
+from streamscore.core.values import Output
 from streamscore.errors import ConfigError, TransientError
-from streamscore.ports import RebalanceHook, SourceRecord
+from streamscore.ports import CommitStatus, RebalanceHook, SourceHealth, SourceRecord
 
 log = logging.getLogger("streamscore.kafka")
 
@@ -256,6 +256,9 @@ class KafkaSource:
         self.failed_commits = 0  # answered with an error, for the transient-errors metric
         self._commit_sent = 0.0
         self._deferring = False
+        self._last_poll_ms: int | None = None
+        self._poll_failed = False
+        self._closed = False
         try:
             with _watch_auth_failures() as auth:
                 self.consumer = KafkaConsumer(
@@ -313,7 +316,10 @@ class KafkaSource:
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:
+            self._poll_failed = True
             raise TransientError(f"Kafka poll failed: {exc}") from exc
+        self._poll_failed = False
+        self._last_poll_ms = time.time_ns() // 1_000_000
         self._join_guard.after_poll()
         self._apply_rebalances()
         if self.uncommitted and (
@@ -404,6 +410,24 @@ class KafkaSource:
             raise TransientError(f"Kafka offset commit failed: {exc}") from exc
         self.uncommitted.clear()
 
+    def commit_status(self) -> CommitStatus:
+        """Offsets not yet confirmed by the broker (sent again after later polls), and how
+        many asynchronous commits the broker refused so far."""
+        return CommitStatus(pending=dict(self.uncommitted), failed=self.failed_commits)
+
+    def health(self) -> SourceHealth:
+        """Connected: the last poll worked and a broker connection is up (as kafka-python's
+        client reports it; without that attribute, the last poll alone)."""
+        client = getattr(self.consumer, "_client", None)
+        connected = not (self._closed or self._poll_failed) and self._last_poll_ms is not None
+        if connected and client is not None and hasattr(client, "connected"):
+            try:
+                brokers = client.cluster.brokers()
+                connected = any(client.connected(b.nodeId) for b in brokers)
+            except (AttributeError, KafkaError):
+                pass
+        return SourceHealth(connected=connected, last_poll_ms=self._last_poll_ms)
+
     def lag(self) -> dict[int, int]:
         """Records between our position and the end of each owned partition."""
         parts = [TopicPartition(self.topic, p) for p in self.owned]
@@ -435,6 +459,7 @@ class KafkaSource:
         return out
 
     def close(self) -> None:
+        self._closed = True
         if self.uncommitted:
             # One last try for unconfirmed offsets; left behind, they only mean a short replay.
             try:

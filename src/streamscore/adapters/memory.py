@@ -6,12 +6,15 @@ contract tests are the same for both.
 
 from __future__ import annotations
 
+import bisect
 import heapq
-from collections.abc import Collection, Iterable, Mapping
+import time
+from collections import deque
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
 from streamscore.core.records import TOPIC_EVENTS
-from streamscore.core.scorer import Output
-from streamscore.ports import RebalanceHook, SourceRecord
+from streamscore.core.values import Output
+from streamscore.ports import CommitStatus, RebalanceHook, SourceHealth, SourceRecord
 
 
 class MemoryStateStore:
@@ -85,53 +88,257 @@ class MemoryStateStore:
         return None
 
 
-class ListSource:
-    """A finite source over in-memory records (tests, the demo)."""
+class MemoryGroup:
+    """A consumer group's committed offsets, kept apart from any one source as Kafka keeps
+    them: a source created again on the same group resumes where the last one committed."""
 
-    def __init__(self, records: Iterable[SourceRecord], topic: str = TOPIC_EVENTS) -> None:
-        self.topic = topic
-        self._it = iter(records)
-        self._done = False
+    def __init__(self) -> None:
         self.committed: dict[int, int] = {}
 
-    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
-        batch: list[SourceRecord] = []
-        for rec in self._it:
-            batch.append(rec)
-            if len(batch) >= max_records:
-                return batch
-        self._done = True
-        return batch
 
-    def commit(self, next_offsets: Mapping[int, int]) -> None:
-        self.committed.update(next_offsets)
+class ListSource:
+    """A source over records in memory with a Kafka consumer's semantics (tests, the demo).
 
-    def exhausted(self) -> bool:
-        return self._done
+    - Assignment is queued and applied at the next ``poll``, rebalance hooks included, like
+      ``KafkaSource``: at first all of ``partitions`` (as a group's only member gets them;
+      by default those a list's records are on, or partition 0 of a lazy iterable);
+      ``revoke`` and ``assign`` queue a rebalance the same way (what another member joining
+      or leaving does).
+    - Each partition is read from its group's committed offset: records below it are never
+      returned, and a partition assigned again starts there, re-reading what was polled but
+      not committed. Records are kept until committed, so the rewind is exact.
+    - ``records`` may be any iterable, read lazily as polls need it (the demo's simulator);
+      a list or tuple is read at once, so ``lag`` is exact. ``produce`` appends records, as
+      a producer writing to the topic would. ``hold`` keeps a partition's records from being
+      returned, as when a busy fetch serves the other partitions first.
+    - ``endless`` sources never say they are exhausted (a live topic).
+    """
 
-    def caught_up(self, partitions: Collection[int]) -> set[int]:
-        return set(partitions) if self._done else set()
+    def __init__(
+        self,
+        records: Iterable[SourceRecord] = (),
+        topic: str = TOPIC_EVENTS,
+        *,
+        partitions: Iterable[int] | None = None,
+        group: MemoryGroup | None = None,
+        endless: bool = False,
+    ) -> None:
+        self.topic = topic
+        self.group = group or MemoryGroup()
+        self.endless = endless
+        self._incoming: Iterator[SourceRecord] = iter(records)
+        self._drained = False
+        self._turn = 0  # which readable partition a poll starts with
+        # Per partition: fetched records not yet committed, in offset order.
+        self._kept: dict[int, _Log] = {}
+        self._position: dict[int, int] = {}  # owned partition -> next offset to return
+        self._next_offset: dict[int, int] = {}  # for ``produce``
+        self._held: set[int] = set()
+        eager = isinstance(records, list | tuple)
+        if partitions is None:  # the topic's partitions: those its records are on
+            partitions = ({r.partition for r in records} or {0}) if eager else {0}
+        self._rebalances: deque[tuple[str, set[int]]] = deque([("assigned", set(partitions))])
+        self._assigned_hook: RebalanceHook | None = None
+        self._revoked_hook: RebalanceHook | None = None
+        self._last_poll_ms: int | None = None
+        self._closed = False
+        if eager:
+            self._fetch(None)
+
+    @property
+    def committed(self) -> dict[int, int]:
+        """The group's committed offsets."""
+        return self.group.committed
+
+    @property
+    def owned(self) -> set[int]:
+        """Partitions assigned to this source as of its last poll."""
+        return set(self._position)
+
+    # -- test controls: what producers and other group members would do --------------------
+
+    def produce(self, partition: int, value: bytes, timestamp_ms: int | None = None) -> int:
+        """Append a record to ``partition`` at its next offset; returns that offset."""
+        offset = self._next_offset.get(partition, 0)
+        self._keep(SourceRecord(self.topic, partition, offset, value, timestamp_ms))
+        return offset
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Queue the loss of ``partitions`` (applied, hook called, at the next poll)."""
+        self._rebalances.append(("revoked", set(partitions)))
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Queue the gain of ``partitions``, read from their committed offsets."""
+        self._rebalances.append(("assigned", set(partitions)))
+
+    def hold(self, partitions: Iterable[int]) -> None:
+        """Keep these partitions' records from polls until ``release``."""
+        self._held |= set(partitions)
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Let held partitions' records through again."""
+        self._held -= set(partitions)
+
+    # -- Source ----------------------------------------------------------------------------
 
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
-        assigned({0})
+        self._assigned_hook, self._revoked_hook = assigned, revoked
+
+    def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        if self._closed:
+            raise RuntimeError("poll on a closed source")
+        self._apply_rebalances()
+        self._fetch(max_records)
+        # Like Kafka's fetcher: partition after partition, starting one further each poll so
+        # a partition with a backlog cannot starve the others.
+        readable = self._readable()
+        out: list[SourceRecord] = []
+        if readable:
+            first = self._turn % len(readable)
+            self._turn += 1
+            for p in readable[first:] + readable[:first]:
+                taken = self._log(p).take(self._position[p], max_records - len(out))
+                if taken:
+                    out += taken
+                    self._position[p] = taken[-1].offset + 1
+                if len(out) >= max_records:
+                    break
+        self._last_poll_ms = time.time_ns() // 1_000_000
+        return out
+
+    def commit(self, next_offsets: Mapping[int, int]) -> None:
+        for p, offset in next_offsets.items():
+            if p not in self._position:
+                continue  # revoked: its next owner commits for it
+            self.group.committed[p] = offset
+            self._log(p).forget_before(offset)
+
+    def commit_status(self) -> CommitStatus:
+        return CommitStatus(pending={}, failed=0)  # synchronous, and memory never refuses
+
+    def lag(self) -> dict[int, int]:
+        """Records kept beyond the position (for a lazy iterable: those fetched so far)."""
+        return {p: self._unread(p) for p in self._position}
+
+    def health(self) -> SourceHealth:
+        return SourceHealth(connected=not self._closed, last_poll_ms=self._last_poll_ms)
+
+    def exhausted(self) -> bool:
+        if self.endless or self._rebalances:
+            return False  # a queued assignment may bring records
+        return self._drained and not any(self._unread(p) for p in self._position)
+
+    def caught_up(self, partitions: Collection[int]) -> set[int]:
+        if not self._drained:
+            return set()
+        return {p for p in self._readable() if p in partitions and not self._unread(p)}
 
     def close(self) -> None:
-        return None
+        self._closed = True
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _apply_rebalances(self) -> None:
+        while self._rebalances:
+            kind, parts = self._rebalances.popleft()
+            if kind == "assigned":
+                for p in parts:
+                    self._position[p] = self.group.committed.get(p, 0)
+                if self._assigned_hook is not None:
+                    self._assigned_hook(parts)
+            else:
+                for p in parts:
+                    self._position.pop(p, None)
+                if self._revoked_hook is not None:
+                    self._revoked_hook(parts)
+
+    def _keep(self, rec: SourceRecord) -> None:
+        p = rec.partition
+        self._next_offset[p] = max(self._next_offset.get(p, 0), rec.offset + 1)
+        if rec.offset < self.group.committed.get(p, 0):
+            return  # committed by an earlier member of the group
+        self._log(p).add(rec)
+
+    def _fetch(self, wanted: int | None) -> None:
+        """Read the iterable until ``wanted`` records are readable (None: to its end)."""
+        if self._drained:
+            return
+        readable = self._readable()
+        have = sum(self._unread(p) for p in readable)
+        for rec in self._incoming:
+            self._keep(rec)
+            if rec.partition in readable:
+                have += 1
+                if wanted is not None and have >= wanted:
+                    return
+        self._drained = True
+
+    def _readable(self) -> list[int]:
+        return sorted(p for p in self._position if p not in self._held)
+
+    def _log(self, partition: int) -> _Log:
+        log = self._kept.get(partition)
+        if log is None:
+            log = self._kept[partition] = _Log()
+        return log
+
+    def _unread(self, partition: int) -> int:
+        return self._log(partition).count_from(self._position.get(partition, 0))
+
+
+class _Log:
+    """One partition's kept records, in offset order."""
+
+    __slots__ = ("offsets", "records", "start")
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+        self.records: list[SourceRecord] = []
+        self.start = 0  # records before it are committed and forgotten
+
+    def add(self, rec: SourceRecord) -> None:
+        if not self.offsets or rec.offset > self.offsets[-1]:
+            self.offsets.append(rec.offset)
+            self.records.append(rec)
+            return
+        i = bisect.bisect_right(self.offsets, rec.offset, lo=self.start)
+        self.offsets.insert(i, rec.offset)
+        self.records.insert(i, rec)
+
+    def _index(self, offset: int) -> int:
+        return bisect.bisect_left(self.offsets, offset, lo=self.start)
+
+    def count_from(self, offset: int) -> int:
+        return len(self.offsets) - self._index(offset)
+
+    def take(self, offset: int, n: int) -> list[SourceRecord]:
+        """Up to ``n`` records from ``offset`` on."""
+        i = self._index(offset)
+        return self.records[i : i + n]
+
+    def forget_before(self, offset: int) -> None:
+        self.start = max(self.start, self._index(offset))
+        if self.start > 1024 and self.start * 2 > len(self.offsets):
+            del self.offsets[: self.start], self.records[: self.start]
+            self.start = 0
 
 
 class ListSink:
-    """Collects outputs per topic in memory."""
+    """Collects outputs per topic in memory; like a producer, delivers them at ``flush``."""
 
     def __init__(self) -> None:
         self.records: dict[str, list[dict[str, object]]] = {}
+        self.pending: list[Output] = []
         self.flushes = 0
 
     def send(self, outputs: Iterable[Output]) -> None:
-        for o in outputs:
-            self.records.setdefault(o.topic, []).append(o.value)
+        self.pending.extend(outputs)
 
     def flush(self) -> None:
+        for o in self.pending:
+            self.records.setdefault(o.topic, []).append(o.value)
+        self.pending.clear()
         self.flushes += 1
 
     def close(self) -> None:
-        return None
+        self.pending.clear()  # unflushed: their batch was never committed

@@ -116,54 +116,56 @@ class BiasDetector:
         return bool(self.detector.drift_detected)
 
 
-class DriftMonitor:
-    """Feeds the detectors; keeps the latest values and every detection for metrics and logs."""
+class DriftLog:
+    """Every detection, in the order they were made, with a count per signal.
+
+    Shared by the two halves below when they run in one process, so the log reads in
+    processing order whichever half detected what.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[DriftEvent] = []
+        self.counts: dict[str, int] = {}
+
+    def detect(self, kind: str, signal: str, value: float, t_ms: int, detail: str) -> None:
+        """Record one detection."""
+        self.events.append(DriftEvent(kind, signal, value, t_ms, detail))
+        self.counts[signal] = self.counts.get(signal, 0) + 1
+
+
+class LabelDrift:
+    """Quality drift: Page-Hinkley on both models' residuals, fed by resolved labels.
+
+    Part of the learnt lineage (the trainer feeds it, next to progressive validation).
+    """
 
     def __init__(
         self,
+        log: DriftLog | None = None,
         *,
         warmup_labels: int = 2000,
         value_warmup_labels: int = 4000,
-        psi_window: int = 5000,
-        psi_every: int = 1000,
-        psi_threshold: float = 0.25,
     ) -> None:
+        self.log = log or DriftLog()
         self.warmup_labels = warmup_labels
         self.value_warmup_labels = value_warmup_labels
-        self.psi_every = psi_every
-        self.psi_threshold = psi_threshold
         self._churn_bias = BiasDetector(allowance=0.05, threshold=50.0, clip=1.0)
         self._value_bias = BiasDetector(allowance=0.3, threshold=100.0, clip=5.0)
         self._churn_seen = 0
         self._value_seen = 0
-        self._scores_seen = 0
         self._value_scale = 0.0
-        self._windows = {name: PsiWindow(psi_window) for name in ("churn_score", *PSI_FEATURES)}
-        self.psi: dict[str, float] = {}
-        self.psi_alarm: dict[str, bool] = {}
-        self.events: list[DriftEvent] = []
-        self.counts: dict[str, int] = {}
         self.churn_bias = 0.0
         self.value_bias = 0.0
-
-    def _detect(self, kind: str, signal: str, value: float, t_ms: int, detail: str) -> None:
-        self.events.append(DriftEvent(kind, signal, value, t_ms, detail))
-        self.counts[signal] = self.counts.get(signal, 0) + 1
-
-    @property
-    def warmed_up(self) -> bool:
-        """Past the labels during which the models are still settling."""
-        return self._churn_seen > self.warmup_labels
 
     def churn_label(self, predicted: float, churned: bool, t_ms: int) -> None:
         """A resolved churn label with the prediction stored for it."""
         self._churn_seen += 1
-        if not self.warmed_up:
+        if self._churn_seen <= self.warmup_labels:
             return
         if self._churn_bias.update(float(churned) - predicted):
             bias = self._churn_bias.mean
             direction = "more" if bias > 0 else "less"
-            self._detect(
+            self.log.detect(
                 "quality",
                 "churn_bias",
                 bias,
@@ -184,7 +186,7 @@ class DriftMonitor:
             return
         if self._value_bias.update((actual - predicted) / max(self._value_scale, 1e-9)):
             bias = self._value_bias.mean
-            self._detect(
+            self.log.detect(
                 "quality",
                 "value_bias",
                 bias,
@@ -194,9 +196,37 @@ class DriftMonitor:
             )
         self.value_bias = self._value_bias.mean
 
-    def observe_score(self, churn_p: float, derived: dict[str, float], t_ms: int) -> None:
-        """A published score and the features behind it (after the models' warm-up)."""
-        if not self.warmed_up:
+
+class PopulationDrift:
+    """Population drift: PSI of the published churn score and of key features.
+
+    Fed by every published score (the scorer's side). It starts once the churn model has
+    learnt ``warmup_labels`` labels: before, the score distribution moves with every label.
+    """
+
+    def __init__(
+        self,
+        log: DriftLog | None = None,
+        *,
+        warmup_labels: int = 2000,
+        psi_window: int = 5000,
+        psi_every: int = 1000,
+        psi_threshold: float = 0.25,
+    ) -> None:
+        self.log = log or DriftLog()
+        self.warmup_labels = warmup_labels
+        self.psi_every = psi_every
+        self.psi_threshold = psi_threshold
+        self._scores_seen = 0
+        self._windows = {name: PsiWindow(psi_window) for name in ("churn_score", *PSI_FEATURES)}
+        self.psi: dict[str, float] = {}
+        self.psi_alarm: dict[str, bool] = {}
+
+    def observe_score(
+        self, churn_p: float, derived: dict[str, float], t_ms: int, labels_learnt: int
+    ) -> None:
+        """A published score and the features behind it; ``labels_learnt`` by the churn model."""
+        if labels_learnt <= self.warmup_labels:
             return
         self._windows["churn_score"].add(churn_p)
         for name in PSI_FEATURES:
@@ -213,7 +243,7 @@ class DriftMonitor:
             # The score distribution also moves when the model learns, so its PSI is a gauge
             # to read next to the features', not a detection on its own.
             if alarm and name != "churn_score" and not self.psi_alarm.get(name, False):
-                self._detect(
+                self.log.detect(
                     "population",
                     f"psi_{name}",
                     value,

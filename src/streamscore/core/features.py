@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,23 +158,70 @@ class UserFeatures:
         return ev, sp
 
     def to_dict(self) -> dict[str, Any]:
-        """Compact, JSON-ready form for the state store."""
+        """Every field by its name (for comparisons and debugging; not the stored form)."""
         return {name: getattr(self, name) for name in self.__slots__}
 
-    def to_list(self) -> list[Any]:
-        """Positional form for the state store (field order of the class)."""
-        return [getattr(self, name) for name in self.__slots__]
+    def to_stored(self) -> tuple[Any, ...]:
+        """The stored form: the values of ``STORED_FIELDS[FEATURES_LAYOUT]``, in its order."""
+        return _get_stored(self)
 
     @classmethod
-    def from_list(cls, values: list[Any]) -> UserFeatures:
-        """Inverse of ``to_list``."""
-        return cls(*values)
+    def from_stored(cls, values: list[Any], layout: int = 0) -> tuple[UserFeatures, list[Any]]:
+        """Inverse of ``to_stored`` for values stored by the state format ``layout``.
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UserFeatures:
-        """Rebuild from ``to_dict`` output; unknown keys from newer versions are ignored."""
-        known = {k: v for k, v in data.items() if k in cls.__slots__}
-        return cls(**known)
+        Each value is read by the name its layout gives its position (``STORED_FIELDS``),
+        never by the class's field order. An older layout's missing fields take their
+        defaults; the values past the known ones (a newer writer appended them) come back
+        apart, to be stored again unchanged.
+        """
+        fields = STORED_FIELDS.get(layout, _CURRENT_FIELDS)
+        n = len(fields)
+        if fields is _CURRENT_FIELDS and _CLASS_ORDER:
+            if len(values) == n:
+                return cls(*values), []
+            return cls(*values[:n]), values[n:]
+        named = dict(zip(fields, values, strict=False))
+        return cls(**{a: v for a, v in named.items() if a in cls.__slots__}), values[n:]
+
+
+# The fields of UserFeatures as each state format stores them, by position. A layout only
+# ever appends to the one before (an older reader reads the fields it knows and keeps the
+# rest); a field is never moved or dropped without raising state.MIN_READER. Format v2
+# (the positional format before named fields) stored the same fields in the same order as v3.
+_V2_FIELDS = (
+    "first_seen_ms",
+    "last_seen_ms",
+    "signup_ms",
+    "events",
+    "sessions",
+    "page_views",
+    "carts",
+    "cart_removals",
+    "purchases",
+    "refunds",
+    "tickets",
+    "spend",
+    "refunded",
+    "first_session_ms",
+    "last_session_ms",
+    "first_purchase_ms",
+    "last_purchase_ms",
+    "decay_ref_ms",
+    "decayed_events",
+    "decayed_spend",
+    "final_gaps",
+    "final_gap_sumsq_days",
+    "last_final_purchase_ms",
+    "recent_purchases",
+)
+STORED_FIELDS: dict[int, tuple[str, ...]] = {2: _V2_FIELDS, 3: _V2_FIELDS}
+FEATURES_LAYOUT = max(STORED_FIELDS)
+_CURRENT_FIELDS = STORED_FIELDS[FEATURES_LAYOUT]
+_get_stored = operator.attrgetter(*_CURRENT_FIELDS)
+# Positional construction is 6× faster than by keyword; it is used while the class's field
+# order is the current layout's (a field added in the middle of the class falls back to
+# keywords, still read by name, until the class order or the layout is brought in line).
+_CLASS_ORDER = UserFeatures.__slots__ == _CURRENT_FIELDS
 
 
 # Weak priors of the buy-till-you-die heuristic below: about one session every three days,

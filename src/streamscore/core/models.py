@@ -1,4 +1,4 @@
-"""The two online models, their inputs and the reasons behind a churn score.
+"""The two online models and the reasons behind a churn score (their inputs: ``inputs.py``).
 
 Both are river pipelines, a standard scaler in front of a linear model: about 10 µs per
 prediction and learn, stable under drift, and their weights explain a score (the reasons on a
@@ -8,77 +8,20 @@ churn alert are the largest weight × scaled-input products). Heavier learners (
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from river import compose, linear_model, optim, preprocessing
 
+from streamscore.core.inputs import CHURN_INPUTS, FEATURE_SCHEMA, VALUE_INPUTS
+
 MODEL_FAMILY = "scaled-linear"
 
 
-# Model inputs: derived feature name → whether it enters as log1p (counts, amounts and
-# durations are heavy-tailed) or as is (logits, ratios in [0, 1]).
-CHURN_INPUTS: dict[str, bool] = {
-    "p_quiet_logit": False,
-    "p_alive_logit": False,
-    "recency_days": True,
-    "tenure_days": True,
-    "sessions": True,
-    "session_rate": True,
-    "session_gap_ratio": True,
-    "events_hl7d": True,
-    "events_hl30d": True,
-    "purchases": True,
-    "days_since_purchase": True,
-    "purchase_gap_ratio": True,
-    "spend": True,
-    "tickets": True,
-    "refund_rate": False,
-    "cart_to_purchase": False,
-}
-VALUE_INPUTS: dict[str, bool] = {
-    "spend": True,
-    "spend_hl7d": True,
-    "spend_hl30d": True,
-    "purchases": True,
-    "avg_order_value": True,
-    "p_alive_logit": False,
-    "days_since_purchase": True,
-    "purchase_gap_days": True,
-    "recency_days": True,
-    "session_rate": True,
-    "session_gap_ratio": True,
-    "events_hl30d": True,
-    "refund_rate": False,
-}
-FEATURE_SCHEMA = hashlib.sha256(
-    ("|".join(CHURN_INPUTS) + "#" + "|".join(VALUE_INPUTS)).encode()
-).hexdigest()[:12]
-
-
-_CHURN_SPEC = tuple(CHURN_INPUTS.items())
-_VALUE_SPEC = tuple(VALUE_INPUTS.items())
-
-
-def _vector(spec: tuple[tuple[str, bool], ...], derived: dict[str, float]) -> list[float]:
-    log1p = math.log1p
-    out = []
-    for name, logged in spec:
-        v = derived[name]
-        out.append((log1p(v) if v > 0 else 0.0) if logged else v)
-    return out
-
-
-def churn_inputs(derived: dict[str, float]) -> list[float]:
-    """The churn model's input vector, in ``CHURN_INPUTS`` order."""
-    return _vector(_CHURN_SPEC, derived)
-
-
-def value_inputs(derived: dict[str, float]) -> list[float]:
-    """The value model's input vector, in ``VALUE_INPUTS`` order."""
-    return _vector(_VALUE_SPEC, derived)
+def model_version(generation: int) -> str:
+    """The version every score carries: family, feature schema and checkpoint generation."""
+    return f"{MODEL_FAMILY}-{FEATURE_SCHEMA[:6]}-g{generation}"
 
 
 def _named(names: dict[str, Any], values: list[float]) -> dict[str, float]:
@@ -125,7 +68,7 @@ class Models:
     @property
     def version(self) -> str:
         """Carried by every score: family, feature schema and checkpoint generation."""
-        return f"{MODEL_FAMILY}-{FEATURE_SCHEMA[:6]}-g{self.generation}"
+        return model_version(self.generation)
 
     def predict(self, churn_x: list[float], value_x: list[float]) -> tuple[float, float]:
         """Churn probability and expected spend within the value horizon."""
@@ -141,14 +84,20 @@ class Models:
             value = max(float(self.value.predict_one(_named(VALUE_INPUTS, value_x))), 0.0)
         return churn, value
 
-    def learn_churn(self, churn_x: list[float], churned: bool) -> None:
-        """One SGD step on a resolved churn label."""
-        self.churn.learn_one(_named(CHURN_INPUTS, churn_x), churned)
+    def learn_churn(self, inputs: dict[str, float], churned: bool, weight: float = 1.0) -> None:
+        """One SGD step on a resolved churn label (inputs by name; a missing one is skipped)."""
+        if weight == 1.0:
+            self.churn.learn_one(inputs, churned)
+        else:
+            self.churn.learn_one(inputs, churned, w=weight)
         self.churn_learnt += 1
 
-    def learn_value(self, value_x: list[float], spend: float) -> None:
+    def learn_value(self, inputs: dict[str, float], spend: float, weight: float = 1.0) -> None:
         """One SGD step on a resolved spend label (Huber loss)."""
-        self.value.learn_one(_named(VALUE_INPUTS, value_x), spend)
+        if weight == 1.0:
+            self.value.learn_one(inputs, spend)
+        else:
+            self.value.learn_one(inputs, spend, w=weight)
         self.value_learnt += 1
 
     def churn_reasons(

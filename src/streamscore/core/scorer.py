@@ -1,129 +1,71 @@
-"""The scoring step for one user: apply events, resolve labels, score, segment, alert.
+"""Per-user scoring semantics: apply events, take snapshots, resolve labels, rescore silences.
 
-This is the whole of streamscore's semantics in one place (DESIGN.md §4), free of I/O so that
-production, replay and the demo run exactly the same code. The runtime hands it a user's
-state and events; it returns output records and mutates the state, models and metrics.
+This is what streamscore means by a user's scores (DESIGN.md §4), free of I/O so that
+production, replay and the demo run exactly the same code. The runtime hands the scorer a
+user's state and events; it mutates the state and returns output records (built by
+``outputs.py``). It predicts with a ``Lineage`` and never learns itself: every resolved label
+goes to a ``Learner`` as a ``TrainingExample`` (``lineage.py``), and so does every customer
+at a snapshot, for the RFM population.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
 
-from streamscore.core.alerts import AlertPolicy
-from streamscore.core.drift import DriftMonitor
+from streamscore.core import outputs
+from streamscore.core.drift import DriftLog, PopulationDrift
 from streamscore.core.events import Event, EventType
 from streamscore.core.features import derive
-from streamscore.core.models import CHURN_INPUTS, Models, churn_inputs, value_inputs
-from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS, record_id
-from streamscore.core.segments import Lifecycle, RfmScorer, next_lifecycle, segment_name
-from streamscore.core.state import Snapshot, UserState
-from streamscore.core.timeutil import DAY_MS, iso
-from streamscore.core.validation import ChurnQuality, ValueQuality
+from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS, churn_inputs, named, value_inputs
+from streamscore.core.lineage import Learner, Lineage
+from streamscore.core.models import model_version
+from streamscore.core.records import TOPIC_SCORES
+from streamscore.core.segments import Lifecycle, next_lifecycle, segment_name
+from streamscore.core.snapshots import Snapshot
+from streamscore.core.state import UserState
+from streamscore.core.timeutil import DAY_MS
+from streamscore.core.values import (
+    ChurnActivity,
+    Counters,
+    Evaluation,
+    LabelKind,
+    LabelOutcome,
+    Output,
+    PopulationSample,
+    ScoringConfig,
+    TrainingExample,
+)
 
 _RECENCY = list(CHURN_INPUTS).index("recency_days")
 
 
-class ChurnActivity(StrEnum):
-    """What counts as activity for the churn label."""
-
-    ANY = "any"
-    PURCHASE = "purchase"
-
-
-@dataclass(frozen=True, slots=True)
-class ScoringConfig:
-    """Horizons, periods and thresholds of the scoring semantics (event-time milliseconds)."""
-
-    churn_horizon_days: float = 14.0
-    value_horizon_days: float = 30.0
-    snapshot_period_days: float = 7.0
-    allowed_lateness_ms: int = 5 * 60_000
-    activity_grace_ms: int = 30 * 60_000
-    rescore_after_days: tuple[float, ...] = (3.0, 7.0, 14.0, 21.0, 30.0, 45.0, 60.0, 90.0)
-    churn_activity: ChurnActivity = ChurnActivity.ANY
-    at_risk_threshold: float = 0.6
-    alerts: AlertPolicy = field(default_factory=AlertPolicy)
-
-    @property
-    def churn_horizon_ms(self) -> int:
-        """Churn horizon H in milliseconds."""
-        return round(self.churn_horizon_days * DAY_MS)
-
-    @property
-    def value_horizon_ms(self) -> int:
-        """Value horizon in milliseconds."""
-        return round(self.value_horizon_days * DAY_MS)
-
-    @property
-    def rescore_points_ms(self) -> tuple[int, ...]:
-        """Inactivity offsets at which silent users are rescored; the churn horizon is one."""
-        points = {*self.rescore_after_days, self.churn_horizon_days}
-        return tuple(sorted(round(d * DAY_MS) for d in points))
-
-
-@dataclass(slots=True)
-class Output:
-    """One record for an output topic, keyed by user."""
-
-    topic: str
-    key: str
-    value: dict[str, Any]
-
-
-@dataclass(slots=True)
-class LabelOutcome:
-    """A resolved churn label, for callers that compare against ground truth (the demo)."""
-
-    user_id: str
-    t_ms: int
-    churned: bool
-    predicted: float
-    recency_days: float
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    """A user's scores as of some event time, before any side effect."""
-
-    churn: float
-    value: float
-    segment: str
-    lifecycle: str
-    derived: dict[str, float]
-    churn_x: list[float]
-
-
-@dataclass(slots=True)
-class Quality:
-    """Progressive validation of both models."""
-
-    churn: ChurnQuality = field(default_factory=ChurnQuality)
-    value: ValueQuality = field(default_factory=ValueQuality)
+def _version(snap: Snapshot) -> str | None:
+    generation = snap.model_generation
+    return None if generation is None else model_version(generation)
 
 
 class Scorer:
-    """Pure per-user scoring logic shared by every runtime."""
+    """Pure per-user scoring logic shared by every runtime.
+
+    ``lineage`` is read to predict and segment, ``learner`` is handed every resolved label
+    and every snapshot's customer; in one process both are the same ``Trainer``.
+    ``drift_log`` receives population-drift detections (share the trainer's to keep one log).
+    """
 
     def __init__(
         self,
         config: ScoringConfig,
-        models: Models | None = None,
-        rfm: RfmScorer | None = None,
-        quality: Quality | None = None,
+        lineage: Lineage,
+        learner: Learner,
+        drift_log: DriftLog | None = None,
     ) -> None:
         self.config = config
-        self.models = models or Models()
-        self.rfm = rfm or RfmScorer()
-        self.quality = quality or Quality()
+        self.lineage = lineage
+        self.learner = learner
         self.outcomes: list[LabelOutcome] | None = None  # set to a list to collect labels
-        self.counters: dict[str, int] = dict.fromkeys(
-            ("events", "duplicates", "scores", "alerts", "segment_changes", "snapshots"), 0
-        )
-        self.drift = DriftMonitor()
+        self.counters = Counters()
+        self.drift = PopulationDrift(drift_log)
         self._points = config.rescore_points_ms
 
     # -- events ---------------------------------------------------------------------------
@@ -152,7 +94,7 @@ class Scorer:
         fresh: list[tuple[int, int, Event]] = []
         for partition, offset, event in sorted(events, key=lambda e: e[1]):
             if state.seen(partition, offset, event.event_id):
-                self.counters["duplicates"] += 1
+                self.counters.duplicates += 1
                 continue
             state.mark(partition, offset, event.event_id)
             fresh.append((partition, offset, event))
@@ -171,7 +113,7 @@ class Scorer:
                 state.reactivated_ms = event.ts  # the first event back after churning
                 returning = False
             f.apply(event, cfg.allowed_lateness_ms)
-            self.counters["events"] += 1
+            self.counters.events += 1
             if event.ts >= f.last_seen_ms:
                 state.rescore_step = 0
             self._observe_activity(state, event)
@@ -260,31 +202,55 @@ class Scorer:
     # -- labels ---------------------------------------------------------------------------
 
     def _take_snapshot(self, state: UserState, t_ms: int) -> None:
-        derived = derive(state.features, t_ms, self.config.churn_horizon_days)
+        cfg = self.config
+        derived = derive(state.features, t_ms, cfg.churn_horizon_days)
         cx, vx = churn_inputs(derived), value_inputs(derived)
-        churn_p, value_p = self.models.predict(cx, vx)
-        naive = derived["spend"] / max(derived["tenure_days"], 1.0) * self.config.value_horizon_days
-        state.snapshots.append(Snapshot(t_ms, cx, vx, churn_p, value_p, naive))
+        models = self.lineage.models
+        churn_p, value_p = models.predict(cx, vx)
+        naive = derived["spend"] / max(derived["tenure_days"], 1.0) * cfg.value_horizon_days
+        snap = Snapshot(t_ms, cx, vx, churn_p, value_p, naive, model_generation=models.generation)
+        state.snapshots.append(snap)
         state.last_snapshot_ms = t_ms
-        self.rfm.observe(derived["days_since_purchase"], derived["purchases"], derived["spend"])
-        self.counters["snapshots"] += 1
+        self.learner.observe(
+            PopulationSample(derived["days_since_purchase"], derived["purchases"], derived["spend"])
+        )
+        self.counters.snapshots += 1
 
     def _resolve_churn(self, state: UserState, snap: Snapshot, *, churned: bool) -> None:
         snap.churn_learnt = True
-        self.quality.churn.update(snap.churn_p, churned, snap.t_ms)
-        self.drift.churn_label(snap.churn_p, churned, snap.t_ms + self.config.churn_horizon_ms)
+        label_ms = snap.t_ms + self.config.churn_horizon_ms
         if self.outcomes is not None:
             recency = math.expm1(snap.churn_x[_RECENCY])
             self.outcomes.append(
                 LabelOutcome(state.user_id, snap.t_ms, churned, snap.churn_p, recency)
             )
-        self.models.learn_churn(snap.churn_x, churned)
+        self.learner.learn(
+            TrainingExample(
+                kind=LabelKind.CHURN,
+                inputs=named(CHURN_INPUTS, snap.churn_x),
+                label=1.0 if churned else 0.0,
+                predicted=snap.churn_p,
+                baseline=None,
+                snapshot_ms=snap.t_ms,
+                label_ms=label_ms,
+                model_version=_version(snap),
+            )
+        )
 
     def _resolve_value(self, snap: Snapshot) -> None:
         snap.value_learnt = True
-        self.quality.value.update(snap.value_p, snap.naive_value, snap.spend)
-        self.drift.value_label(snap.value_p, snap.spend, snap.t_ms + self.config.value_horizon_ms)
-        self.models.learn_value(snap.value_x, snap.spend)
+        self.learner.learn(
+            TrainingExample(
+                kind=LabelKind.VALUE,
+                inputs=named(VALUE_INPUTS, snap.value_x),
+                label=snap.spend,
+                predicted=snap.value_p,
+                baseline=snap.naive_value,
+                snapshot_ms=snap.t_ms,
+                label_ms=snap.t_ms + self.config.value_horizon_ms,
+                model_version=_version(snap),
+            )
+        )
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -294,8 +260,8 @@ class Scorer:
         f = state.features
         derived = derive(f, t_ms, cfg.churn_horizon_days)
         cx, vx = churn_inputs(derived), value_inputs(derived)
-        churn_p, value_p = self.models.predict(cx, vx)
-        r, fr, m = self.rfm.scores(
+        churn_p, value_p = self.lineage.models.predict(cx, vx)
+        r, fr, m = self.lineage.rfm.scores(
             derived["days_since_purchase"], derived["purchases"], derived["spend"]
         )
         previous_lc = Lifecycle(state.lifecycle) if state.lifecycle else None
@@ -317,77 +283,35 @@ class Scorer:
             cx,
         )
 
-    def score_record(
-        self, state: UserState, ev: Evaluation, t_ms: int, now_ms: int, *, trigger: str, key: str
-    ) -> dict[str, Any]:
-        """The score record (``TOPIC_SCORES``) of an evaluation."""
-        uid = state.user_id
-        return {
-            "id": record_id("score", uid, trigger, key),
-            "user_id": uid,
-            "as_of": iso(t_ms),
-            "churn_probability": round(ev.churn, 6),
-            "predicted_value": round(ev.value, 2),
-            "value_horizon_days": self.config.value_horizon_days,
-            "segment": ev.segment,
-            "lifecycle_stage": ev.lifecycle,
-            "model_version": self.models.version,
-            "scored_at": iso(now_ms),
-            "trigger": trigger,
-        }
-
     def _score(
         self, state: UserState, t_ms: int, now_ms: int, *, trigger: str, key: str
     ) -> list[Output]:
+        """Evaluate, remember the score, segment and alert memory, and build the records."""
         cfg = self.config
+        models = self.lineage.models
         ev = self.evaluate(state, t_ms)
         state.last_score = (ev.churn, ev.value)
-        self.drift.observe_score(ev.churn, ev.derived, t_ms)
+        self.drift.observe_score(ev.churn, ev.derived, t_ms, models.churn_learnt)
         uid = state.user_id
-        as_of = iso(t_ms)
-        out = [
-            Output(
-                TOPIC_SCORES,
-                uid,
-                self.score_record(state, ev, t_ms, now_ms, trigger=trigger, key=key),
-            )
-        ]
-        self.counters["scores"] += 1
+        version = models.version
+        record = outputs.score_record(
+            cfg, uid, ev, t_ms, now_ms, trigger=trigger, key=key, model_version=version
+        )
+        out = [Output(TOPIC_SCORES, uid, record)]
+        counters = self.counters
+        counters.scores += 1
         if ev.segment != state.segment or ev.lifecycle != state.lifecycle:
             out.append(
-                Output(
-                    TOPIC_SEGMENTS,
-                    uid,
-                    {
-                        "id": record_id("segment", uid, t_ms, ev.segment, ev.lifecycle),
-                        "user_id": uid,
-                        "as_of": as_of,
-                        "previous": state.segment,
-                        "current": ev.segment,
-                        "lifecycle_previous": state.lifecycle,
-                        "lifecycle_current": ev.lifecycle,
-                    },
+                outputs.segment_change(
+                    uid, ev, t_ms, previous=state.segment, lifecycle_previous=state.lifecycle
                 )
             )
-            self.counters["segment_changes"] += 1
+            counters.segment_changes += 1
             state.segment, state.lifecycle = ev.segment, ev.lifecycle
         if state.alert.step(cfg.alerts, ev.churn, t_ms, state.features.purchases):
+            reasons = models.churn_reasons(ev.churn_x, ev.derived)
             out.append(
-                Output(
-                    TOPIC_ALERTS,
-                    uid,
-                    {
-                        "id": record_id("alert", uid, t_ms),
-                        "user_id": uid,
-                        "as_of": as_of,
-                        "churn_probability": round(ev.churn, 6),
-                        "predicted_value": round(ev.value, 2),
-                        "segment": ev.segment,
-                        "reasons": self.models.churn_reasons(ev.churn_x, ev.derived),
-                        "recommended_action": cfg.alerts.action(ev.churn, ev.value),
-                        "model_version": self.models.version,
-                    },
-                )
+                outputs.churn_alert(cfg, uid, ev, t_ms, reasons=reasons, model_version=version)
             )
-            self.counters["alerts"] += 1
+            counters.alerts += 1
         return out

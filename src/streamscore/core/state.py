@@ -1,16 +1,40 @@
-"""Everything streamscore remembers about one user, and its compact stored form.
+"""Everything streamscore remembers about one user, and its stored form (versioned, by name).
 
 The state carries its own position in the input (partition, last applied offset) and a ring
 of recent event ids: that is what makes a replayed or duplicated event a no-op, whatever the
 consumer committed before it died.
 
-Stored size matters (Redis memory is the bill for millions of users), so the stored form is
-positional JSON with two binary parts, base64-encoded:
+Stored form (state format v3): one JSON object with short keys (Redis memory is the bill),
+fields at their default left out:
 
-- the id ring keeps 48-bit hashes of the last ``RECENT_IDS`` event ids (a false "duplicate"
-  needs a hash collision among 16 ids: about 1 in 10^13 per event);
-- pending snapshots pack their model inputs as float16 (inputs are log-scaled, so 3 decimal
-  digits are plenty to learn from) and predictions as float32.
+    v   format it was written with      r    oldest reader format that can read it (absent: v)
+    p   partition  o  offset            ids  the id ring (8 characters per event id)
+    f   the features' values, named by the format's layout (``features.STORED_FIELDS``)
+    sn  the snapshot block, which names its layout and input set (``core/snapshots.py``)
+    ls  last snapshot time   aa/at  alert armed / last alert time   sg/lc  segment / stage
+    ra  reactivated at       rs     rescore step                    sc     last score
+
+The features are the bulk of a state, so they are a list (no key per field: a third smaller
+and six times faster to read) whose positions each format names: a reader resolves them by
+name through the writer's layout, as Avro resolves a record through its writer's schema.
+
+Rules that keep old and new versions working together:
+
+- Fields are read by name: top-level ones by key, features through their layout. What a
+  record lacks takes its default; what this version does not know (a newer writer's keys,
+  or features appended after the ones it knows) is kept and written back unchanged.
+- Adding a field is compatible: raise ``STATE_FORMAT`` (a new feature is appended to a new
+  layout) and add an upgrade step that fills it in; keep ``MIN_READER``, since older
+  readers carry the new field along. An upgrade step must keep a field that is already there
+  (an older writer carried it back; it may be stale, never lost).
+- Changing what a field means, moving or dropping a feature, the snapshot layout or the
+  input set without an ``EARLIER_SCHEMAS`` entry is not compatible: raise ``MIN_READER``
+  too. An older reader then refuses the state with ``NewerFormatError``, a transient error:
+  its batch is retried and nothing committed until the rolling upgrade moves the partition
+  to a new process (or the new version is rolled back).
+- Every older format upgrades on load through ``UPGRADES`` (one small step per version,
+  each tested on committed fixtures written by that version) and is written as the current
+  one on save. A changed input set remaps stored snapshots by name (``core/inputs.py``).
 """
 
 from __future__ import annotations
@@ -18,171 +42,42 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from streamscore.core.alerts import AlertState
-from streamscore.core.features import UserFeatures
-from streamscore.core.models import CHURN_INPUTS, FEATURE_SCHEMA, VALUE_INPUTS
+from streamscore.core.features import STORED_FIELDS, UserFeatures
+from streamscore.core.inputs import CURRENT_INPUTS, InputSchema, known_schema
+from streamscore.core.snapshots import (
+    Snapshot,
+    SnapshotFormatError,
+    UnknownInputSchemaError,
+    block_from_v2,
+    pack_block,
+    unpack_block,
+)
+from streamscore.errors import NewerFormatError, StoredFormatError
 
-STATE_VERSION = 2
+STATE_FORMAT = 3  # what this version writes
+MIN_READER = 3  # the oldest format whose reader can read what this version writes
 RECENT_IDS = 16
 ID_HASH_CHARS = 8  # base64 of a 6-byte (48-bit) hash
-
-_N_CHURN = len(CHURN_INPUTS)
-_N_VALUE = len(VALUE_INPUTS)
-_F32_MAX = 3.0e38  # saturate rather than fail to pack an absurd sum
-_HEAD = struct.Struct("<qffffB")  # t_ms, churn_p, value_p, naive value, spend, flags
-_INPUTS = struct.Struct(f"<{_N_CHURN + _N_VALUE}e")
-SNAPSHOT_SIZE = _HEAD.size + _INPUTS.size
+_STATE_KEYS = frozenset(
+    {"v", "r", "p", "o", "ids", "f", "sn", "ls", "aa", "at", "sg", "lc", "ra", "rs", "sc"}
+)
 
 
 @functools.lru_cache(maxsize=8192)
 def id_hash(event_id: str) -> str:
-    """The 8-character fingerprint of an event id kept in the duplicate ring."""
+    """The 8-character fingerprint of an event id kept in the duplicate ring.
+
+    48 bits: a false "duplicate" needs a hash collision among 16 ids, about 1 in 10^13.
+    """
     digest = hashlib.blake2b(event_id.encode(), digest_size=6).digest()
     return base64.b64encode(digest).decode()
-
-
-class Snapshot:
-    """A training example waiting for its label: inputs and the prediction made at ``t_ms``.
-
-    A loaded snapshot keeps its model inputs packed until something reads them. Most batches
-    only look at ``t_ms`` and the label fields (activity marks it returned, the watermark
-    checks its horizon) and save it again unchanged: decoding and re-encoding ~30 float16
-    inputs per snapshot was the largest cost of loading and saving a state.
-    """
-
-    __slots__ = (
-        "_churn_x",
-        "_packed_x",
-        "_value_x",
-        "churn_learnt",
-        "churn_p",
-        "naive_value",
-        "returned",
-        "spend",
-        "t_ms",
-        "value_learnt",
-        "value_p",
-    )
-
-    def __init__(  # noqa: PLR0917 - the positional order of the dataclass it replaced
-        self,
-        t_ms: int,
-        churn_x: list[float],
-        value_x: list[float],
-        churn_p: float,
-        value_p: float,
-        naive_value: float,
-        returned: bool = False,  # activity after t (past the grace period) within the horizon
-        spend: float = 0.0,
-        churn_learnt: bool = False,
-        value_learnt: bool = False,
-    ) -> None:
-        self.t_ms = t_ms
-        self.churn_p = churn_p
-        self.value_p = value_p
-        self.naive_value = naive_value
-        self.returned = returned
-        self.spend = spend
-        self.churn_learnt = churn_learnt
-        self.value_learnt = value_learnt
-        self._churn_x: list[float] | None = churn_x
-        self._value_x: list[float] | None = value_x
-        self._packed_x: bytes | None = None
-
-    @property
-    def churn_x(self) -> list[float]:
-        """The churn model's inputs at ``t_ms``."""
-        if self._churn_x is None:
-            return self._unpack_inputs()[0]
-        return self._churn_x
-
-    @property
-    def value_x(self) -> list[float]:
-        """The value model's inputs at ``t_ms``."""
-        if self._value_x is None:
-            return self._unpack_inputs()[1]
-        return self._value_x
-
-    def _unpack_inputs(self) -> tuple[list[float], list[float]]:
-        assert self._packed_x is not None
-        xs = _INPUTS.unpack(self._packed_x)
-        self._churn_x, self._value_x = list(xs[:_N_CHURN]), list(xs[_N_CHURN:])
-        return self._churn_x, self._value_x
-
-    @property
-    def done(self) -> bool:
-        """Both labels learnt: the snapshot can go."""
-        return self.churn_learnt and self.value_learnt
-
-    def _key(self) -> tuple[object, ...]:
-        return (
-            self.t_ms,
-            self.churn_x,
-            self.value_x,
-            self.churn_p,
-            self.value_p,
-            self.naive_value,
-            self.returned,
-            self.spend,
-            self.churn_learnt,
-            self.value_learnt,
-        )
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Snapshot) and self._key() == other._key()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaced
-
-    def __repr__(self) -> str:
-        return f"Snapshot{self._key()!r}"
-
-    def pack(self) -> bytes:
-        """Fixed-size binary form."""
-        flags = self.returned | self.churn_learnt << 1 | self.value_learnt << 2
-        head = _HEAD.pack(
-            self.t_ms,
-            self.churn_p,
-            min(self.value_p, _F32_MAX),
-            min(self.naive_value, _F32_MAX),
-            min(self.spend, _F32_MAX),
-            flags,
-        )
-        if self._packed_x is not None:
-            return head + self._packed_x
-        return head + _INPUTS.pack(*self.churn_x, *self.value_x)
-
-    @classmethod
-    def unpack(cls, raw: bytes, offset: int = 0) -> Snapshot:
-        """Inverse of ``pack``, reading ``raw`` from ``offset``; inputs stay packed."""
-        t_ms, churn_p, value_p, naive, spend, flags = _HEAD.unpack_from(raw, offset)
-        snap = cls.__new__(cls)
-        snap.t_ms = t_ms
-        snap.churn_p = churn_p
-        snap.value_p = value_p
-        snap.naive_value = naive
-        snap.returned = bool(flags & 1)
-        snap.spend = spend
-        snap.churn_learnt = bool(flags & 2)
-        snap.value_learnt = bool(flags & 4)
-        snap._churn_x = snap._value_x = None
-        start = offset + _HEAD.size
-        snap._packed_x = raw[start : start + _INPUTS.size]
-        return snap
-
-
-def _pack_snapshots(snaps: list[Snapshot]) -> str:
-    return base64.b64encode(b"".join(s.pack() for s in snaps)).decode()
-
-
-def _unpack_snapshots(text: str) -> list[Snapshot]:
-    raw = base64.b64decode(text)
-    return [Snapshot.unpack(raw, i) for i in range(0, len(raw), SNAPSHOT_SIZE)]
 
 
 @dataclass(slots=True)
@@ -202,6 +97,9 @@ class UserState:
     reactivated_ms: int = 0
     rescore_step: int = 0
     last_score: tuple[float, float] = (0.0, 0.0)
+    # Fields a newer writer stored that this version does not know: kept, written back.
+    carried: dict[str, Any] = field(default_factory=dict)
+    carried_features: list[Any] = field(default_factory=list)
 
     def seen(self, partition: int, offset: int, event_id: str) -> bool:
         """True when this event was already applied: replayed offset or duplicate id."""
@@ -217,48 +115,165 @@ class UserState:
         if len(self.recent_ids) > RECENT_IDS:
             del self.recent_ids[0]
 
-    def to_bytes(self) -> bytes:
-        """Serialize for the state store."""
-        return orjson.dumps(
-            [
-                STATE_VERSION,
-                FEATURE_SCHEMA,
-                self.partition,
-                self.offset,
-                "".join(self.recent_ids),
-                self.features.to_list(),
-                _pack_snapshots(self.snapshots),
-                self.last_snapshot_ms,
-                self.alert.active,
-                self.alert.last_alert_ms,
-                self.segment,
-                self.lifecycle,
-                self.reactivated_ms,
-                self.rescore_step,
-                round(self.last_score[0], 6),
-                round(self.last_score[1], 2),
-            ]
-        )
+    def to_bytes(self, inputs: InputSchema = CURRENT_INPUTS) -> bytes:
+        """The stored form (state format ``STATE_FORMAT``); snapshots are for ``inputs``."""
+        d: dict[str, Any] = {"v": STATE_FORMAT, "p": self.partition, "o": self.offset}
+        if MIN_READER != STATE_FORMAT:
+            d["r"] = MIN_READER
+        if self.recent_ids:
+            d["ids"] = "".join(self.recent_ids)
+        features = self.features.to_stored()
+        d["f"] = [*features, *self.carried_features] if self.carried_features else features
+        if self.snapshots:
+            d["sn"] = pack_block(self.snapshots, inputs)
+        if self.last_snapshot_ms:
+            d["ls"] = self.last_snapshot_ms
+        if self.alert.active:
+            d["aa"] = True
+        if self.alert.last_alert_ms:
+            d["at"] = self.alert.last_alert_ms
+        if self.segment is not None:
+            d["sg"] = self.segment
+        if self.lifecycle is not None:
+            d["lc"] = self.lifecycle
+        if self.reactivated_ms:
+            d["ra"] = self.reactivated_ms
+        if self.rescore_step:
+            d["rs"] = self.rescore_step
+        if self.last_score != (0.0, 0.0):
+            d["sc"] = [round(self.last_score[0], 6), round(self.last_score[1], 2)]
+        if self.carried:
+            d.update(self.carried)
+        return orjson.dumps(d)
 
     @classmethod
-    def from_bytes(cls, user_id: str, raw: bytes) -> UserState:
-        """Deserialize; snapshots made for another feature schema are dropped, not misread."""
-        d: list[Any] = orjson.loads(raw)
-        if d[0] != STATE_VERSION:
-            raise ValueError(f"user state of {user_id!r} has unknown version {d[0]!r}")
-        ids = d[4]
+    def from_bytes(
+        cls, user_id: str, raw: bytes, inputs: InputSchema = CURRENT_INPUTS
+    ) -> UserState:
+        """Read any stored format this version knows, upgrading older ones.
+
+        ``NewerFormatError`` for a state only a newer version can read (retry: a rolling
+        upgrade is under way); ``StoredFormatError`` for one that no version can.
+        """
+        try:
+            d = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise StoredFormatError(f"user state of {user_id!r} is not JSON ({exc})") from None
+        if type(d) is not dict or d.get("v") != STATE_FORMAT:
+            d = upgrade(user_id, d)
+        try:
+            return cls._decode(user_id, d, inputs)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoredFormatError(
+                f"user state of {user_id!r} (format v{d.get('v')}) is corrupt: {exc}"
+            ) from None
+
+    @classmethod
+    def _decode(cls, user_id: str, d: dict[str, Any], inputs: InputSchema) -> UserState:
+        features, carried_features = UserFeatures.from_stored(d["f"], d["v"])
+        snapshots: list[Snapshot] = []
+        block = d.get("sn")
+        if block:
+            try:
+                snapshots, _ = unpack_block(block, inputs)
+            except UnknownInputSchemaError as exc:
+                # A newer version changed the inputs without marking the state incompatible.
+                raise NewerFormatError(
+                    f"user state of {user_id!r} ({exc})", d["v"], STATE_FORMAT + 1, STATE_FORMAT
+                ) from None
+        ids = d.get("ids", "")
+        score = d.get("sc")
+        extra = d.keys() - _STATE_KEYS
         return cls(
             user_id=user_id,
-            partition=d[2],
-            offset=d[3],
+            partition=d["p"],
+            offset=d["o"],
             recent_ids=[ids[i : i + ID_HASH_CHARS] for i in range(0, len(ids), ID_HASH_CHARS)],
-            features=UserFeatures.from_list(d[5]),
-            snapshots=_unpack_snapshots(d[6]) if d[1] == FEATURE_SCHEMA else [],
-            last_snapshot_ms=d[7],
-            alert=AlertState(active=d[8], last_alert_ms=d[9]),
-            segment=d[10],
-            lifecycle=d[11],
-            reactivated_ms=d[12],
-            rescore_step=d[13],
-            last_score=(d[14], d[15]),
+            features=features,
+            snapshots=snapshots,
+            last_snapshot_ms=d.get("ls", 0),
+            alert=AlertState(active=d.get("aa", False), last_alert_ms=d.get("at", 0)),
+            segment=d.get("sg"),
+            lifecycle=d.get("lc"),
+            reactivated_ms=d.get("ra", 0),
+            rescore_step=d.get("rs", 0),
+            last_score=(score[0], score[1]) if score else (0.0, 0.0),
+            carried={k: d[k] for k in extra} if extra else {},
+            carried_features=carried_features,
         )
+
+
+# -- upgrades: one step per format, from the oldest still readable ---------------------------
+
+
+def _v2_to_v3(d: Any) -> dict[str, Any]:
+    """v2 (before named fields): a positional list; snapshots without header or generation.
+
+    ``[2, schema, partition, offset, ids, features, snapshots, last_snapshot_ms, alert active,
+    last alert, segment, lifecycle, reactivated, rescore step, churn score, value score]``
+    """
+    (_, schema_id, partition, offset, ids, features, block, last_snapshot, active, last_alert,
+     segment, lifecycle, reactivated, step, churn, value) = d  # fmt: skip
+    if len(features) != len(STORED_FIELDS[2]):
+        raise StoredFormatError(f"v2 features have {len(features)} values, not 24")
+    out: dict[str, Any] = {
+        "v": 3,
+        "p": partition,
+        "o": offset,
+        "ids": ids,
+        "f": features,  # the v3 layout is v2's
+        "ls": last_snapshot,
+        "aa": active,
+        "at": last_alert,
+        "sg": segment,
+        "lc": lifecycle,
+        "ra": reactivated,
+        "rs": step,
+        "sc": [churn, value],
+    }
+    if block:
+        schema = known_schema(schema_id)
+        if schema is None:
+            raise StoredFormatError(f"v2 snapshots made for unknown input set {schema_id!r}")
+        out["sn"] = block_from_v2(block, schema)
+    return out
+
+
+UPGRADES: dict[int, Callable[[Any], dict[str, Any]]] = {2: _v2_to_v3}
+
+
+def stored_version(d: Any) -> tuple[int, int]:
+    """(written with, oldest reader) of a decoded stored state."""
+    if isinstance(d, list) and d and isinstance(d[0], int):
+        return d[0], d[0]  # v2 and before: positional, every change was incompatible
+    if isinstance(d, dict) and isinstance(d.get("v"), int):
+        needs = d.get("r", d["v"])
+        if isinstance(needs, int):
+            return d["v"], needs
+    raise StoredFormatError("not a streamscore user state")
+
+
+def upgrade(user_id: str, d: Any) -> dict[str, Any]:
+    """A decoded stored state in the current format (or a newer compatible one)."""
+    try:
+        written, needs = stored_version(d)
+    except StoredFormatError:
+        raise StoredFormatError(f"user state of {user_id!r} is not a streamscore state") from None
+    if needs > STATE_FORMAT:
+        raise NewerFormatError(f"user state of {user_id!r}", written, needs, STATE_FORMAT)
+    while written < STATE_FORMAT:
+        step = UPGRADES.get(written)
+        if step is None:
+            raise StoredFormatError(
+                f"user state of {user_id!r} has format v{written}, older than any this "
+                f"version upgrades (v{min(UPGRADES)} to v{STATE_FORMAT}): upgrade through an "
+                "intermediate release, or drop the state"
+            )
+        try:
+            d = step(d)
+        except (SnapshotFormatError, TypeError, ValueError) as exc:
+            raise StoredFormatError(
+                f"user state of {user_id!r} (format v{written}) cannot be upgraded: {exc}"
+            ) from None
+        written = d["v"]
+    return dict(d)

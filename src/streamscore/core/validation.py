@@ -202,3 +202,11 @@ class ValueQuality:
             "gain_curve": gain_curve(self.sample),
             "lift_by_decile": lift_by_decile(self.sample),
         }
+
+
+@dataclass(slots=True)
+class Quality:
+    """Progressive validation of both models."""
+
+    churn: ChurnQuality = field(default_factory=ChurnQuality)
+    value: ValueQuality = field(default_factory=ValueQuality)

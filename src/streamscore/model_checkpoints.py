@@ -11,21 +11,21 @@ from typing import Any
 from streamscore import __version__
 from streamscore.config import Settings
 from streamscore.core import checkpoint
-from streamscore.core.models import FEATURE_SCHEMA
-from streamscore.core.scorer import Scorer
-from streamscore.errors import CheckpointError, ConfigError, TransientError
+from streamscore.core.inputs import FEATURE_SCHEMA
+from streamscore.core.trainer import Trainer
+from streamscore.errors import CheckpointError, CheckpointTooNew, ConfigError, TransientError
 from streamscore.ports import StateStore
 
 log = logging.getLogger("streamscore.models")
 BLOB = "models"
 
 
-class ModelKeeper:
-    """Owns the signed checkpoint of the scorer's learnt state (models, RFM quantiles)."""
+class ModelCheckpoints:
+    """Owns the signed checkpoint of the trainer's lineage (models, RFM quantiles)."""
 
-    def __init__(self, settings: Settings, store: StateStore, scorer: Scorer) -> None:
+    def __init__(self, settings: Settings, store: StateStore, trainer: Trainer) -> None:
         self.store = store
-        self.scorer = scorer
+        self.trainer = trainer
         self.interval = settings.checkpoint_interval_seconds
         self.on_bad = settings.on_bad_checkpoint
         self.key_id = settings.checkpoint_key_id
@@ -58,6 +58,10 @@ class ModelKeeper:
             if self.on_bad == "fresh":
                 log.error("%s; starting with fresh models (on_bad_checkpoint=fresh)", exc)
                 return False
+            if isinstance(exc, CheckpointTooNew):
+                raise CheckpointTooNew(
+                    f"{exc}, or set STREAMSCORE_ON_BAD_CHECKPOINT=fresh to start fresh models"
+                ) from None
             raise CheckpointError(
                 f"{exc}. Fix or remove it, or set STREAMSCORE_ON_BAD_CHECKPOINT=fresh"
             ) from None
@@ -65,14 +69,14 @@ class ModelKeeper:
             log.warning("checkpoint was made for another feature schema: starting fresh models")
             return False
         state: dict[str, Any] = ckpt.state
-        self.scorer.models = state["models"]
-        self.scorer.rfm = state["rfm"]
+        self.trainer.models = state["models"]
+        self.trainer.rfm = state["rfm"]
         # Carry the restored lineage's offsets forward: this process may never read some of
         # those partitions again, and its checkpoints must still say what the models reflect.
         saved = ckpt.header.get("offsets")
         if isinstance(saved, dict):
             self.offsets = {int(p): int(o) for p, o in saved.items()}
-        log.info("restored models %s from checkpoint", self.scorer.models.version)
+        log.info("restored models %s from checkpoint", self.trainer.models.version)
         return True
 
     def maybe_save(self, offsets: dict[int, int]) -> None:
@@ -87,12 +91,38 @@ class ModelKeeper:
                     "model checkpoint failed (%s); trying again in %.0fs", exc, self.interval
                 )
 
+    def _newer_checkpoint(self) -> int | None:
+        """The format of the stored checkpoint when only a newer version can read it."""
+        blob = self.store.get_blob(BLOB)
+        header = checkpoint.peek_header(blob) if blob is not None else None
+        if header is None:
+            return None
+        try:
+            written, needs = checkpoint.versions(header)
+        except CheckpointError:
+            return None
+        return written if needs > checkpoint.FORMAT else None
+
     def save(self) -> None:
-        """Write a signed checkpoint now (no-op without a key)."""
+        """Write a signed checkpoint now (no-op without a key).
+
+        Never over a checkpoint only a newer version can read: in a rolling upgrade the old
+        processes would otherwise downgrade the new version's models at every interval.
+        """
         self.last_saved = time.monotonic()
         if self.key is None:
             return
-        models = self.scorer.models
+        newer = self._newer_checkpoint()
+        if newer is not None:
+            log.warning(
+                "not checkpointing: the stored model checkpoint has format v%d, newer than "
+                "this streamscore's v%d (a rolling upgrade is under way: finish it, or roll "
+                "back)",
+                newer,
+                checkpoint.FORMAT,
+            )
+            return
+        models = self.trainer.models
         models.generation += 1
         header = {
             "model_version": models.version,
@@ -106,7 +136,7 @@ class ModelKeeper:
             "labels_learnt": {"churn": models.churn_learnt, "value": models.value_learnt},
         }
         blob = checkpoint.dump(
-            {"models": models, "rfm": self.scorer.rfm},
+            {"models": models, "rfm": self.trainer.rfm},
             key_id=self.key_id,
             key=self.key,
             header=header,

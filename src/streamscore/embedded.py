@@ -1,7 +1,7 @@
 """Wiring for the embedded default (memory store, file source and sinks): replay and demo.
 
-Production (``streamscore run``) wires the same ``Pipeline`` to Kafka and Redis instead; see
-``service.py``.
+Production (``streamscore run``) wires the same ``Pipeline`` (``wiring.build_pipeline``) to
+Kafka and Redis instead; see ``service.py``.
 """
 
 from __future__ import annotations
@@ -18,16 +18,20 @@ import orjson
 from streamscore.adapters.files import JsonlSink, JsonlSource
 from streamscore.adapters.memory import ListSource, MemoryStateStore
 from streamscore.config import Settings
+from streamscore.core import outputs
 from streamscore.core.drift import DriftEvent
 from streamscore.core.records import OUTPUT_TOPICS
-from streamscore.core.scorer import LabelOutcome, Scorer
+from streamscore.core.scorer import Scorer
 from streamscore.core.state import UserState
+from streamscore.core.trainer import Trainer
 from streamscore.core.validation import exact_auc
-from streamscore.heap import freeze_startup_heap, thaw_heap
-from streamscore.ports import Sink, Source, SourceRecord
+from streamscore.core.values import LabelOutcome
+from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
+from streamscore.ports import SourceRecord
 from streamscore.progress import Progress
 from streamscore.runtime import BatchStats, Pipeline, wall_clock_ms
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from streamscore.wiring import build_pipeline, in_process_scorer
 
 
 @dataclass(slots=True)
@@ -54,25 +58,6 @@ class RunSummary:
     def events_per_second(self) -> float:
         """Input records processed per wall-clock second."""
         return self.records / self.seconds if self.seconds else 0.0
-
-
-def build_pipeline(
-    settings: Settings,
-    source: Source,
-    store: MemoryStateStore,
-    sink: Sink,
-    scorer: Scorer | None = None,
-) -> Pipeline:
-    """A pipeline on the embedded default adapters."""
-    return Pipeline(
-        source,
-        store,
-        sink,
-        scorer or Scorer(settings.scoring()),
-        limits=settings.event_limits(),
-        batch_size=settings.batch_max_records,
-        poll_timeout_s=0.0,
-    )
 
 
 def drive(pipeline: Pipeline, progress: Progress | None) -> RunSummary:
@@ -110,12 +95,19 @@ def final_scores(
         if state.features.empty or state.features.first_seen_ms > as_of_ms:
             continue
         ev = scorer.evaluate(state, as_of_ms)
-        yield scorer.score_record(
-            state, ev, as_of_ms, now_ms, trigger="silence", key=f"final:{as_of_ms}"
+        yield outputs.score_record(
+            scorer.config,
+            state.user_id,
+            ev,
+            as_of_ms,
+            now_ms,
+            trigger="silence",
+            key=f"final:{as_of_ms}",
+            model_version=scorer.lineage.models.version,
         )
 
 
-def report(scorer: Scorer, summary: RunSummary) -> dict[str, Any]:
+def report(scorer: Scorer, trainer: Trainer, summary: RunSummary) -> dict[str, Any]:
     """Progressive-validation metrics and run counts, as written to report.json."""
     return {
         "records": summary.records,
@@ -124,9 +116,9 @@ def report(scorer: Scorer, summary: RunSummary) -> dict[str, Any]:
         "events_per_second": round(summary.events_per_second, 1),
         "dead_letters": dict(summary.dead_letters),
         "outputs": dict(summary.outputs),
-        "churn": scorer.quality.churn.report(),
-        "value": scorer.quality.value.report(),
-        "model_version": scorer.models.version,
+        "churn": trainer.quality.churn.report(),
+        "value": trainer.quality.value.report(),
+        "model_version": trainer.models.version,
         "config": {
             "churn_horizon_days": scorer.config.churn_horizon_days,
             "value_horizon_days": scorer.config.value_horizon_days,
@@ -150,12 +142,14 @@ def replay(
     store = store if store is not None else MemoryStateStore()
     sink = JsonlSink(out_dir)
     sink.ensure(OUTPUT_TOPICS)
-    scorer = Scorer(settings.scoring())
+    scorer, trainer = in_process_scorer(settings.scoring())
     pipeline = build_pipeline(settings, source, store, sink, scorer)
-    summary = drive(pipeline, Progress("replay") if show_progress else None)
-    sink.close()
+    try:
+        summary = drive(pipeline, Progress("replay") if show_progress else None)
+    finally:
+        sink.close()
     cutoff = as_of_ms if as_of_ms is not None else summary.last_event_ms
-    rep = write_reports(out_dir, scorer, store, summary, cutoff, title="replay")
+    rep = write_reports(out_dir, scorer, store, summary, cutoff, trainer=trainer, title="replay")
     summary.users = rep["users_scored"]
     return summary, rep
 
@@ -167,6 +161,7 @@ def write_reports(
     summary: RunSummary,
     as_of_ms: int,
     *,
+    trainer: Trainer,
     title: str,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -181,7 +176,7 @@ def write_reports(
             fp.write(orjson.dumps(record) + b"\n")
             segments[record["segment"]] += 1
             lifecycles[record["lifecycle_stage"]] += 1
-    rep = report(scorer, summary)
+    rep = report(scorer, trainer, summary)
     rep["as_of"] = as_of_ms
     rep["users_scored"] = sum(segments.values())
     rep["segments"] = dict(segments.most_common())
@@ -230,14 +225,16 @@ def demo(
     store = MemoryStateStore()
     sink = JsonlSink(out_dir)
     sink.ensure(OUTPUT_TOPICS)
-    scorer = Scorer(settings.scoring())
+    scorer, trainer = in_process_scorer(settings.scoring())
     outcomes: list[LabelOutcome] = []
     scorer.outcomes = outcomes
     source = ListSource(simulated_records(sim, settings.input_topic), topic=settings.input_topic)
     pipeline = build_pipeline(settings, source, store, sink, scorer)
     progress = Progress("demo", total=expected_events) if show_progress else None
-    summary = drive(pipeline, progress)
-    sink.close()
+    try:
+        summary = drive(pipeline, progress)
+    finally:
+        sink.close()
     horizon = settings.churn_horizon_days
     oracle = [
         sim.oracle_churn_probability(
@@ -267,6 +264,7 @@ def demo(
         store,
         summary,
         summary.last_event_ms,
+        trainer=trainer,
         title="demo",
         extra={
             "ground_truth": truth,
@@ -284,7 +282,7 @@ def demo(
         segments=segments,
         lifecycles=lifecycles,
         drift_day=sim_config.drift_day,
-        drift_events=list(scorer.drift.events),
+        drift_events=list(trainer.drift.log.events),
     )
 
 

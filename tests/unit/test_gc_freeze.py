@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamscore.heap import freeze_startup_heap, thaw_heap
+from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
 
 
 class _Node:

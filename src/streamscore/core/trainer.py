@@ -1,0 +1,52 @@
+"""The learnt lineage and the one place it learns: models, RFM quantiles, quality, drift.
+
+Every resolved label arrives here as a ``TrainingExample`` and is, in this order, scored
+against the prediction stored with its snapshot (progressive validation, the label-drift
+detectors) and learnt (DESIGN.md §4). The trainer needs no user id and no user state, so it
+can run wherever the examples are delivered (see ``lineage.py``).
+"""
+
+from __future__ import annotations
+
+from streamscore.core.drift import LabelDrift
+from streamscore.core.models import Models
+from streamscore.core.segments import RfmScorer
+from streamscore.core.validation import Quality
+from streamscore.core.values import LabelKind, PopulationSample, TrainingExample
+
+
+class Trainer:
+    """Owns the models, the RFM quantiles, progressive validation and label drift.
+
+    A ``Learner`` (what the scorer hands labels to) and a ``Lineage`` (what it predicts with).
+    """
+
+    def __init__(
+        self,
+        models: Models | None = None,
+        rfm: RfmScorer | None = None,
+        quality: Quality | None = None,
+        drift: LabelDrift | None = None,
+    ) -> None:
+        self.models = models or Models()
+        self.rfm = rfm or RfmScorer()
+        self.quality = quality or Quality()
+        self.drift = drift or LabelDrift()
+
+    def learn(self, example: TrainingExample) -> None:
+        """Validate ``example`` against the prediction stored with it, then learn it."""
+        if example.kind is LabelKind.CHURN:
+            churned = example.churned
+            self.quality.churn.update(example.predicted, churned, example.snapshot_ms)
+            self.drift.churn_label(example.predicted, churned, example.label_ms)
+            self.models.learn_churn(example.inputs, churned, example.weight)
+        else:
+            spend = example.label
+            baseline = 0.0 if example.baseline is None else example.baseline
+            self.quality.value.update(example.predicted, baseline, spend)
+            self.drift.value_label(example.predicted, spend, example.label_ms)
+            self.models.learn_value(example.inputs, spend, example.weight)
+
+    def observe(self, sample: PopulationSample) -> None:
+        """Add a customer at a snapshot to the RFM population."""
+        self.rfm.observe(sample.days_since_purchase, sample.purchases, sample.spend)

@@ -1,0 +1,155 @@
+"""The plain values that cross streamscore's layers: below the scorer, above nothing.
+
+Ports, adapters and the runtime import their types from here, never from the scorer, so
+importing an adapter does not import the models (or river). Everything here is a frozen or
+slotted dataclass without behaviour beyond a few derived properties.
+
+- ``Output``: one record for an output topic, what sinks carry.
+- ``ScoringConfig`` (and ``ChurnActivity``): the horizons, periods and thresholds of the
+  scoring semantics, built from the settings.
+- ``Evaluation``: a user's scores as of some event time, before any side effect.
+- ``Counters``: what the scorer has done so far, for progress displays and metrics.
+- ``TrainingExample``: one resolved label with everything needed to validate and learn it
+  anywhere; what the scorer hands the trainer (see ``core/lineage.py``).
+- ``PopulationSample``: one customer's recency, frequency and spend at a snapshot, which the
+  RFM quantiles of the population are fitted to.
+- ``LabelOutcome``: a resolved churn label with its user, for comparisons against ground
+  truth (the demo's simulator oracle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from streamscore.core.alerts import AlertPolicy
+from streamscore.core.timeutil import DAY_MS
+
+
+@dataclass(slots=True)
+class Output:
+    """One record for an output topic, keyed by user."""
+
+    topic: str
+    key: str
+    value: dict[str, Any]
+
+
+class ChurnActivity(StrEnum):
+    """What counts as activity for the churn label."""
+
+    ANY = "any"
+    PURCHASE = "purchase"
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringConfig:
+    """Horizons, periods and thresholds of the scoring semantics (event-time milliseconds)."""
+
+    churn_horizon_days: float = 14.0
+    value_horizon_days: float = 30.0
+    snapshot_period_days: float = 7.0
+    allowed_lateness_ms: int = 5 * 60_000
+    activity_grace_ms: int = 30 * 60_000
+    rescore_after_days: tuple[float, ...] = (3.0, 7.0, 14.0, 21.0, 30.0, 45.0, 60.0, 90.0)
+    churn_activity: ChurnActivity = ChurnActivity.ANY
+    at_risk_threshold: float = 0.6
+    alerts: AlertPolicy = field(default_factory=AlertPolicy)
+
+    @property
+    def churn_horizon_ms(self) -> int:
+        """Churn horizon H in milliseconds."""
+        return round(self.churn_horizon_days * DAY_MS)
+
+    @property
+    def value_horizon_ms(self) -> int:
+        """Value horizon in milliseconds."""
+        return round(self.value_horizon_days * DAY_MS)
+
+    @property
+    def rescore_points_ms(self) -> tuple[int, ...]:
+        """Inactivity offsets at which silent users are rescored; the churn horizon is one."""
+        points = {*self.rescore_after_days, self.churn_horizon_days}
+        return tuple(sorted(round(d * DAY_MS) for d in points))
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """A user's scores as of some event time, before any side effect."""
+
+    churn: float
+    value: float
+    segment: str
+    lifecycle: str
+    derived: dict[str, float]
+    churn_x: list[float]
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the scorer has done since it started (cumulative, never reset)."""
+
+    events: int = 0
+    duplicates: int = 0
+    scores: int = 0
+    alerts: int = 0
+    segment_changes: int = 0
+    snapshots: int = 0
+
+
+class LabelKind(StrEnum):
+    """Which model a training example is for."""
+
+    CHURN = "churn"
+    VALUE = "value"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingExample:
+    """One resolved label, with what it takes to validate and learn it anywhere.
+
+    Made by the scorer when the watermark passes a snapshot's horizon, and handed to a
+    ``Learner``: first scored against ``predicted`` (the prediction stored with the snapshot,
+    made before anything learnt this label), then learnt. No user id: the trainer needs none,
+    and the planned ``training-examples`` topic must carry none (DESIGN.md §3).
+
+    ``inputs`` are the model's inputs at ``snapshot_ms``, by name. A name the current models
+    take but the example lacks could not be derived when a stored snapshot was upgraded from
+    an older input set (see ``core/inputs.py``): the model learns without it.
+    """
+
+    kind: LabelKind
+    inputs: dict[str, float]
+    label: float  # churn: 1.0 churned, 0.0 not; value: the spend within the horizon
+    predicted: float
+    baseline: float | None  # value: the naive baseline (past daily spend × horizon); churn: None
+    snapshot_ms: int
+    label_ms: int  # when the label became final: the snapshot's time plus the horizon
+    weight: float = 1.0  # inverse sampling probability, once snapshots are sampled
+    model_version: str | None = None  # of the models that made ``predicted``, when known
+
+    @property
+    def churned(self) -> bool:
+        """The churn label as a boolean (churn examples only)."""
+        return self.label >= 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class PopulationSample:
+    """A customer's recency, frequency and monetary value at a snapshot (RFM population)."""
+
+    days_since_purchase: float
+    purchases: float
+    spend: float
+
+
+@dataclass(slots=True)
+class LabelOutcome:
+    """A resolved churn label, for callers that compare against ground truth (the demo)."""
+
+    user_id: str
+    t_ms: int
+    churned: bool
+    predicted: float
+    recency_days: float

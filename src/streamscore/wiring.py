@@ -1,0 +1,62 @@
+"""How the pieces are put together, once, for every command (demo, replay and run).
+
+Only the adapters differ between the commands, and what needs a wall clock: a live service
+waits for input (the poll timeout) and lets idle partitions follow the active ones; a finite
+run (demo, replay) does neither, so it never reads the wall clock for event time. The limits
+(batch size, due users per batch and per record, the dead-letter guard) are the same.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from streamscore.config import Settings
+from streamscore.core.scorer import Scorer
+from streamscore.core.trainer import Trainer
+from streamscore.core.values import ScoringConfig
+from streamscore.guards import FILE_ADVICE, TOPIC_ADVICE, DeadLetterGuard, OnRetry, RetryPolicy
+from streamscore.ports import Sink, Source, StateStore
+from streamscore.runtime import Pipeline
+
+
+def in_process_scorer(config: ScoringConfig) -> tuple[Scorer, Trainer]:
+    """A scorer that learns through a trainer of its own, synchronously (one drift log)."""
+    trainer = Trainer()
+    return Scorer(config, trainer, trainer, trainer.drift.log), trainer
+
+
+def build_pipeline(
+    settings: Settings,
+    source: Source,
+    store: StateStore,
+    sink: Sink,
+    scorer: Scorer,
+    *,
+    live: bool = False,
+    stop: threading.Event | None = None,
+    on_retry: OnRetry | None = None,
+) -> Pipeline:
+    """The pipeline of every command, limited by ``settings``.
+
+    ``live``: a service that waits ``poll_timeout_ms`` for input and, after
+    ``idle_partition_seconds`` of wall clock without any, lets a partition's watermark follow
+    the others. ``stop`` makes a failing step give up instead of retrying (SIGTERM).
+    """
+    idle_ms = round(settings.idle_partition_seconds * 1000)
+    return Pipeline(
+        source,
+        store,
+        sink,
+        scorer,
+        limits=settings.event_limits(),
+        batch_size=settings.batch_max_records,
+        poll_timeout_s=settings.poll_timeout_ms / 1000 if live else 0.0,
+        due_limit=settings.due_users_per_batch,
+        due_per_record=settings.due_users_per_record,
+        idle_after_ms=idle_ms or None if live else None,
+        dlq_guard=DeadLetterGuard(
+            settings.dlq_max_ratio, settings.dlq_window, TOPIC_ADVICE if live else FILE_ADVICE
+        ),
+        retry=RetryPolicy(stop=stop),
+        on_retry=on_retry,
+    )
