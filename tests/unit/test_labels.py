@@ -3,8 +3,8 @@ timelines driven straight through ``Scorer.apply_events`` and ``Scorer.advance``
 
 Config: churn horizon 14 d, value horizon 30 d, a snapshot every 7 d on each user's grid,
 silent users rescored after 3, 7 and 21 days of silence, plus the churn horizon (14 d) which
-is always a rescoring point. Users without purchases can never raise an alert (min_purchases = 1), which
-keeps the expected outputs exact.
+is always a rescoring point. Users without purchases can never raise an alert
+(min_purchases = 1), which keeps the expected outputs exact.
 """
 
 from __future__ import annotations
