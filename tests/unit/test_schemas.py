@@ -197,8 +197,9 @@ def test_undeliverable_letters_name_the_refused_output() -> None:
     )  # fmt: skip
     encoded = orjson.dumps(inner)
     about_dlq = undeliverable_letter(
-        topic=TOPIC_DLQ, value=inner, key=None, encoded=encoded, reason="boom", now_ms=0
-    )
+        topic="prod-dlq", value=inner, key=None, encoded=encoded, reason="boom", now_ms=0,
+        of_dead_letter=True,
+    )  # fmt: skip
     DeadLetter.model_validate(about_dlq)
     assert about_dlq["source"] == inner["source"]
     assert about_dlq["raw"] == "" and about_dlq["raw_size"] == 20_000
@@ -208,14 +209,16 @@ def test_undeliverable_letters_name_the_refused_output() -> None:
     assert undelivered["id"] == inner["id"] and undelivered["size"] == len(encoded)
     score = {"id": "s1", "user_id": "u1"}
     about_score = undeliverable_letter(
-        topic=TOPIC_SCORES, value=score, key="u1", encoded=b"{}", reason="no", now_ms=0
-    )
+        topic=TOPIC_SCORES, value=score, key="u1", encoded=b"{}", reason="no", now_ms=0,
+        of_dead_letter=False,
+    )  # fmt: skip
     DeadLetter.model_validate(about_score)
     assert about_score["source"] is None and about_score["error_type"] == "undeliverable_output"
     assert "user-scores refused record s1" in str(about_score["error"])
     again = undeliverable_letter(
-        topic=TOPIC_SCORES, value=score, key="u1", encoded=b"{}", reason="no", now_ms=5
-    )
+        topic=TOPIC_SCORES, value=score, key="u1", encoded=b"{}", reason="no", now_ms=5,
+        of_dead_letter=False,
+    )  # fmt: skip
     assert again["id"] == about_score["id"]  # derived from the output: consumers deduplicate
 
 

@@ -180,14 +180,16 @@ def undeliverable_letter(
     encoded: bytes,
     reason: str,
     now_ms: int,
+    of_dead_letter: bool,
 ) -> dict[str, object]:
     """A small ``user-events-dlq`` record about an output record Kafka refused for good.
 
-    ``value`` is the refused record (``encoded``, its bytes, sent to ``topic``). When it is a
-    dead letter itself, the new one keeps its source, error and input hash, without the raw
-    bytes; for a score, an alert or a segment change, the record's id and key say what it was.
+    ``value`` is the refused record (``encoded``, its bytes, sent to the topic named
+    ``topic``). When it is a dead letter itself (``of_dead_letter``), the new one keeps its
+    source, error and input hash, without the raw bytes; for a score, an alert or a segment
+    change, the record's id and key say what it was.
     """
-    inner = value if topic == TOPIC_DLQ else {}
+    inner = value if of_dead_letter else {}
     rid = str(value.get("id", ""))
     error = f"{topic} refused record {rid} ({len(encoded)} bytes): {reason}"
     if inner:

@@ -48,7 +48,7 @@ def parse_rfc3339(text: str) -> int:
     shown = repr(text if len(text) <= 64 else text[:60] + "...")
     m = _DATE_TIME.fullmatch(text)
     if m is None:
-        raise ValueError(f"{shown} is not an RFC 3339 timestamp ({RFC3339_HINT})")
+        raise ValueError(f"{shown} is not an RFC 3339 timestamp with an offset ({RFC3339_HINT})")
     year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
     if hour > 23 or minute > 59 or second > 59:
         what = "a leap second" if second == 60 else "not a time of day"
