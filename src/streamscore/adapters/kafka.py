@@ -183,6 +183,7 @@ class KafkaSource:
             self.consumer, min(10.0, settings.session_timeout_ms / 2000)
         )
         self.instance_id = settings.kafka_group_instance_id
+        self._fenced_by: Exception | None = None  # seen in a commit answer: raised by poll
 
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
         self._assigned_hook, self._revoked_hook = assigned, revoked
@@ -213,6 +214,8 @@ class KafkaSource:
             if p in self.owned:
                 self.uncommitted[p] = max(o, self.uncommitted.get(p, o))
         self._skipped.clear()
+        if self._fenced_by is not None:
+            raise self._fenced(self._fenced_by)
         timeout_s = self._join_guard.poll_timeout(timeout_s)
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -312,6 +315,8 @@ class KafkaSource:
         self.commits_in_flight -= 1
         if isinstance(result, Exception):
             self.failed_commits += 1
+            if isinstance(result, FencedInstanceIdError):
+                self._fenced_by = result
             if isinstance(result, UNREACHABLE):
                 self.watch.failed("commit offsets", result)
             # During a rebalance the coordinator refuses commits until this consumer rejoins,
