@@ -212,10 +212,10 @@ def test_a_dead_letter_the_broker_refuses_for_size_is_given_up_not_retried(
 def test_an_output_topic_that_refuses_every_record_loses_no_other_output(
     names: dict[str, str], tmp_path: Path
 ) -> None:
-    """No churn alert fits its topic (400 bytes): every alert is given up with a letter, and
+    """No churn alert fits its topic (150 bytes): every alert is given up with a letter, and
     the scores and segment changes sent in the same flushes all arrive, although
     kafka-python's producer fails everything after the first refusal until it is replaced."""
-    _set_topic_config(names["alerts_topic"], max_message_bytes="400")
+    _set_topic_config(names["alerts_topic"], max_message_bytes="150")
     events = _events(users=300, days=60, seed=13)
     produce(SHARED, names["input_topic"], events)
     text, counters = _run_until_committed(names, tmp_path / "scorer.log", timeout_s=180)
