@@ -19,103 +19,51 @@ bench/results/restart.json): nothing here asserts.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import subprocess
 import sys
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
 
+from bench.common import RESULTS_DIR, Stack, ensure_stack, log
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
-
-BOOTSTRAP = os.environ.get("STREAMSCORE_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-REDIS_URL = os.environ.get("STREAMSCORE_REDIS_URL", "redis://127.0.0.1:6379/0")
-RESULTS = Path(__file__).resolve().parent / "results"
-TOPIC_KINDS = ("user-events", "user-scores", "churn-alerts", "segment-changes", "user-events-dlq")
-SETTING_OF = {
-    "user-events": "input_topic",
-    "user-scores": "scores_topic",
-    "churn-alerts": "alerts_topic",
-    "segment-changes": "segments_topic",
-    "user-events-dlq": "dlq_topic",
-}
-
-
-def committed(admin: KafkaAdminClient, group: str, parts: list[TopicPartition]) -> dict[int, int]:
-    """The group's committed offset per partition."""
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    except Exception:
-        return {}
-    return {tp.partition: offsets[tp].offset for tp in parts if tp in offsets}
 
 
 def one_run(variant: str, users: int, days: float, seed: int) -> dict[str, Any]:
     """Kill and restart one scorer; returns the timings of the restart."""
-    tag = f"rst{uuid.uuid4().hex[:6]}"
-    topics = {SETTING_OF[k]: f"{tag}-{k}" for k in TOPIC_KINDS}
-    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    admin.create_topics([NewTopic(t, 4, 1) for t in topics.values()])
-    log_path = RESULTS / f"{tag}-{variant}.log"
-    procs: list[subprocess.Popen[bytes]] = []
+    stack = Stack()
     try:
-        producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=20)
-        for e in ShopSimulator(SimulationConfig(users=users, days=days, seed=seed)).events():
-            assert isinstance(e, dict)
-            producer.send(
-                topics["input_topic"], key=str(e["user_id"]).encode(), value=encode_event(e)
-            )
-        producer.flush()
-        producer.close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
-        settings: dict[str, Any] = {
-            **topics,
-            "kafka_bootstrap_servers": BOOTSTRAP,
-            "redis_url": REDIS_URL,
-            "kafka_group_id": tag,
-            "redis_key_prefix": tag,
-            "metrics_port": 0,
-            "checkpoint_key": "bench-key",
-            "batch_max_records": 500,
-            "poll_timeout_ms": 100,
+        names = {
+            "input_topic": stack.create_topic(stack.name("events"), 4),
+            **stack.output_topics(variant),
+            "kafka_group_id": stack.group(variant),
+            "redis_key_prefix": stack.prefix(variant),
         }
+        sim = ShopSimulator(SimulationConfig(users=users, days=days, seed=seed))
+        events = [e for e in sim.events() if isinstance(e, dict)]
+        total = stack.produce(
+            names["input_topic"], [(str(e["user_id"]).encode(), encode_event(e)) for e in events]
+        )
+        extra: dict[str, object] = {"batch_max_records": 500, "poll_timeout_ms": 100}
         if variant == "static":
-            settings["kafka_group_instance_id"] = "bench-0"
-        env.update({f"STREAMSCORE_{k.upper()}": str(v) for k, v in settings.items()})
-        consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP)
-        parts = [TopicPartition(topics["input_topic"], i) for i in range(4)]
-        total = sum(consumer.end_offsets(parts).values())
-        consumer.close()
+            extra["kafka_group_instance_id"] = "bench-0"
+        env = stack.scorer_env(names, **extra)
+        group, topic = names["kafka_group_id"], names["input_topic"]
+        log_path = stack.log_dir / f"{variant}.log"
 
-        def start() -> subprocess.Popen[bytes]:
-            with log_path.open("ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "streamscore.cli", "run"],
-                    env=env,
-                    stdout=log,
-                    stderr=log,
-                )
-            procs.append(proc)
-            return proc
-
-        first = start()
-        while sum(committed(admin, tag, parts).values()) < total / 3:
+        first = stack.start(stack.scorer_argv(), env, variant)
+        while stack.committed(group, topic) < total / 3:
             if first.poll() is not None:
                 raise RuntimeError(f"scorer exited; see {log_path}")
             time.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        before = committed(admin, tag, parts)
+        stack.procs.remove(first)
+        before = stack.committed(group, topic)
         joins = log_path.read_text().count("assigned partitions [")
         started = time.monotonic()
-        second = start()
+        second = stack.start(stack.scorer_argv(), env, variant)
         assigned_s = commit_s = None
         while commit_s is None and time.monotonic() - started < 180:
             if second.poll() is not None:
@@ -123,25 +71,12 @@ def one_run(variant: str, users: int, days: float, seed: int) -> dict[str, Any]:
             now = time.monotonic() - started
             if assigned_s is None and log_path.read_text().count("assigned partitions [") > joins:
                 assigned_s = now
-            after = committed(admin, tag, parts)
-            if any(after.get(p, 0) > o for p, o in before.items()):
+            if stack.committed(group, topic) > before:
                 commit_s = now
             time.sleep(0.05)
-        second.send_signal(signal.SIGTERM)
-        second.wait(timeout=60)
         return {"variant": variant, "assigned_s": assigned_s, "first_commit_s": commit_s}
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        admin.delete_topics(list(topics.values()))
-        admin.close()
-        r = redis.Redis.from_url(REDIS_URL)
-        keys = list(r.scan_iter(match=f"{tag}:*", count=1000))
-        for i in range(0, len(keys), 500):
-            r.delete(*keys[i : i + 500])
-        r.close()
+        stack.cleanup()
 
 
 def main() -> int:
@@ -151,18 +86,18 @@ def main() -> int:
     p.add_argument("--days", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
-    RESULTS.mkdir(exist_ok=True)
+    ensure_stack()
     results = []
     for run in range(args.runs):
         for variant in ("dynamic", "static"):
             res = one_run(variant, args.users, args.days, args.seed + run)
             results.append(res)
-            print(
+            log(
                 f"{variant:8s} restart → partitions assigned {res['assigned_s']:.1f}s, "
-                f"first commit {res['first_commit_s']:.1f}s",
-                flush=True,
+                f"first commit {res['first_commit_s']:.1f}s"
             )
-    (RESULTS / "restart.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "restart.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return 0
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from streamscore.core.events import EventLimits, EventType, decode_event
 from streamscore.errors import InvalidEvent
+from tests.strategies import json_scalars, json_values
 
 # 2026-01-01T00:00:00Z = 56 years of 365 days + 14 leap days since 1970, in ms.
 JAN1_2026_MS = ((2026 - 1970) * 365 + 14) * 86_400_000
@@ -395,20 +396,6 @@ def test_properties_limit_counts_encoded_bytes_not_characters() -> None:
 
 # -- never anything but InvalidEvent --------------------------------------------------------------
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=12,
-)
 timestamp_like = (
     st.datetimes(timezones=st.timezones() | st.none()).map(lambda d: d.isoformat())
     | st.from_regex(r"\A[0-9T:+\-.Zz W]{0,32}\Z")

@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 
 from streamscore.core.events import EventLimits, EventType, decode_event
 from streamscore.errors import InvalidEvent
+from tests.strategies import json_scalars as scalars
+from tests.strategies import json_values
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "schemas" / "user-events.schema.json").read_text()
@@ -66,20 +68,6 @@ def _rfc3339_texts() -> st.SearchStrategy[str]:
     ).map(build) | st.sampled_from(["2026-W01-4T00:00Z", "2026-001T00:00:00Z", "20260101T000000Z"])
 
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(10**30), 10**30)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
 ids = st.text(max_size=130) | st.text(min_size=126, max_size=130) | scalars
 timestamps = (
     _rfc3339_texts()
