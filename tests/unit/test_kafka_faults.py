@@ -108,3 +108,22 @@ def test_kafka_pythons_connection_noise_is_thinned_and_dropped_during_an_outage(
     assert not any(CONNECTION_NOISE.filter(r) for r in noise)  # the watch said it already
     watch.answered()
     assert CONNECTION_NOISE.filter(noise[0])
+
+
+def test_a_late_answer_to_a_request_sent_before_the_brokers_answered_is_no_new_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A commit sent before an outage can fail only once a flush has already got through:
+    its connection died back then, and kafka-python hands over the error now."""
+    now = [0.0]
+    watch = BrokerWatch("k:9092", clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="streamscore.kafka")
+    sent_before = watch.clock()
+    now[0] = 5.0
+    watch.failed("flush producer", "refused")
+    now[0] = 30.0
+    watch.answered()
+    watch.failed("commit offsets", "socket disconnected", sent_at=sent_before)
+    assert not watch.down and watch.outages == 1
+    watch.failed("commit offsets", "socket disconnected", sent_at=watch.clock())
+    assert watch.down and watch.outages == 2

@@ -303,14 +303,19 @@ class KafkaSource:
         offsets = self._owned_uncommitted()
         if not offsets:
             return
+        sent_at = self.watch.clock()
         try:
-            self.consumer.commit_async(offsets, callback=self._on_commit)
+            self.consumer.commit_async(
+                offsets, callback=lambda done, result: self._on_commit(done, result, sent_at)
+            )
         except KafkaError as exc:
             raise TransientError(f"Kafka offset commit failed: {exc}") from exc
         self.commits_in_flight += 1
         self._commit_sent = time.monotonic()
 
-    def _on_commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata], result: Any) -> None:
+    def _on_commit(
+        self, offsets: Mapping[TopicPartition, OffsetAndMetadata], result: Any, sent_at: float
+    ) -> None:
         """The broker's answer to an asynchronous commit (called on this thread, in poll)."""
         self.commits_in_flight -= 1
         if isinstance(result, Exception):
@@ -318,7 +323,7 @@ class KafkaSource:
             if isinstance(result, FencedInstanceIdError):
                 self._fenced_by = result
             if isinstance(result, UNREACHABLE):
-                self.watch.failed("commit offsets", result)
+                self.watch.failed("commit offsets", result, sent_at=sent_at)
             # During a rebalance the coordinator refuses commits until this consumer rejoins,
             # which happens only inside poll; after an outage or a coordinator move, the
             # same. The offsets stay in ``uncommitted`` and go out again after a later poll,
@@ -385,12 +390,6 @@ class KafkaSource:
             return {}
         try:
             ends = self.consumer.end_offsets(parts, timeout_ms=int(PROBE_WAIT_S * 1000))
-            positions = {tp: self.consumer.position(tp, timeout_ms=0) for tp in parts}
-            lags = {
-                tp.partition: max(ends[tp] - at, 0)
-                for tp, at in positions.items()
-                if at is not None
-            }
         except KafkaTimeoutError as exc:
             cause = "no bootstrap server accepts connections" if not self.watch.reachable() else exc
             self.watch.failed("offsets lookup", cause)
@@ -398,6 +397,14 @@ class KafkaSource:
         except KafkaError:
             return {}
         self.watch.answered()
+        lags = {}
+        for tp in parts:
+            try:  # our position, known without a round trip once fetching has started
+                at = self.consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                continue
+            if at is not None:
+                lags[tp.partition] = max(ends[tp] - at, 0)
         return lags
 
     def exhausted(self) -> bool:

@@ -217,6 +217,7 @@ class BrokerWatch:
         self.servers = servers
         self.clock = clock
         self.down_since: float | None = None
+        self.answered_at = float("-inf")
         self.outages = 0
 
     @property
@@ -224,8 +225,15 @@ class BrokerWatch:
         """True between a failure and the next answer."""
         return self.down_since is not None
 
-    def failed(self, what: str, cause: object) -> None:
-        """A Kafka call could not reach the brokers."""
+    def failed(self, what: str, cause: object, sent_at: float | None = None) -> None:
+        """A Kafka call could not reach the brokers.
+
+        ``sent_at`` (this watch's clock) is when an asynchronous request went out: one sent
+        before the brokers last answered says nothing new (its connection died earlier, its
+        answer only arrives now), so it is not taken as a new outage.
+        """
+        if sent_at is not None and sent_at < self.answered_at:
+            return
         if self.down_since is not None:
             return
         self.down_since = self.clock()
@@ -241,6 +249,7 @@ class BrokerWatch:
 
     def answered(self) -> None:
         """A Kafka call got an answer."""
+        self.answered_at = self.clock()
         if self.down_since is None:
             return
         took = self.clock() - self.down_since
