@@ -340,8 +340,12 @@ def test_sigterm_during_a_redis_outage_stops_at_once_and_commits_nothing(
 
 
 def _log_time(line: str) -> float:
-    """Epoch seconds of a log line's timestamp (the scorer logs local time, with ms)."""
-    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    """Epoch seconds of a log line's timestamp (the scorer logs local time, with ms); NaN for
+    a line without one (a traceback's)."""
+    try:
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except ValueError:
+        return float("nan")
 
 
 def _kafka_said(log: Path) -> list[str]:
