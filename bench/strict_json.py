@@ -12,28 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from itertools import islice
 from unittest import mock
 
 import orjson
 
+from bench.common import per_call_us
 from streamscore.core import events as events_module
 from streamscore.core import strictjson
 from streamscore.core.events import EventLimits, decode_event
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
-
-
-def best_us(values: list[bytes], fn: Callable[[bytes], object], repeats: int) -> float:
-    """Best pass over ``values``, in µs per value."""
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for v in values:
-            fn(v)
-        best = min(best, time.perf_counter() - started)
-    return best / len(values) * 1e6
 
 
 def main() -> int:
@@ -49,11 +37,11 @@ def main() -> int:
     def decode(v: bytes) -> object:
         return decode_event(v, now_ms=now, limits=limits)
 
-    strict = best_us(values, decode, args.repeats)
+    strict = per_call_us(decode, values, args.repeats)
     with mock.patch.object(events_module.strictjson, "loads", orjson.loads):
-        plain = best_us(values, decode, args.repeats)
-    parse_plain = best_us(values, orjson.loads, args.repeats)
-    parse_strict = best_us(values, strictjson.loads, args.repeats)
+        plain = per_call_us(decode, values, args.repeats)
+    parse_plain = per_call_us(orjson.loads, values, args.repeats)
+    parse_strict = per_call_us(strictjson.loads, values, args.repeats)
     mean_bytes = sum(map(len, values)) / len(values)
     print(f"{len(values):,} simulated events, {mean_bytes:.0f} bytes on average")
     print(f"decode_event, repeated keys refused : {strict:.2f} µs/event")
