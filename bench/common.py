@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,17 @@ def wait_quiet(max_wait_s: float | None = None, threshold: float = 0.3) -> float
         if load > threshold:
             log(f"still {load:.1f} cores busy elsewhere: measuring anyway (noted in the result)")
     return round(load, 2)
+
+
+def per_call_us(fn: Callable[[Any], object], items: Sequence[Any], passes: int = 5) -> float:
+    """CPU µs per call of ``fn`` over ``items``: the best of ``passes`` passes."""
+    best = float("inf")
+    for _ in range(passes):
+        started = time.process_time()
+        for item in items:
+            fn(item)
+        best = min(best, time.process_time() - started)
+    return best / len(items) * 1e6
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from bench.common import per_call_us
 from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import load_settings
 from streamscore.core.state import UserState
@@ -47,16 +46,6 @@ def _states(records: Sequence[SourceRecord]) -> dict[str, bytes]:
     return store.states
 
 
-def _per_call(fn: Callable[[Any], object], items: Sequence[Any], passes: int = 5) -> float:
-    best = float("inf")
-    for _ in range(passes):
-        started = time.process_time()
-        for item in items:
-            fn(item)
-        best = min(best, time.process_time() - started)
-    return best / len(items) * 1e6
-
-
 def main() -> None:
     """Print load/save microseconds and the stored size per user."""
     p = argparse.ArgumentParser(prog="python -m bench.state_codec", description=__doc__)
@@ -69,11 +58,11 @@ def main() -> None:
     states = [UserState.from_bytes(u, b) for u, b in blobs]
     sizes = [len(b) for _, b in blobs]
     snapshots = [len(s.snapshots) for s in states]
-    load = _per_call(lambda ub: UserState.from_bytes(*ub), blobs)
-    save = _per_call(lambda s: s.to_bytes(), states)
+    load = per_call_us(lambda ub: UserState.from_bytes(*ub), blobs)
+    save = per_call_us(lambda s: s.to_bytes(), states)
     # A state loaded and saved again without being touched: the common case of a due user
     # whose time has not come, and what the lazy snapshot inputs are for.
-    round_trip = _per_call(lambda ub: UserState.from_bytes(*ub).to_bytes(), blobs)
+    round_trip = per_call_us(lambda ub: UserState.from_bytes(*ub).to_bytes(), blobs)
     print(f"users                {len(blobs):,}")
     print(f"snapshots per state  {statistics.mean(snapshots):.2f} mean, {max(snapshots)} max")
     print(

@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--drift-day", type=at_least(0, float), default=None)
     s.add_argument("--bad-fraction", type=fraction, default=0.0, help="share of malformed records")
     s.add_argument(
+        "--start",
+        type=when,
+        default=None,
+        help="event time of the shop's first day, RFC 3339 or epoch ms (default "
+        "2026-01-01T00:00:00Z); an earlier start simulates a backfill",
+    )
+    s.add_argument(
         "--out", type=output_file, default=None, help="write JSONL here instead of Kafka"
     )
     s.add_argument("--rate", type=above(0), default=None, help="events/s into Kafka (default: max)")
@@ -134,6 +141,7 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from streamscore.simulator import ShopSimulator, SimulationConfig
 
+    start = {} if args.start is None else {"start_ms": args.start}
     sim = ShopSimulator(
         SimulationConfig(
             users=args.users,
@@ -141,6 +149,7 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             seed=args.seed,
             drift_day=args.drift_day,
             bad_fraction=args.bad_fraction,
+            **start,
         )
     )
     if args.out is not None:

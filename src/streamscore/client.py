@@ -105,7 +105,7 @@ class OutputReader(Generic[R]):
         stop_when_idle_s: float | None = None,  # with partitions assigned and nothing new
         on_invalid: Literal["raise", "skip"] = "raise",
     ) -> None:
-        from streamscore.adapters.kafka import UNREACHABLE, client_config, unreachable_error
+        from streamscore.adapters.kafka_client import UNREACHABLE, client_config, unreachable_error
 
         settings = settings or load_settings()
         self.topic = topic

@@ -50,6 +50,16 @@ class Settings(BaseSettings):
         default="streamscore",
         description="consumer group; start more processes with the same group to share partitions",
     )
+    kafka_group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="static group membership (KIP-345): a unique id per process that stays "
+        "the same across its restarts (the pod name, say). A restarted process then gets its "
+        "partitions back at once instead of after session_timeout_ms; a process stopped for "
+        "good keeps them unassigned until that timeout. Unset: dynamic membership",
+    )
     kafka_client_id: str = Field(
         default="streamscore", description="client id the brokers see in their logs and quotas"
     )
@@ -113,7 +123,16 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(
         default=45_000,
         ge=6_000,
-        description="Kafka gives a silent member's partitions away after this long",
+        description="Kafka gives a silent (crashed) member's partitions away after this long; "
+        "a dynamic member restarted after a crash waits this long too, unless "
+        "kafka_group_instance_id is set",
+    )
+    on_undeliverable_output: Literal["dead_letter", "log"] = Field(
+        default="dead_letter",
+        description="what to do with an output record Kafka refuses for good (too large for "
+        "the topic, invalid, not authorised): 'dead_letter' sends a small dead letter naming "
+        "it and the broker's error; 'log' logs it with its source and skips it. Either way "
+        "the batch goes on, and the broker's error is logged",
     )
     idle_partition_seconds: float = Field(
         default=120.0,
@@ -191,13 +210,17 @@ class Settings(BaseSettings):
         ge=0,
         description="events further than this ahead of the wall clock are dead-lettered",
     )
+    max_event_bytes: int = Field(
+        default=16_384,
+        ge=256,
+        description="larger input records are dead-lettered as too_large (their dead letter "
+        "keeps the first 16 KiB, the size and a SHA-256 of the whole value)",
+    )
     min_event_time: str = Field(
         default="2000-01-01T00:00:00Z",
-        description="events before this time (RFC 3339) are dead-lettered as past_timestamp: "
-        "a sanity bound against timestamps in seconds; lower it to replay older history",
-    )
-    max_event_bytes: int = Field(
-        default=16_384, ge=256, description="input records larger than this are dead-lettered"
+        description="events before this RFC 3339 time are dead-lettered as past_timestamp: a "
+        "sanity bound against epoch seconds or zeroed clocks; lower it to replay older "
+        "history",
     )
     rescore_after_days: tuple[float, ...] = Field(
         default=(3.0, 7.0, 14.0, 21.0, 30.0, 45.0, 60.0, 90.0),
@@ -305,6 +328,12 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("min_event_time")
+    @classmethod
+    def _rfc3339(cls, value: str) -> str:
+        parse_rfc3339(value)  # a ValueError here names the setting
+        return value
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:

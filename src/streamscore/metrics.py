@@ -67,6 +67,17 @@ TRANSIENT_ERRORS = Counter(
     ["step"],
     registry=REGISTRY,
 )
+TOMBSTONES = Counter(
+    "streamscore_tombstones_total",
+    "Input records with a null value (no event), skipped and committed past",
+    registry=REGISTRY,
+)
+UNDELIVERABLE = Counter(
+    "streamscore_undeliverable_outputs_total",
+    "Output records Kafka refused for good (too large, invalid, not authorised), by topic",
+    ["topic"],
+    registry=REGISTRY,
+)
 NEWER_FORMAT_REFUSALS = Counter(
     "streamscore_newer_format_refusals_total",
     "Steps retried because a stored user state or checkpoint needs a newer streamscore "
@@ -96,7 +107,8 @@ MODEL_INFO = Gauge(
 )
 SOURCE_CONNECTED = Gauge(
     "streamscore_source_connected",
-    "1 while the input source's last poll worked and a broker connection is up, else 0",
+    "1 while Kafka answers the scorer's calls, its last poll worked and a broker connection "
+    "is up, else 0",
     registry=REGISTRY,
 )
 CHECKPOINT_AGE = Gauge(

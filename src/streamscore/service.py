@@ -14,11 +14,13 @@ import time
 from types import FrameType
 
 from streamscore import metrics
-from streamscore.adapters.kafka import KafkaSink, KafkaSource
+from streamscore.adapters.kafka import KafkaSource
+from streamscore.adapters.kafka_client import BrokerWatch
+from streamscore.adapters.kafka_sink import KafkaSink
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
-from streamscore.errors import RetryAbandoned, TransientError
+from streamscore.errors import ConfigError, RetryAbandoned, TransientError
 from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
 from streamscore.health import LoopStatus
 from streamscore.httpd import serve_http
@@ -29,6 +31,9 @@ from streamscore.simulator import ShopSimulator, encode_event
 from streamscore.wiring import build_pipeline, in_process_scorer
 
 log = logging.getLogger("streamscore.service")
+# How often the loop looks up consumer lag, which doubles as the liveness check of Kafka
+# while no records flow: an outage is reported within this plus PROBE_WAIT_S.
+HEALTH_CHECK_S = 3.0
 
 
 class StopFlag:
@@ -57,8 +62,23 @@ def build_service(
     scorer, trainer = in_process_scorer(settings.scoring(), settings.model_params())
     checkpoints = ModelCheckpoints(settings, store, trainer)
     checkpoints.restore()
-    source = KafkaSource(settings)
-    sink = KafkaSink(settings)
+    watch = BrokerWatch(settings.kafka_bootstrap_servers)
+    source = KafkaSource(settings, watch=watch, on_tombstone=metrics.TOMBSTONES.inc)
+    outputs = {settings.scores_topic, settings.alerts_topic, settings.segments_topic}
+    missing = sorted((outputs | {settings.dlq_topic}) - source.topics_on_broker)
+    if missing:
+        source.close()
+        raise ConfigError(
+            f"output topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} do not exist on "
+            f"{settings.kafka_bootstrap_servers}; create them (scripts/stack up creates the "
+            "default topics) or set STREAMSCORE_SCORES_TOPIC, STREAMSCORE_ALERTS_TOPIC, "
+            "STREAMSCORE_SEGMENTS_TOPIC and STREAMSCORE_DLQ_TOPIC"
+        )
+    sink = KafkaSink(
+        settings,
+        watch=watch,
+        on_undeliverable=lambda topic: metrics.UNDELIVERABLE.labels(topic).inc(),
+    )
     pipeline = build_pipeline(
         settings,
         source,
@@ -123,7 +143,7 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
                 # Offset commits are asynchronous: their failures surface here, not as retries.
                 metrics.TRANSIENT_ERRORS.labels("commit offsets").inc(refused - failed_commits)
                 failed_commits = refused
-            if now - last_lag > 5:
+            if now - last_lag > HEALTH_CHECK_S:
                 last_lag = now
                 watch.update()
                 for p, lag in source.lag().items():
@@ -162,7 +182,7 @@ def simulate_to_kafka(
     """Produce simulated events into the input topic at ``rate`` events/s (default: flat out)."""
     from kafka import KafkaProducer
 
-    from streamscore.adapters.kafka import UNREACHABLE, client_config, unreachable_error
+    from streamscore.adapters.kafka_client import UNREACHABLE, client_config, unreachable_error
 
     try:
         producer = KafkaProducer(

@@ -33,7 +33,7 @@ def print_demo(result: DemoResult, out_dir: Path) -> None:
         "churn (prequential: each label scored with the prediction stored before it was learnt)",
         "                      model    BTYD alone   oracle",
         f"  ROC AUC             {_f(result.model_auc)}    {_f(result.btyd_auc)}        "
-        f"{_f(result.oracle_auc)}   (model - oracle "
+        f"{_f(result.oracle_auc)}   (gap to the oracle "
         f"{_f(_gap(result.oracle_auc, result.model_auc))})",
         f"  after warm-up       {_f(result.warm_model_auc)}    {_f(result.warm_btyd_auc)}        "
         f"{_f(result.warm_oracle_auc)}   (last 80% of labels)",

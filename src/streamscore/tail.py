@@ -93,7 +93,7 @@ def tail(
     idle_exit_s: float | None = None,
 ) -> int:
     """Print records of ``topic`` (a logical or configured name) until ``limit`` or Ctrl-C."""
-    from streamscore.adapters.kafka import UNREACHABLE, client_config, unreachable_error
+    from streamscore.adapters.kafka_client import UNREACHABLE, client_config, unreachable_error
 
     out = out or sys.stdout
     names = configured_topics(settings)

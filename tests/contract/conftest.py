@@ -30,7 +30,8 @@ from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssi
 from kafka.errors import KafkaError
 
 from streamscore.adapters.files import JsonlSink, JsonlSource
-from streamscore.adapters.kafka import KafkaSink, KafkaSource
+from streamscore.adapters.kafka import KafkaSource
+from streamscore.adapters.kafka_sink import KafkaSink
 from streamscore.adapters.memory import ListSink, ListSource, MemoryGroup, MemoryStateStore
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings

@@ -114,3 +114,37 @@ def test_commit_during_a_rebalance_is_deferred_not_lost(
         first.close()
         if second is not None:
             second.close()
+
+
+def test_static_membership_reaches_the_broker_and_a_duplicate_id_is_a_clear_error(
+    names: dict[str, str],
+) -> None:
+    """kafka_group_instance_id makes the consumer a static member (KIP-345): the broker knows
+    it by that id, which is what lets a restarted process take its partitions back at once
+    (bench/restart.py times it). Two live processes with one id fence each other: the older
+    one stops with an error naming the setting instead of retrying for ever."""
+    from streamscore.errors import ConfigError
+
+    settings = settings_for(names, kafka_group_instance_id="scorer-0", session_timeout_ms=6000)
+    first = KafkaSource(settings)
+    second: KafkaSource | None = None
+    try:
+        _poll_until(first, lambda _: bool(first.owned), 30)
+        admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+        try:
+            group = admin.describe_groups([names["kafka_group_id"]])[names["kafka_group_id"]]
+        finally:
+            admin.close()
+        assert [m["group_instance_id"] for m in group["members"]] == ["scorer-0"]
+        second = KafkaSource(settings)  # same id: the broker fences the first
+        _poll_until(second, lambda _: bool(second.owned), 30)
+        deadline = time.monotonic() + 30
+        with pytest.raises(ConfigError) as info:
+            while time.monotonic() < deadline:
+                first.poll(100, 0.2)
+                first.commit(dict.fromkeys(first.owned, 0))
+        assert "STREAMSCORE_KAFKA_GROUP_INSTANCE_ID" in str(info.value)
+    finally:
+        if second is not None:
+            second.close()
+        first.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
+from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 from platform import python_version
@@ -338,15 +339,27 @@ def test_sigterm_during_a_redis_outage_stops_at_once_and_commits_nothing(
     assert sum(s.features.events for s in got.states.values()) == len(events)
 
 
+def _log_time(line: str) -> float:
+    """Epoch seconds of a log line's timestamp (the scorer logs local time, with ms); NaN for
+    a line without one (a traceback's)."""
+    try:
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except ValueError:
+        return float("nan")
+
+
+def _kafka_said(log: Path) -> list[str]:
+    """The scorer's own lines about Kafka being unreachable or back."""
+    return [line for line in log.read_text().splitlines() if "streamscore.kafka: Kafka at" in line]
+
+
 @pytest.mark.slow
-def test_kafka_broker_restarted_mid_stream(
+def test_kafka_broker_killed_mid_stream(
     private_names: dict[str, str], make_broker: MakeBroker, tmp_path: Path
 ) -> None:
-    """A private broker stopped (clean shutdown) while the scorer works, until the scorer has
-    retried a Kafka step; then restarted on the same data."""
+    """A private broker killed -9 while the scorer works, restarted 15 s later on its data."""
     names = private_names
-    # Enough input that the scorer is still busy when the broker goes: an idle consumer only
-    # polls, and kafka-python reports nothing of an outage to a poll.
+    # Enough input that the scorer is busy when the broker dies.
     events = _events(users=500, days=60, seed=13)
     half = len(events) * 2 // 3
     group, topic = names["kafka_group_id"], names["input_topic"]
@@ -359,19 +372,15 @@ def test_kafka_broker_restarted_mid_stream(
     produce(client, topic, _keyed(events[:half]))
     progress = GroupProgress(client, group, topic)
     proc = start_scorer(env, log)
-    kafka_steps = ("send outputs", "flush producer", "commit offsets")
     try:
-        wait_for("a first commit", lambda: progress.fraction() > 0.05, 60, {log: proc})
+        wait_for("a third committed", lambda: progress.fraction() > 0.3, 90, {log: proc})
         progress.close()
-        broker.stop()
-        wait_for(
-            "a retried Kafka step",
-            lambda: sum(_retries(port).get(s, 0) for s in kafka_steps) > 0,
-            90,
-            {log: proc},
-            interval_s=0.5,
-        )
+        broker.kill()  # SIGKILL: no clean shutdown, no goodbye to the clients
+        killed_at = time.time()
+        wait_for("the outage in the log", lambda: bool(_kafka_said(log)), 20, {log: proc})
+        wait_for("15 s of outage", lambda: time.time() - killed_at > 15, 30, {log: proc})
         broker.start()
+        restarted_at = time.time()
         produce(client, topic, _keyed(events[half:]))
         progress = GroupProgress(client, group, topic)
         wait_for("everything committed", lambda: progress.fraction() >= 1.0, 120, {log: proc})
@@ -383,17 +392,68 @@ def test_kafka_broker_restarted_mid_stream(
     text = log.read_text()
     assert code == 0, text[-4000:]
     assert "stopped cleanly" in text
-    retried = [line for line in text.splitlines() if RETRY_LOG in line]
+    said = _kafka_said(log)
+    down = [line for line in said if "is unreachable" in line]
+    back = [line for line in said if "is back" in line]
+    assert len(down) == 1 and len(back) == 1, said  # once each, however many retries
+    assert 0 <= _log_time(down[0]) - killed_at < 10, (killed_at, down[0])
+    assert _log_time(back[0]) >= restarted_at - 1, (restarted_at, back[0])
+    print(f"Kafka kill -9: {down[0][:110]}... / {back[0][:110]}")
+    # kafka-python's own per-attempt connection errors stay out of the log meanwhile.
+    lines = text.splitlines()
+    outage = [line for line in lines if killed_at + 3 < _log_time(line) < restarted_at]
+    noise = [line for line in outage if " kafka." in line and ("ERROR" in line or "WARN" in line)]
+    assert len(noise) <= 5, noise[:10]
+    retried = [line for line in lines if RETRY_LOG in line]
     assert any("Kafka" in line for line in retried), retried[:3]
     logged = _retry_lines(log)
     for step in ("send outputs", "flush producer"):
         assert after.get(step, 0) == logged.get(step, 0), (step, after, logged)
-    # Refused asynchronous commits are counted too, without a log line of their own.
     assert after.get("commit offsets", 0) >= logged.get("commit offsets", 0), (after, logged)
-    print(f"Kafka restart: {len(retried)} retry log lines, transient errors by step {after}")
+    print(f"Kafka kill -9: {len(retried)} retry log lines, transient errors by step {after}")
     got = assert_same_as_uninterrupted(names, client=client)
     assert sum(s.features.events for s in got.states.values()) == len(events)
     _assert_scores_cover(consume(client, names["scores_topic"]), _last_event_ms(events))
+
+
+def test_kafka_broker_killed_while_idle_is_reported_too(
+    private_names: dict[str, str], make_broker: MakeBroker, tmp_path: Path
+) -> None:
+    """No records flow, so no flush or commit fails: the periodic lag lookup notices."""
+    names = private_names
+    events = _events(users=40, days=20, seed=15)
+    group, topic = names["kafka_group_id"], names["input_topic"]
+    log = tmp_path / "scorer.log"
+    broker = make_broker()
+    client = broker.client_config()
+    broker.create_topics([v for k, v in names.items() if k.endswith("_topic")])
+    env = env_for(names, kafka_bootstrap_servers=broker.bootstrap, **FAST_GROUP)
+    produce(client, topic, _keyed(events[:100]))
+    progress = GroupProgress(client, group, topic)
+    proc = start_scorer(env, log)
+    try:
+        wait_for("all committed", lambda: progress.fraction() >= 1.0, 60, {log: proc})
+        progress.close()
+        quiet_from = time.time()
+        wait_for("an idle second", lambda: time.time() - quiet_from > 1, 5, {log: proc})
+        broker.kill()
+        killed_at = time.time()
+        wait_for("the outage", lambda: bool(_kafka_said(log)), 20, {log: proc})
+        broker.start()
+        wait_for("the return", lambda: len(_kafka_said(log)) > 1, 60, {log: proc})
+        produce(client, topic, _keyed(events[100:]))
+        progress = GroupProgress(client, group, topic)
+        wait_for("everything committed", lambda: progress.fraction() >= 1.0, 90, {log: proc})
+        wait_until_settled(_store_settings(names), {log: proc})
+    finally:
+        progress.close()
+        code = stop(proc)
+    assert code == 0, tail(log)
+    down, back = _kafka_said(log)
+    assert "is unreachable (offsets lookup" in down or "(connection check" in down, down
+    assert 0 <= _log_time(down) - killed_at < 10, (killed_at, down)
+    assert "is back" in back
+    assert_same_as_uninterrupted(names, client=client)
 
 
 # -- 3. the dead-letter limit, end to end ------------------------------------------------------

@@ -190,7 +190,7 @@ def test_a_sasl_bootstrap_timeout_against_a_listening_broker_names_the_credentia
     """kafka-python may see only the connection a broker closes on a refused login."""
     from kafka.errors import KafkaTimeoutError
 
-    from streamscore.adapters.kafka import unreachable_error
+    from streamscore.adapters.kafka_client import unreachable_error
 
     sasl = {
         "kafka_security_protocol": "SASL_PLAINTEXT",

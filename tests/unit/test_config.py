@@ -122,6 +122,11 @@ def test_overrides_win_and_none_means_unset(monkeypatch: pytest.MonkeyPatch) -> 
         ("STREAMSCORE_CHURN_ACTIVITY", "sometimes", "churn_activity"),
         ("STREAMSCORE_ALERT_RAISE_AT", "1.5", "alert_raise_at"),
         ("STREAMSCORE_KAFKA_SECURITY_PROTOCOL", "CARRIER_PIGEON", "kafka_security_protocol"),
+        ("STREAMSCORE_MIN_EVENT_TIME", "1997-01-01", "min_event_time"),
+        ("STREAMSCORE_MIN_EVENT_TIME", "852076800000", "min_event_time"),
+        ("STREAMSCORE_KAFKA_GROUP_INSTANCE_ID", "pod 7", "kafka_group_instance_id"),
+        ("STREAMSCORE_KAFKA_GROUP_INSTANCE_ID", "", "kafka_group_instance_id"),
+        ("STREAMSCORE_ON_UNDELIVERABLE_OUTPUT", "retry", "on_undeliverable_output"),
     ],
 )
 def test_invalid_value_names_field_and_env_var(env: str, value: str, field: str) -> None:
@@ -247,3 +252,9 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(ValueError):
         s.churn_horizon_days = 3.0  # type: ignore[misc]
+
+
+def test_min_event_time_sets_the_decoders_lower_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().event_limits().min_event_ms == 946_684_800_000  # 2000-01-01
+    monkeypatch.setenv("STREAMSCORE_MIN_EVENT_TIME", "1990-01-01T00:00:00+01:00")
+    assert load_settings().event_limits().min_event_ms == 631_148_400_000

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from streamscore.core.events import EventLimits, EventType, decode_event
 from streamscore.errors import InvalidEvent
+from tests.strategies import json_scalars, json_values
 
 # 2026-01-01T00:00:00Z = 56 years of 365 days + 14 leap days since 1970, in ms.
 JAN1_2026_MS = ((2026 - 1970) * 365 + 14) * 86_400_000
@@ -63,8 +64,11 @@ def refused(raw: bytes, now_ms: int = NOW, limits: EventLimits = LIMITS) -> Inva
         ("2025-12-31T19:00:00-05:00", JAN1_2026_MS),
         ("2026-01-01T00:00:00.250Z", JAN1_2026_MS + 250),
         ("2026-01-02T03:04:05Z", JAN1_2026_MS + DAY + 3 * 3_600_000 + 4 * MINUTE + 5_000),
-        ("2026-01-01 00:00:00Z", JAN1_2026_MS),  # RFC 3339 allows a space for the T
+        ("2026-01-01T00:00:00.123456789Z", JAN1_2026_MS + 123),  # finer than ms: truncated
+        ("2026-01-01T00:00:00.5Z", JAN1_2026_MS + 500),
+        ("2026-01-01T00:00:00-00:00", JAN1_2026_MS),  # RFC 3339's "offset unknown"
         (JAN1_2026_MS, JAN1_2026_MS),
+        (1.767225600e12, JAN1_2026_MS),  # JSON Schema's "integer" has no fraction, any notation
         (JAN1_2026_MS + 1, JAN1_2026_MS + 1),
         (float(JAN1_2026_MS), JAN1_2026_MS),
     ],
@@ -96,14 +100,57 @@ def test_valid_page_view_fields() -> None:
     assert event.properties == {"colour": "red", "size": 42, "promo": True, "x": None, "w": 1.5}
 
 
-@pytest.mark.parametrize(
-    ("amount", "expected"),
-    [(19.99, 19.99), (0, 0.0), (7, 7.0), ("12.50", 12.5), ("3", 3.0)],
-)
-def test_purchase_amount_as_number_or_numeric_string(amount: object, expected: float) -> None:
+@pytest.mark.parametrize(("amount", "expected"), [(19.99, 19.99), (0, 0.0), (7, 7.0), (1e12, 1e12)])
+def test_purchase_amount_is_a_json_number(amount: object, expected: float) -> None:
     event = decode(raw_event(type="purchase", amount=amount, currency="EUR"))
     assert event.amount == pytest.approx(expected)
     assert event.currency == "EUR"
+
+
+@pytest.mark.parametrize("amount", ["12.50", "3", "1_000", " 7", "1e3", "0x10"])
+def test_numbers_in_strings_are_refused(amount: str) -> None:
+    """pydantic's lax mode would read these as numbers ("1_000" as 1000.0); JSON says text."""
+    exc = refused(raw_event(type="purchase", amount=amount))
+    assert exc.error_type == "invalid_field"
+    assert "amount" in exc.message and "number" in exc.message
+
+
+@pytest.mark.parametrize("ts", ["1767225600000", "1767225600000.0"])
+def test_epoch_milliseconds_in_a_string_are_refused(ts: str) -> None:
+    exc = refused(raw_event(ts=ts))
+    assert exc.error_type == "invalid_field"
+    assert "RFC 3339" in exc.message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"event_id":"e1","user_id":"u1","type":"purchase","ts":1767225600000,'
+        b'"amount":5,"amount":5000}',
+        b'{"event_id":"e1","user_id":"u1","user_id":"u2","type":"page_view","ts":1767225600000}',
+        b'{"event_id":"e1","user_id":"u1","type":"page_view","ts":1767225600000,'
+        b'"properties":{"a":1,"a":1}}',
+        b'{"event_id":"e1","user_id":"u1","type":"page_view","ts":1767225600000,'
+        b'"extra":[{"k":"x:y","k":2}]}',  # even inside an ignored field
+        b'{"event_id":"e1","user_id":"u1","type":"page_view","ts":"2026-01-01T00:00:00Z",'
+        b'"x":"\\u003a","x":1}',  # an escaped colon takes the exact path
+    ],
+)
+def test_repeated_keys_are_refused_as_invalid_json(raw: bytes) -> None:
+    """orjson keeps the last of repeated keys; which one a reader sees is not defined."""
+    exc = refused(raw)
+    assert exc.error_type == "invalid_json"
+    assert "appears more than once" in exc.message
+
+
+def test_colons_in_strings_and_escapes_are_not_mistaken_for_repeats() -> None:
+    raw = (
+        b'{"event_id":"e:1","user_id":"u\\u003a1","type":"page_view",'
+        b'"ts":"2026-01-01T00:00:00+00:00","properties":{"url":"https://x/a:b","k:":"::"}}'
+    )
+    event = decode(raw)
+    assert event.user_id == "u:1"
+    assert event.properties == {"url": "https://x/a:b", "k:": "::"}
 
 
 def test_refund_needs_amount_too() -> None:
@@ -232,18 +279,37 @@ def test_amount_overflowing_a_double_is_refused() -> None:
         "2026-01-01T00:00:00+25:00",  # no such offset
         "yesterday",
         "",
+        # ISO 8601 forms that RFC 3339 (and JSON Schema's date-time) exclude:
+        "2026-W01-4T00:00Z",  # week date
+        "2026-001T00:00:00Z",  # ordinal date
+        "20260101T000000Z",  # basic format
+        "2026-01-01 00:00:00Z",  # a space for the T (RFC 3339 section 5.6 lets an
+        # application choose it; JSON Schema's date-time does not)
+        "2026-01-01T00:00Z",  # no seconds
+        "2026-01-01T00:00:00+02:00:30",  # offset with seconds
+        "2026-01-01T00:00:00+0200",  # offset without colon
+        "2026-01-01T00:00:00+02",  # offset hours only
+        "2026-01-01T00:00:00,5Z",  # comma decimal sign
+        "2026-01-01T00:00:00.Z",  # empty fraction
+        "2026-1-1T00:00:00Z",  # one-digit month and day
+        "+2026-01-01T00:00:00Z",  # expanded year
+        "2026-02-29T00:00:00Z",  # no such day
+        "2026-01-01T24:00:00Z",  # no such hour
+        "2016-12-31T23:59:60Z",  # a leap second: refused, see parse_rfc3339
+        "２０２６-01-01T00:00:00Z",  # digits from another script
+        "2026-01-01T00:00:00Z ",  # trailing space
     ],
 )
-def test_timestamps_without_offset_or_unparsable(ts: str) -> None:
+def test_timestamps_that_are_not_rfc3339(ts: str) -> None:
     exc = refused(raw_event(ts=ts))
     assert exc.error_type == "invalid_field"
     assert "ts" in exc.message
     assert repr(ts) in exc.message
 
 
-def test_naive_timestamp_message_asks_for_an_offset() -> None:
+def test_timestamp_message_gives_an_example_with_an_offset() -> None:
     exc = refused(raw_event(ts="2026-01-01T00:00:00"))
-    assert "offset" in exc.message
+    assert "2026-01-01T12:00:00Z" in exc.message
 
 
 def test_future_skew_is_relative_to_now_ms() -> None:
@@ -274,7 +340,7 @@ def test_far_past() -> None:
     assert decode(raw_event(ts=earliest)).ts == earliest
     exc = refused(raw_event(ts=earliest - 1))
     assert exc.error_type == "past_timestamp"
-    assert str(earliest) in exc.message
+    assert "min_event_time 2000-01-01T00:00:00.000Z" in exc.message
     assert refused(raw_event(ts="1999-12-31T23:59:59Z")).error_type == "past_timestamp"
     assert refused(raw_event(ts=0)).error_type == "past_timestamp"
     assert refused(raw_event(ts=-5)).error_type == "past_timestamp"
@@ -284,6 +350,15 @@ def test_epoch_seconds_get_a_hint() -> None:
     exc = refused(raw_event(ts=JAN1_2026_MS // 1000))
     assert exc.error_type == "past_timestamp"
     assert "seconds" in exc.message
+
+
+def test_history_before_min_event_time_names_the_setting_and_is_accepted_below_it() -> None:
+    purchase_1997 = raw_event(ts="1997-01-01T00:00:00Z", type="purchase", amount=29.5)
+    exc = refused(purchase_1997)
+    assert exc.error_type == "past_timestamp"
+    assert "STREAMSCORE_MIN_EVENT_TIME" in exc.message and "seconds" not in exc.message
+    older = EventLimits(min_event_ms=0)  # 1970
+    assert decode(purchase_1997, limits=older).ts == 852_076_800_000
 
 
 def test_record_size_limit_is_inclusive() -> None:
@@ -321,23 +396,9 @@ def test_properties_limit_counts_encoded_bytes_not_characters() -> None:
 
 # -- never anything but InvalidEvent --------------------------------------------------------------
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=12,
-)
 timestamp_like = (
     st.datetimes(timezones=st.timezones() | st.none()).map(lambda d: d.isoformat())
-    | st.from_regex(r"\A[0-9T:+\-.Zz ]{0,32}\Z")
+    | st.from_regex(r"\A[0-9T:+\-.Zz W]{0,32}\Z")
     | st.integers(min_value=-(2**63), max_value=2**63)
     | st.floats(allow_nan=False, allow_infinity=False)
 )

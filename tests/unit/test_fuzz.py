@@ -1,10 +1,15 @@
 """Hostile input through the whole in-process pipeline (issue 5, items 3 and 6).
 
-- Fuzz: malformed, oversized, wrongly typed, duplicated, far-future, far-past and late records
-  interleaved with good events. Every bad record lands in the dead-letter output exactly once
-  with a reason of the right type; duplicates change nothing and are not dead-lettered (the
-  contract ignores them); the good events' states equal those of a run with only the good
-  events; nothing raises.
+- Fuzz: malformed, oversized (up to 2 MB), wrongly typed, duplicated, far-future, far-past and
+  late records interleaved with good events, including the strict-decoding cases of issue 10:
+  ISO 8601 timestamps that are not RFC 3339, numbers sent as strings, repeated JSON keys.
+  Every bad record lands in the dead-letter output exactly once with a reason of the right
+  type and a bounded copy of its bytes (a prefix, with the whole value's size and SHA-256);
+  duplicates change nothing and are not dead-lettered (the contract ignores them); the good
+  events' states equal those of a run with only the good events; nothing raises. Good events
+  carry every RFC 3339 form (any fraction length, t/z, offsets): their times must decode to
+  the instant they name. Tombstones (null values) never reach this pipeline: the Kafka source
+  counts and skips them (tests/integration/test_input_limits.py).
 - Redelivery after a crash (the process saved a batch's states, then died before committing
   its offsets): the replayed records are duplicates, not late events.
 - The dead-letter guard stops a pipeline whose input is mostly garbage, with a clear message.
@@ -16,6 +21,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import random
 from collections.abc import Sequence
@@ -31,6 +37,7 @@ from streamscore.config import Settings
 from streamscore.core.events import EventType
 from streamscore.core.features import MAX_PURCHASE_BUFFER
 from streamscore.core.records import (
+    DLQ_RAW_MAX_BYTES,
     TOPIC_ALERTS,
     TOPIC_DLQ,
     TOPIC_EVENTS,
@@ -143,23 +150,37 @@ def good_events(draw: st.DrawFn) -> list[dict[str, Any]]:
         if rng.random() < 0.3:
             event["currency"] = rng.choice(["USD", "EUR", "JPY"])
         if rng.random() < 0.3:
-            event["ts"] = _rfc3339(event["ts"], rng.choice(["Z", "+02:00", "-05:30"]))
+            event["ts"] = _rfc3339(event["ts"], rng)
         if rng.random() < 0.1:
             event["unknown_extra_field"] = [1, 2, 3]  # ignored by the contract
         out.append(event)
     return out
 
 
-def _rfc3339(ms: int, offset: str) -> str:
+def _rfc3339(ms: int, rng: random.Random) -> str:
+    """``ms`` as one of the many spellings RFC 3339 allows for the same instant."""
     from datetime import UTC, datetime, timedelta, timezone
 
-    if offset == "Z":
-        tz = UTC
+    minutes = rng.choice([0, 0, 60, -300, 330, 345, -570, 23 * 60 + 59, -(23 * 60 + 59)])
+    when = datetime.fromtimestamp(ms // 1000, tz=UTC).astimezone(
+        timezone(timedelta(minutes=minutes))
+    )
+    text = (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}"
+        f"T{when.hour:02d}:{when.minute:02d}:{when.second:02d}"
+    )
+    millis = f"{ms % 1000:03d}"
+    digits = rng.choice([0, 3, 3, 6, 9]) if millis == "000" else rng.choice([3, 6, 9])
+    if digits:
+        text += "." + (millis + "".join(rng.choice("0123456789") for _ in range(6)))[:digits]
+    if minutes == 0 and rng.random() < 0.7:
+        text += rng.choice(["Z", "z"])
     else:
-        sign = 1 if offset[0] == "+" else -1
-        tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
-    text = datetime.fromtimestamp(ms / 1000, tz=tz).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+        sign = "-" if minutes < 0 else "+"
+        text += f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    if rng.random() < 0.2:
+        text = text.replace("T", "t")
+    return text
 
 
 def _valid(**fields: Any) -> dict[str, Any]:
@@ -179,7 +200,31 @@ WRONG_TYPES: dict[str, list[Any]] = {
     "event_id": [None, 5, "", "x" * 129, [], {"a": 1}, True, _DROP],
     "user_id": [None, 7, "", "u" * 129, ["u0"], False, _DROP],
     "type": [None, 3, ["page_view"], {"t": 1}, _DROP],
-    "ts": [None, True, [], {}, "yesterday", "2026-01-01", "2026-01-01T00:00:00", 1.5, "", _DROP],
+    "ts": [
+        None,
+        True,
+        [],
+        {},
+        "yesterday",
+        "2026-01-01",
+        "2026-01-01T00:00:00",
+        1.5,
+        "",
+        _DROP,
+        # ISO 8601, but not RFC 3339 (nor JSON Schema's date-time):
+        "2026-W01-4T00:00Z",
+        "2026-001T00:00:00Z",
+        "20260101T000000Z",
+        "2026-01-01 00:00:00Z",
+        "2026-01-01T00:00Z",
+        "2026-01-01T00:00:00+02:00:30",
+        "2026-01-01T00:00:00+0200",
+        "2026-01-01T00:00:00,5Z",
+        "2016-12-31T23:59:60Z",
+        # epoch milliseconds as text
+        str(BASE),
+        f"{BASE}.0",
+    ],
     "currency": ["usd", "EURO", 12, "", None],
     "session_id": ["s" * 129, 5, ["s"]],
     "item_id": ["i" * 129, {"a": 1}],
@@ -204,9 +249,17 @@ def bad_record(draw: st.DrawFn) -> tuple[bytes, set[str]]:
                 "big_properties",
                 "future",
                 "past",
+                "repeated_key",
             ]
         )
     )
+    if kind == "repeated_key":
+        field = draw(st.sampled_from(["event_id", "user_id", "type", "ts", "amount", "extra"]))
+        body = _obj(_valid(type="purchase", amount=5.0))
+        value = orjson.dumps(draw(st.sampled_from(["u0", "purchase", BASE, 5000.0, {"a": 1}])))
+        member = b',"' + field.encode() + b'":' + value
+        # "extra" is not a contract field: it must repeat itself to be a repeat.
+        return body[:-1] + member * (2 if field == "extra" else 1) + b"}", {"invalid_json"}
     if kind == "garbage":
         raw = draw(st.binary(min_size=0, max_size=200).filter(lambda b: b.lstrip()[:1] != b"{"))
         return raw, {"invalid_json", "invalid_utf8", "not_an_object"}
@@ -238,6 +291,9 @@ def bad_record(draw: st.DrawFn) -> tuple[bytes, set[str]]:
                     {"type": "refund", "amount": None},
                     {"type": "purchase", "amount": -0.01},
                     {"type": "purchase", "amount": "lots"},
+                    {"type": "purchase", "amount": "12.5"},
+                    {"type": "purchase", "amount": "1_000"},
+                    {"type": "refund", "amount": "7"},
                     {"type": "purchase", "amount": True},
                     {"type": "purchase", "amount": [1]},
                     {"type": "purchase", "amount": 1.000001e12},
@@ -248,7 +304,8 @@ def bad_record(draw: st.DrawFn) -> tuple[bytes, set[str]]:
         )
         return _obj(_valid(**fields)), {"invalid_field"}
     if kind == "too_large":
-        size = draw(st.integers(SETTINGS.max_event_bytes + 1, SETTINGS.max_event_bytes * 4))
+        limit = SETTINGS.max_event_bytes
+        size = draw(st.integers(limit + 1, limit * 4) | st.sampled_from([1_000_000, 2 << 20]))
         return _obj(_valid(category="c" * size)), {"too_large"}
     if kind == "big_properties":
         return _obj(_valid(properties={"blob": "p" * 5000})), {"invalid_field"}
@@ -310,9 +367,23 @@ def test_bad_records_are_dead_lettered_and_good_ones_unaffected(
         assert record["error_type"] in expected[offset], (record, mixed[offset][:200])
         assert record["error_type"] in ERROR_TYPES
         assert isinstance(record["error"], str) and record["error"]
-        assert base64.b64decode(str(record["raw"])) == mixed[offset]
+        assert len(record["error"]) <= 2000  # type: ignore[arg-type]
+        value = mixed[offset]
+        assert base64.b64decode(str(record["raw"])) == value[:DLQ_RAW_MAX_BYTES]
+        assert record["raw_size"] == len(value)
+        assert record["raw_sha256"] == hashlib.sha256(value).hexdigest()
+        assert record["raw_truncated"] is (len(value) > DLQ_RAW_MAX_BYTES)
     assert TOPIC_DLQ not in clean_sink.records
     assert_same_states(states(store), states(clean_store))
+
+
+@settings(FUZZ, max_examples=500)
+@given(st.integers(-62_135_596_800_000 + 2 * DAY, 253_402_300_799_999 - 2 * DAY), st.randoms())
+def test_every_rfc3339_spelling_decodes_to_its_instant(ms: int, rng: random.Random) -> None:
+    from streamscore.core.timeutil import parse_rfc3339
+
+    text = _rfc3339(ms, rng)
+    assert parse_rfc3339(text) == ms, text
 
 
 def test_a_replay_after_a_crash_between_save_and_commit_is_not_late() -> None:

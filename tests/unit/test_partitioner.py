@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kafka.partitioner import DefaultPartitioner
 
-from streamscore.adapters.kafka import KeyHashPartitioner
+from streamscore.adapters.kafka_sink import KeyHashPartitioner
 
 
 class Cluster:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ from streamscore.cli import main
 from streamscore.config import load_settings
 from streamscore.core.events import Event
 from streamscore.core.records import (
+    DLQ_RAW_MAX_BYTES,
     OUTPUT_TOPICS,
     SCHEMAS,
     TOPIC_ALERTS,
@@ -28,6 +30,8 @@ from streamscore.core.records import (
     DeadLetter,
     SegmentChange,
     UserScore,
+    dead_letter,
+    undeliverable_letter,
 )
 from streamscore.core.timeutil import parse_rfc3339
 from streamscore.embedded import demo
@@ -148,7 +152,74 @@ def test_output_schemas_require_every_documented_field() -> None:
         "lifecycle_previous",
         "lifecycle_current",
     }
-    assert required[TOPIC_DLQ] >= {"id", "error_type", "error", "source", "raw", "received_at"}
+    assert required[TOPIC_DLQ] >= {
+        "id",
+        "error_type",
+        "error",
+        "source",
+        "raw",
+        "raw_size",
+        "raw_sha256",
+        "raw_truncated",
+        "received_at",
+    }
+
+
+def test_a_dead_letter_is_bounded_whatever_it_is_about() -> None:
+    """DESIGN.md section 3: raw truncated so the record always fits the broker's limit."""
+    value = b'{"event_id":"e1","pad":"' + b"x" * 2_000_000 + b'"}'
+    letter = dead_letter(
+        topic=TOPIC_EVENTS,
+        partition=3,
+        offset=7,
+        raw=value,
+        error_type="too_large",
+        error="why " * 100_000,
+        now_ms=0,
+    )
+    DeadLetter.model_validate(letter)
+    assert len(orjson.dumps(letter)) < 40_000
+    assert base64.b64decode(str(letter["raw"])) == value[:DLQ_RAW_MAX_BYTES]
+    assert letter["raw_size"] == len(value)
+    assert letter["raw_sha256"] == hashlib.sha256(value).hexdigest()
+    assert letter["raw_truncated"] is True
+    assert len(str(letter["error"])) <= 2000
+    small = dead_letter(
+        topic=TOPIC_EVENTS, partition=0, offset=1, raw=b"{}", error_type="x", error="y", now_ms=0
+    )
+    assert small["raw_truncated"] is False and base64.b64decode(str(small["raw"])) == b"{}"
+
+
+def test_undeliverable_letters_name_the_refused_output() -> None:
+    inner = dead_letter(
+        topic=TOPIC_EVENTS, partition=1, offset=9, raw=b"z" * 20_000, error_type="too_large",
+        error="record is 20000 bytes", now_ms=0,
+    )  # fmt: skip
+    encoded = orjson.dumps(inner)
+    about_dlq = undeliverable_letter(
+        topic="prod-dlq", value=inner, key=None, encoded=encoded, reason="boom", now_ms=0,
+        of_dead_letter=True,
+    )  # fmt: skip
+    DeadLetter.model_validate(about_dlq)
+    assert about_dlq["source"] == inner["source"]
+    assert about_dlq["raw"] == "" and about_dlq["raw_size"] == 20_000
+    assert about_dlq["raw_sha256"] == inner["raw_sha256"]
+    undelivered = about_dlq["undelivered"]
+    assert isinstance(undelivered, dict)
+    assert undelivered["id"] == inner["id"] and undelivered["size"] == len(encoded)
+    score = {"id": "s1", "user_id": "u1"}
+    about_score = undeliverable_letter(
+        topic=TOPIC_SCORES, value=score, key="u1", encoded=b"{}", reason="no", now_ms=0,
+        of_dead_letter=False,
+    )  # fmt: skip
+    DeadLetter.model_validate(about_score)
+    assert about_score["source"] is None and about_score["error_type"] == "undeliverable_output"
+    assert "user-scores refused record s1" in str(about_score["error"])
+    again = undeliverable_letter(
+        topic=TOPIC_SCORES, value=score, key="u1", encoded=b"{}", reason="no", now_ms=5,
+        of_dead_letter=False,
+    )  # fmt: skip
+    assert again["id"] == about_score["id"]  # derived from the output: consumers deduplicate
 
 
 # -- records from a real run --------------------------------------------------------------------

@@ -9,6 +9,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pytest
@@ -508,3 +509,27 @@ def test_config_is_validated() -> None:
         SimulationConfig(bad_fraction=0.6, duplicate_fraction=0.5)
     assert ShopSimulator(SimulationConfig(users=0)).truth == {}
     assert list(ShopSimulator(SimulationConfig(users=0)).events()) == []
+
+
+def test_simulate_start_moves_the_shop_in_event_time(tmp_path: Path) -> None:
+    """``simulate --start`` makes a backfill: the same shop, earlier (issue 10)."""
+    from streamscore.cli import main
+    from streamscore.core.timeutil import DAY_MS, parse_rfc3339
+
+    def times(path: Path) -> list[int]:
+        out = []
+        for line in path.read_bytes().splitlines():
+            ts = orjson.loads(line)["ts"]
+            out.append(ts if isinstance(ts, int) else parse_rfc3339(ts))
+        return out
+
+    default, early = tmp_path / "default.jsonl", tmp_path / "early.jsonl"
+    common = ["simulate", "--users", "20", "--days", "10", "--seed", "3"]
+    assert main([*common, "--out", str(default)]) == 0
+    assert main([*common, "--out", str(early), "--start", "1997-01-01T00:00:00Z"]) == 0
+    start = parse_rfc3339("1997-01-01T00:00:00Z")
+    late, backfill = times(default), times(early)
+    assert min(late) >= parse_rfc3339("2026-01-01T00:00:00Z")
+    assert start <= min(backfill) and max(backfill) <= start + 10 * DAY_MS
+    shift = parse_rfc3339("2026-01-01T00:00:00Z") - start
+    assert [t - shift for t in late] == backfill  # the same shop, shifted

@@ -1,176 +1,52 @@
-"""Kafka source and sink on kafka-python 3.x.
+"""Kafka source on kafka-python 3.x (the sink is in ``kafka_sink``, connections in
+``kafka_client``).
 
 The consumer never auto-commits: the runtime commits a batch's offsets only after its outputs
 are flushed and its states saved. Cooperative-sticky assignment (KIP-429) moves only the
 partitions that must move; the rebalance listener runs on the client's I/O thread, so it only
 queues what changed and the runtime applies it between batches, on its own thread.
+
+Tombstones (records whose value is null) carry no event: they are counted, logged, and
+committed past like any processed record, so they can neither stall a partition nor be read
+again after a restart.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import re
-import socket
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import (
-    KafkaConnectionError,
+    FencedInstanceIdError,
     KafkaError,
     KafkaTimeoutError,
     SaslAuthenticationFailedError,
 )
-from kafka.partitioner import DefaultPartitioner, Partitioner
-from kafka.partitioner.default import murmur2
 from kafka.structs import MemberState, OffsetAndMetadata
 
+from streamscore.adapters.kafka_client import (
+    BROKER_WAIT_S,
+    PROBE_WAIT_S,
+    UNREACHABLE,
+    BrokerWatch,
+    bounded,
+    client_config,
+    unreachable_error,
+    watch_auth_failures,
+)
 from streamscore.config import Settings
-from streamscore.core.records import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS
-from streamscore.core.values import Output
 from streamscore.errors import ConfigError, TransientError
 from streamscore.ports import CommitStatus, RebalanceHook, SourceHealth, SourceRecord
 
 log = logging.getLogger("streamscore.kafka")
-
-
-def client_config(settings: Settings) -> dict[str, Any]:
-    """Connection and security options shared by consumer, producer and admin client."""
-    cfg: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
-        "client_id": settings.kafka_client_id,
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_sasl_mechanism:
-        cfg["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        cfg["sasl_plain_username"] = settings.kafka_sasl_username
-        password = settings.kafka_sasl_password
-        cfg["sasl_plain_password"] = password.get_secret_value() if password else None
-    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        for key, value in (
-            ("ssl_cafile", settings.kafka_ssl_cafile),
-            ("ssl_certfile", settings.kafka_ssl_certfile),
-            ("ssl_keyfile", settings.kafka_ssl_keyfile),
-        ):
-            if value is not None:
-                cfg[key] = str(value)
-    return cfg
-
-
-UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
-# How long one commit or flush may wait for an unavailable broker before it is reported as a
-# TransientError (logged, counted in streamscore_transient_errors_total, retried with
-# backoff). Without a bound a broker outage blocked the loop silently inside kafka-python
-# (commit: request_timeout_ms, 30 s; flush: 60 s) and never showed in our logs or metrics.
-BROKER_WAIT_S = 10.0
-
-
-def _accepts_connections(servers: str) -> bool:
-    """True when a TCP connection to one of the bootstrap servers succeeds."""
-    for server in servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]") or "localhost", int(port)), 2.0):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
-
-
-def unreachable_error(settings: Settings, exc: Exception) -> ConfigError:
-    where = settings.kafka_bootstrap_servers
-    credentials = (
-        "check STREAMSCORE_KAFKA_SASL_USERNAME, STREAMSCORE_KAFKA_SASL_PASSWORD and "
-        "STREAMSCORE_KAFKA_SASL_MECHANISM"
-    )
-    if isinstance(exc, SaslAuthenticationFailedError):
-        return ConfigError(f"Kafka at {where} refused our SASL login ({exc}); {credentials}")
-    if (
-        settings.kafka_security_protocol.startswith("SASL")
-        and isinstance(exc, KafkaTimeoutError)
-        and _accepts_connections(where)
-    ):
-        # The broker often closes a refused login before kafka-python reads its answer: all
-        # that is left is a bootstrap timeout against a broker that accepts connections.
-        return ConfigError(
-            f"Kafka at {where} refused our SASL login (it accepts connections, but no login "
-            f"completed before the bootstrap timeout); {credentials} (and "
-            "STREAMSCORE_KAFKA_SECURITY_PROTOCOL)"
-        )
-    tls = ""
-    if settings.kafka_security_protocol.endswith("SSL"):
-        tls = (
-            "; with TLS, also check STREAMSCORE_KAFKA_SSL_CAFILE (the CA that signed the "
-            "broker's certificate, which must name the host in the bootstrap address)"
-        )
-    return ConfigError(
-        f"cannot reach Kafka at {settings.kafka_bootstrap_servers} ({exc}); "
-        "start it with scripts/stack up, or set STREAMSCORE_KAFKA_BOOTSTRAP_SERVERS "
-        f"and the STREAMSCORE_KAFKA_SECURITY_PROTOCOL / SASL settings{tls}"
-    )
-
-
-class _AuthFailureWatch(logging.Filter):
-    """Remembers a refused SASL login that kafka-python only logs.
-
-    kafka-python 3.0 retries a bootstrap connection whose SASL login the broker refused, logs
-    the ``SaslAuthenticationFailedError`` (logger ``kafka.net.manager``, at ERROR and WARNING)
-    and, once ``bootstrap_timeout_ms`` has passed, raises a bare ``KafkaTimeoutError``. This
-    filter picks the refusal out of those log records, so the error can name the credentials
-    instead of calling Kafka unreachable. It never drops a record.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failure: SaslAuthenticationFailedError | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        for arg in args:
-            if isinstance(arg, SaslAuthenticationFailedError):
-                self.failure = arg
-        return True
-
-
-@contextmanager
-def _watch_auth_failures() -> Iterator[_AuthFailureWatch]:
-    watch = _AuthFailureWatch()
-    logger = logging.getLogger("kafka.net.manager")
-    logger.addFilter(watch)
-    try:
-        yield watch
-    finally:
-        logger.removeFilter(watch)
-
-
-class _RedactSaslBytes(logging.Filter):
-    """Keeps SASL secrets out of kafka-python's DEBUG request log.
-
-    At DEBUG, kafka-python logs every request and response object, SASL logins included: a
-    PLAIN login carries the password in clear and a SCRAM one its salt and proof (enough to
-    guess the password offline). Those records keep their text with the bytes redacted.
-    """
-
-    _BYTES = re.compile(r"""auth_bytes=b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno <= logging.DEBUG:
-            text = record.getMessage()
-            if "auth_bytes=" in text:
-                record.msg, record.args = self._BYTES.sub("auth_bytes=<redacted>", text), ()
-        return True
-
-
-logging.getLogger("kafka.net.connection").addFilter(_RedactSaslBytes())
-# kafka-python's wire dump (the raw bytes of every request and response, SASL logins and
-# their passwords included) stays off even when streamscore logs at DEBUG.
-logging.getLogger("kafka.protocol.parser").setLevel(logging.INFO)
+# After the first tombstone is logged, further ones are summed up at most this often.
+TOMBSTONE_LOG_EVERY_S = 60.0
 
 
 class _QueueingListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -242,9 +118,17 @@ class KafkaSource:
     """The input topic through a consumer group, committed by the runtime only."""
 
     def __init__(
-        self, settings: Settings, *, topic: str | None = None, group_id: str | None = None
+        self,
+        settings: Settings,
+        *,
+        topic: str | None = None,
+        group_id: str | None = None,
+        watch: BrokerWatch | None = None,
+        on_tombstone: Callable[[], None] | None = None,
     ) -> None:
         self.topic = topic or settings.input_topic
+        self.watch = watch or BrokerWatch(settings.kafka_bootstrap_servers)
+        self.on_tombstone = on_tombstone
         self._events: queue.SimpleQueue[tuple[str, set[int]]] = queue.SimpleQueue()
         self._assigned_hook: RebalanceHook | None = None
         self._revoked_hook: RebalanceHook | None = None
@@ -259,10 +143,17 @@ class KafkaSource:
         self._last_poll_ms: int | None = None
         self._poll_failed = False
         self._closed = False
+        # Tombstones polled, and the offset after the last one per partition: committed with
+        # the next poll, when everything polled before it has been processed and committed.
+        self.tombstones = 0
+        self._skipped: dict[int, int] = {}
+        self._tombstones_logged = 0
+        self._tombstone_log_at = 0.0
         try:
-            with _watch_auth_failures() as auth:
+            with watch_auth_failures() as auth:
                 self.consumer = KafkaConsumer(
                     group_id=group_id or settings.kafka_group_id,
+                    group_instance_id=settings.kafka_group_instance_id,
                     enable_auto_commit=False,
                     auto_offset_reset="earliest",
                     max_poll_records=settings.batch_max_records,
@@ -270,16 +161,18 @@ class KafkaSource:
                     session_timeout_ms=settings.session_timeout_ms,
                     heartbeat_interval_ms=min(3000, settings.session_timeout_ms // 3),
                     partition_assignment_strategy=(CooperativeStickyAssignor,),
+                    # Records larger than these still arrive (KIP-74: a fetch always returns
+                    # the first batch of a partition whole), one per fetch.
                     fetch_max_bytes=16 * 1024 * 1024,
                     **client_config(settings),
                 )
+            self.topics_on_broker: set[str] = bounded("listing topics", self.consumer.topics)
         except (*UNREACHABLE, SaslAuthenticationFailedError) as exc:
             raise unreachable_error(settings, auth.failure or exc) from None
         except KafkaError as exc:
             raise ConfigError(f"cannot start the Kafka consumer: {exc}") from None
-        topics = self.consumer.topics()
-        if self.topic not in topics:
-            self.consumer.close()
+        if self.topic not in self.topics_on_broker:
+            self.consumer.close(timeout_ms=int(BROKER_WAIT_S * 1000))
             raise ConfigError(
                 f"input topic {self.topic!r} does not exist on "
                 f"{settings.kafka_bootstrap_servers}; create it (scripts/stack up creates the "
@@ -289,6 +182,8 @@ class KafkaSource:
         self._join_guard = _GroupJoinGuard(
             self.consumer, min(10.0, settings.session_timeout_ms / 2000)
         )
+        self.instance_id = settings.kafka_group_instance_id
+        self._fenced_by: Exception | None = None  # seen in a commit answer: raised by poll
 
     def on_rebalance(self, assigned: RebalanceHook, revoked: RebalanceHook) -> None:
         self._assigned_hook, self._revoked_hook = assigned, revoked
@@ -308,13 +203,24 @@ class KafkaSource:
                 for p in parts:
                     # The next owner starts from the group's committed offset; ours is stale.
                     self.uncommitted.pop(p, None)
+                    self._skipped.pop(p, None)
                 if self._revoked_hook is not None:
                     self._revoked_hook(parts)
 
     def poll(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        # Everything polled before this call has been processed and committed by now, so the
+        # tombstones it held can be committed past.
+        for p, o in self._skipped.items():
+            if p in self.owned:
+                self.uncommitted[p] = max(o, self.uncommitted.get(p, o))
+        self._skipped.clear()
+        if self._fenced_by is not None:
+            raise self._fenced(self._fenced_by)
         timeout_s = self._join_guard.poll_timeout(timeout_s)
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except FencedInstanceIdError as exc:
+            raise self._fenced(exc) from None
         except KafkaError as exc:
             self._poll_failed = True
             raise TransientError(f"Kafka poll failed: {exc}") from exc
@@ -338,9 +244,38 @@ class KafkaSource:
                 continue  # fetched just before a revocation: the new owner reads it
             for m in messages:
                 if m.value is None:
-                    continue  # tombstones carry no event
+                    self._tombstone(tp.partition, m.offset)
+                    continue
                 out.append(SourceRecord(tp.topic, tp.partition, m.offset, m.value, m.timestamp))
         return out
+
+    def _tombstone(self, partition: int, offset: int) -> None:
+        """A record with a null value: no event to decode, and nothing to dead-letter."""
+        self.tombstones += 1
+        if self.on_tombstone is not None:
+            self.on_tombstone()
+        self._skipped[partition] = offset + 1
+        now = time.monotonic()
+        if now >= self._tombstone_log_at:
+            since = self.tombstones - self._tombstones_logged
+            log.warning(
+                "skipping tombstone%s (null value) in %s partition %d at offset %d%s; a "
+                "tombstone carries no event (streamscore_tombstones_total counts them)",
+                "s" if since > 1 else "",
+                self.topic,
+                partition,
+                offset,
+                f" and {since - 1} more since the last report" if since > 1 else "",
+            )
+            self._tombstones_logged = self.tombstones
+            self._tombstone_log_at = now + TOMBSTONE_LOG_EVERY_S
+
+    def _fenced(self, exc: Exception) -> ConfigError:
+        return ConfigError(
+            f"another consumer of group {self.consumer.config['group_id']!r} uses the group "
+            f"instance id {self.instance_id!r} ({exc}); every process needs its own "
+            "STREAMSCORE_KAFKA_GROUP_INSTANCE_ID"
+        )
 
     def commit(self, next_offsets: Mapping[int, int]) -> None:
         """Commit saved offsets without waiting for the broker's answer.
@@ -368,18 +303,27 @@ class KafkaSource:
         offsets = self._owned_uncommitted()
         if not offsets:
             return
+        sent_at = self.watch.clock()
         try:
-            self.consumer.commit_async(offsets, callback=self._on_commit)
+            self.consumer.commit_async(
+                offsets, callback=lambda done, result: self._on_commit(done, result, sent_at)
+            )
         except KafkaError as exc:
             raise TransientError(f"Kafka offset commit failed: {exc}") from exc
         self.commits_in_flight += 1
         self._commit_sent = time.monotonic()
 
-    def _on_commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata], result: Any) -> None:
+    def _on_commit(
+        self, offsets: Mapping[TopicPartition, OffsetAndMetadata], result: Any, sent_at: float
+    ) -> None:
         """The broker's answer to an asynchronous commit (called on this thread, in poll)."""
         self.commits_in_flight -= 1
         if isinstance(result, Exception):
             self.failed_commits += 1
+            if isinstance(result, FencedInstanceIdError):
+                self._fenced_by = result
+            if isinstance(result, UNREACHABLE):
+                self.watch.failed("commit offsets", result, sent_at=sent_at)
             # During a rebalance the coordinator refuses commits until this consumer rejoins,
             # which happens only inside poll; after an outage or a coordinator move, the
             # same. The offsets stay in ``uncommitted`` and go out again after a later poll,
@@ -389,6 +333,7 @@ class KafkaSource:
                 log.warning("offset commit deferred until it can be retried (%s)", result)
             self._deferring = True
             return
+        self.watch.answered()
         if self._deferring:
             log.info(
                 "deferred offsets committed: %s",
@@ -416,10 +361,13 @@ class KafkaSource:
         return CommitStatus(pending=dict(self.uncommitted), failed=self.failed_commits)
 
     def health(self) -> SourceHealth:
-        """Connected: the last poll worked and a broker connection is up (as kafka-python's
-        client reports it; without that attribute, the last poll alone)."""
+        """Connected: Kafka answers (``BrokerWatch``), the last poll worked, and a broker
+        connection is up (as kafka-python's client reports it, where it can)."""
         client = getattr(self.consumer, "_client", None)
-        connected = not (self._closed or self._poll_failed) and self._last_poll_ms is not None
+        connected = (
+            not (self._closed or self._poll_failed or self.watch.down)
+            and self._last_poll_ms is not None
+        )
         if connected and client is not None and hasattr(client, "connected"):
             try:
                 brokers = client.cluster.brokers()
@@ -429,15 +377,35 @@ class KafkaSource:
         return SourceHealth(connected=connected, last_poll_ms=self._last_poll_ms)
 
     def lag(self) -> dict[int, int]:
-        """Records between our position and the end of each owned partition."""
+        """Records between our position and the end of each owned partition.
+
+        Also the liveness check of an idle scorer (kafka-python tells a poll nothing of an
+        outage): a lookup that gets no answer within PROBE_WAIT_S reports Kafka unreachable,
+        the first one answered reports it back.
+        """
         parts = [TopicPartition(self.topic, p) for p in self.owned]
-        if not parts:
+        if not parts:  # no partitions to look up (a group that cannot join, say)
+            if not self.watch.reachable():
+                self.watch.failed("connection check", "no bootstrap server accepts connections")
             return {}
         try:
-            ends = self.consumer.end_offsets(parts)
-            return {tp.partition: max(ends[tp] - self.consumer.position(tp), 0) for tp in parts}
+            ends = self.consumer.end_offsets(parts, timeout_ms=int(PROBE_WAIT_S * 1000))
+        except KafkaTimeoutError as exc:
+            cause = "no bootstrap server accepts connections" if not self.watch.reachable() else exc
+            self.watch.failed("offsets lookup", cause)
+            return {}
         except KafkaError:
             return {}
+        self.watch.answered()
+        lags = {}
+        for tp in parts:
+            try:  # our position, known without a round trip once fetching has started
+                at = self.consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                continue
+            if at is not None:
+                lags[tp.partition] = max(ends[tp] - at, 0)
+        return lags
 
     def exhausted(self) -> bool:
         return False
@@ -459,121 +427,18 @@ class KafkaSource:
         return out
 
     def close(self) -> None:
+        """Commit what is unconfirmed (unless Kafka is unreachable), leave, close; bounded."""
         self._closed = True
         if self.uncommitted:
             # One last try for unconfirmed offsets; left behind, they only mean a short replay.
-            try:
-                self._commit_uncommitted_sync()
-            except TransientError as exc:
-                log.warning("closing with offsets uncommitted (%s)", exc)
-        self.consumer.close(autocommit=False)
-
-
-class KeyHashPartitioner(Partitioner):  # type: ignore[misc]
-    """Kafka's default mapping of a key to a partition (murmur2), each key hashed once.
-
-    kafka-python hashes every keyed record in pure Python (~2 µs) and sorts the topic's
-    partition list each time. A batch sends several records per user (a score, a segment
-    change, an alert) and the same users come back batch after batch, so the hash of a key
-    is remembered; the cache is bounded and simply starts over when full. Partitions are
-    the same as the default partitioner's, which consumers keyed on user_id rely on.
-    """
-
-    def __init__(self, max_keys: int = 100_000) -> None:
-        self.max_keys = max_keys
-        self._hashes: dict[bytes, int] = {}
-        self._unkeyed = DefaultPartitioner()
-
-    def partition(  # noqa: PLR0917 - kafka-python calls it with these six, positionally
-        self,
-        topic: str,
-        key: Any,
-        serialized_key: bytes | None,
-        value: Any,
-        serialized_value: bytes | None,
-        cluster: Any,
-    ) -> int:
-        """The partition of ``serialized_key`` among the topic's partitions."""
-        if serialized_key is None:
-            return int(self._unkeyed.partition(topic, key, None, value, serialized_value, cluster))
-        h = self._hashes.get(serialized_key)
-        if h is None:
-            if len(self._hashes) >= self.max_keys:
-                self._hashes.clear()
-            h = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
-        partitions = cluster.partitions_for_topic(topic)
-        if not partitions:
-            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
-        return h % len(partitions)  # partition ids are always 0 .. n-1
-
-
-class KafkaSink:
-    """The four output topics through one idempotent producer (acks=all)."""
-
-    def __init__(self, settings: Settings, *, resend_attempts: int = 3) -> None:
-        self.topics = {
-            TOPIC_SCORES: settings.scores_topic,
-            TOPIC_ALERTS: settings.alerts_topic,
-            TOPIC_SEGMENTS: settings.segments_topic,
-            TOPIC_DLQ: settings.dlq_topic,
-        }
-        self.resend_attempts = resend_attempts
-        self._pending: list[tuple[str, bytes | None, bytes, Any]] = []
-        try:
-            with _watch_auth_failures() as auth:
-                self.producer = KafkaProducer(
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=5,
-                    batch_size=256 * 1024,
-                    partitioner=KeyHashPartitioner(),
-                    max_in_flight_requests_per_connection=5,
-                    **client_config(settings),
+            if self.watch.down:
+                log.warning(
+                    "closing with offsets %s uncommitted: Kafka is unreachable", self.uncommitted
                 )
-        except (*UNREACHABLE, SaslAuthenticationFailedError) as exc:
-            raise unreachable_error(settings, auth.failure or exc) from None
-
-    def send(self, outputs: Iterable[Output]) -> None:
-        for o in outputs:
-            topic = self.topics[o.topic]
-            key = o.key.encode() if o.key else None
-            value = orjson.dumps(o.value)
-            self._pending.append((topic, key, value, self._send(topic, key, value)))
-
-    def _send(self, topic: str, key: bytes | None, value: bytes) -> Any:
-        try:
-            return self.producer.send(topic, key=key, value=value)
-        except KafkaError as exc:
-            return exc
-
-    def flush(self) -> None:
-        """Wait for every pending record; resend failures; raise if some still failed."""
-        for _ in range(self.resend_attempts + 1):
-            try:
-                self.producer.flush(timeout=BROKER_WAIT_S)
-            except KafkaError as exc:
-                raise TransientError(f"Kafka producer flush failed: {exc}") from exc
-            failed = [
-                (t, k, v, f)
-                for t, k, v, f in self._pending
-                if isinstance(f, Exception) or not f.succeeded()
-            ]
-            if not failed:
-                self._pending.clear()
-                return
-            log.warning("%d records were not delivered; resending", len(failed))
-            self._pending = [(t, k, v, self._send(t, k, v)) for t, k, v, _ in failed]
-        raise TransientError(f"{len(self._pending)} output records could not be delivered to Kafka")
-
-    def close(self) -> None:
-        """Close without retrying: every batch flushes before it commits.
-
-        Outputs still pending here belong to a batch abandoned uncommitted during an outage,
-        so a restart produces them again; waiting out the outage would only delay the stop.
-        """
-        if self._pending:
-            log.warning(
-                "closing with %d outputs unconfirmed; a restart sends them again",
-                len(self._pending),
-            )
-        self.producer.close(timeout=5)
+            else:
+                try:
+                    self._commit_uncommitted_sync()
+                except TransientError as exc:
+                    log.warning("closing with offsets uncommitted (%s)", exc)
+        wait_s = 1.0 if self.watch.down else BROKER_WAIT_S
+        self.consumer.close(autocommit=False, timeout_ms=int(wait_s * 1000))

@@ -23,6 +23,14 @@ TOPIC_SEGMENTS = "segment-changes"
 TOPIC_DLQ = "user-events-dlq"
 OUTPUT_TOPICS = (TOPIC_SCORES, TOPIC_ALERTS, TOPIC_SEGMENTS, TOPIC_DLQ)
 
+# A dead letter keeps at most this much of the record it is about: the default
+# max_event_bytes, so a record refused for anything but its size is kept whole, and the
+# largest dead letter (raw in base64, plus a bounded error text) stays near 35 KB, far inside
+# the broker's default 1 MB limit. ``raw_size`` and ``raw_sha256`` describe the whole value.
+DLQ_RAW_MAX_BYTES = 16_384
+DLQ_ERROR_MAX_CHARS = 2_000
+UNDELIVERABLE = "undeliverable_output"
+
 
 def record_id(*parts: object) -> str:
     """A deterministic 128-bit id from the parts that identify a record's input."""
@@ -103,15 +111,38 @@ class DlqSource(_Record):
     offset: int
 
 
+class UndeliveredOutput(_Record):
+    """An output record Kafka refused for good (``error_type: undeliverable_output``)."""
+
+    topic: str = Field(description="the output topic that refused it")
+    id: str = Field(description="the record's id")
+    key: str | None
+    size: int = Field(description="bytes of the record's value")
+    sha256: str = Field(description="SHA-256 of the record's value, hex")
+
+
 class DeadLetter(_Record):
-    """An input record that broke the contract, kept whole with the reason."""
+    """An input record that broke the contract (its first 16 KiB, with size and hash of the
+    whole), or an output record Kafka would not take, with the reason."""
 
     id: str
     error_type: str
-    error: str
-    source: DlqSource
-    raw: str = Field(description="the original record value, base64")
+    error: str = Field(description=f"what is wrong, at most {DLQ_ERROR_MAX_CHARS} characters")
+    source: DlqSource | None = Field(
+        description="the input record; null only for an undeliverable output that came from "
+        "no single input record (a score, an alert or a segment change)"
+    )
+    raw: str = Field(
+        description=f"the input record's value, base64, cut to its first {DLQ_RAW_MAX_BYTES} "
+        "bytes (empty for an undeliverable output)"
+    )
+    raw_size: int = Field(description="bytes of the whole input value")
+    raw_sha256: str = Field(description="SHA-256 of the whole input value, hex")
+    raw_truncated: bool = Field(description="raw holds only a prefix of the value")
     received_at: Timestamp = Field(description="wall-clock time it was dead-lettered")
+    undelivered: UndeliveredOutput | None = Field(
+        default=None, description="set for error_type undeliverable_output"
+    )
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {
@@ -126,12 +157,64 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 def dead_letter(
     *, topic: str, partition: int, offset: int, raw: bytes, error_type: str, error: str, now_ms: int
 ) -> dict[str, object]:
-    """Build a ``user-events-dlq`` record."""
+    """Build a ``user-events-dlq`` record; bounded in size whatever ``raw`` and ``error`` are."""
+    kept = raw[:DLQ_RAW_MAX_BYTES]
     return {
         "id": record_id("dlq", topic, partition, offset),
         "error_type": error_type,
-        "error": error,
+        "error": _bounded(error),
         "source": {"topic": topic, "partition": partition, "offset": offset},
-        "raw": base64.b64encode(raw).decode(),
+        "raw": base64.b64encode(kept).decode(),
+        "raw_size": len(raw),
+        "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        "raw_truncated": len(kept) < len(raw),
         "received_at": iso(now_ms),
     }
+
+
+def undeliverable_letter(
+    *,
+    topic: str,
+    value: dict[str, object],
+    key: str | None,
+    encoded: bytes,
+    reason: str,
+    now_ms: int,
+    of_dead_letter: bool,
+) -> dict[str, object]:
+    """A small ``user-events-dlq`` record about an output record Kafka refused for good.
+
+    ``value`` is the refused record (``encoded``, its bytes, sent to the topic named
+    ``topic``). When it is a dead letter itself (``of_dead_letter``), the new one keeps its
+    source, error and input hash, without the raw bytes; for a score, an alert or a segment
+    change, the record's id and key say what it was.
+    """
+    inner = value if of_dead_letter else {}
+    rid = str(value.get("id", ""))
+    error = f"{topic} refused record {rid} ({len(encoded)} bytes): {reason}"
+    if inner:
+        error += f"; it was a dead letter: {inner.get('error_type')}: {inner.get('error')}"
+    return {
+        "id": record_id("undeliverable", topic, rid),
+        "error_type": UNDELIVERABLE,
+        "error": _bounded(error),
+        "source": inner.get("source"),
+        "raw": "",
+        "raw_size": inner.get("raw_size", 0),
+        "raw_sha256": inner.get("raw_sha256", hashlib.sha256(b"").hexdigest()),
+        "raw_truncated": bool(inner.get("raw_size")),
+        "received_at": iso(now_ms),
+        "undelivered": {
+            "topic": topic,
+            "id": rid,
+            "key": key,
+            "size": len(encoded),
+            "sha256": hashlib.sha256(encoded).hexdigest(),
+        },
+    }
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= DLQ_ERROR_MAX_CHARS:
+        return text
+    return text[: DLQ_ERROR_MAX_CHARS - 32] + f" ... ({len(text)} chars)"
