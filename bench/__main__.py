@@ -1,4 +1,8 @@
-"""``python -m bench {all,core,bare,full,naive,latency,scaling}``: streamscore's figures.
+"""``python -m bench {all,core,bare,full,naive,latency,scaling,quality}``: streamscore's figures.
+
+``quality`` (no servers) replays real and simulated purchase logs through ``streamscore
+replay`` at monthly cutoffs and compares the scores with buy-till-you-die baselines; its own
+options: ``python -m bench quality --help`` (``bench/quality.py``).
 
 Everything but ``core`` runs against the local stack (``scripts/stack up``): Kafka on
 127.0.0.1:9092 and Redis on :6379 (``BENCH_KAFKA`` / ``BENCH_REDIS`` to change). Each run uses
@@ -73,6 +77,11 @@ def _code_version() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["quality"]:
+        from bench import quality
+
+        return quality.main(argv[1:])
     args = _parser().parse_args(argv)
     spec = DatasetSpec(users=args.users, days=args.days, seed=args.seed, events=args.events)
     cmd = args.command

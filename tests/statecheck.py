@@ -51,15 +51,30 @@ FACTS = (
     "last_snapshot_ms",
     "reactivated_ms",
     "rescore_step",
+    "next_snapshot_ms",
     "carried",  # what a newer writer stored that this version does not know
     "carried_features",
 )
 MODEL_OUTPUTS = ("alert", "segment", "lifecycle", "last_score")
-SNAPSHOT_FACTS = ("t_ms", "returned", "spend", "churn_learnt", "value_learnt", "naive_value")
-SNAPSHOT_INPUTS = ("churn_x", "value_x")  # packed as float16
-SNAPSHOT_PREDICTIONS = ("churn_p", "value_p", "model_generation")
+SNAPSHOT_FACTS = (
+    "t_ms",
+    "returned",
+    "spend",
+    "orders",
+    "weight",
+    "churn_learnt",
+    "value_learnt",
+    "naive_value",
+)
+SNAPSHOT_INPUTS = ("churn_x", "value_x")  # packed as float32
+SNAPSHOT_PREDICTIONS = (
+    "churn_p",
+    "value_p",
+    "model_generation",
+    "baseline_churn",  # the BTYD model's, which the population fit (a model) changes
+    "baseline_value",
+)
 FLOAT32 = {"rel": 1e-6, "abs": 1e-6}  # snapshot numbers are stored as float32
-FLOAT16 = {"rel": 2e-3, "abs": 2e-3}
 FEATURE = {"rel": 1e-9, "abs": 1e-9}
 EVERYTHING = 2**62
 
@@ -187,7 +202,7 @@ def _snapshot_diffs(got: list[Snapshot], want: list[Snapshot]) -> list[str]:
         for name in SNAPSHOT_INPUTS:
             x, y = getattr(a, name), getattr(b, name)
             if len(x) != len(y) or not all(
-                _close(p, q, FLOAT16) for p, q in zip(x, y, strict=True)
+                _close(p, q, FLOAT32) for p, q in zip(x, y, strict=True)
             ):
                 out.append(f"snapshots[{i}].{name}: {x!r} != {y!r}")
     return out

@@ -29,7 +29,7 @@ from streamscore.core.records import (
     TOPIC_SEGMENTS,
 )
 from streamscore.core.timeutil import parse_rfc3339
-from streamscore.core.values import ChurnActivity, ScoringConfig
+from streamscore.core.values import ChurnActivity, ModelParams, ScoringConfig
 from streamscore.errors import ConfigError
 
 _toml_path: Path | None = None
@@ -177,8 +177,28 @@ class Settings(BaseSettings):
     value_horizon_days: float = Field(
         default=30.0, gt=0, le=365, description="value means spend within this many days"
     )
-    snapshot_period_days: float = Field(
-        default=7.0, gt=0, description="at most one training snapshot per user per period"
+    snapshot_period_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="each user is snapshotted for training once per period (long-silent users "
+        "sampled and weighted); default: half the churn horizon",
+    )
+    btyd_sample_size: int = Field(
+        default=20_000,
+        ge=100,
+        description="customers in the sample the buy-till-you-die population model is fitted "
+        "to (a uniform sample of distinct customers)",
+    )
+    btyd_refit_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="days of event time between refits of the buy-till-you-die model",
+    )
+    replay_batch_span_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="demo and replay: a batch also ends where event time moves further than "
+        "this, so a sparse history advances in steps as a live stream would",
     )
     allowed_lateness_seconds: float = Field(
         default=300.0,
@@ -376,12 +396,29 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_toml_path))
         return tuple(sources)
 
+    @property
+    def snapshot_period(self) -> float:
+        """Days between a user's training snapshots (``snapshot_period_days`` or its default)."""
+        if self.snapshot_period_days is not None:
+            return self.snapshot_period_days
+        return self.churn_horizon_days / 2
+
+    def model_params(self) -> ModelParams:
+        """What the models predict and how they learn."""
+        return ModelParams(
+            churn_horizon_days=self.churn_horizon_days,
+            value_horizon_days=self.value_horizon_days,
+            purchase_activity=self.churn_activity is ChurnActivity.PURCHASE,
+            sample_size=self.btyd_sample_size,
+            refit_days=self.btyd_refit_days,
+        )
+
     def scoring(self) -> ScoringConfig:
         """The pure core's view of these settings."""
         return ScoringConfig(
             churn_horizon_days=self.churn_horizon_days,
             value_horizon_days=self.value_horizon_days,
-            snapshot_period_days=self.snapshot_period_days,
+            snapshot_period_days=self.snapshot_period,
             allowed_lateness_ms=round(self.allowed_lateness_seconds * 1000),
             rescore_after_days=self.rescore_after_days,
             churn_activity=self.churn_activity,

@@ -118,6 +118,14 @@ def report(scorer: Scorer, trainer: Trainer, summary: RunSummary) -> dict[str, A
         "outputs": dict(summary.outputs),
         "churn": trainer.quality.churn.report(),
         "value": trainer.quality.value.report(),
+        # The fitted buy-till-you-die model alone, on the same labels (its predictions were
+        # stored with each snapshot, like the model's).
+        "btyd": {
+            "churn": trainer.btyd_quality.churn.report(),
+            "value": trainer.btyd_quality.value.report(),
+            "population": trainer.models.population.describe(),
+        },
+        "labels_not_learnt": trainer.unlearnt,
         "model_version": trainer.models.version,
         "config": {
             "churn_horizon_days": scorer.config.churn_horizon_days,
@@ -138,11 +146,16 @@ def replay(
 ) -> tuple[RunSummary, dict[str, Any]]:
     """``streamscore replay``: the pipeline over a JSONL file, outputs as JSONL files."""
     # Scoring "as of" a time must not see what happened after it: the replay stops there.
-    source = JsonlSource(events_path, topic=settings.input_topic, until_ms=as_of_ms)
+    source = JsonlSource(
+        events_path,
+        topic=settings.input_topic,
+        until_ms=as_of_ms,
+        max_span_ms=round(settings.replay_batch_span_seconds * 1000),
+    )
     store = store if store is not None else MemoryStateStore()
     sink = JsonlSink(out_dir)
     sink.ensure(OUTPUT_TOPICS)
-    scorer, trainer = in_process_scorer(settings.scoring())
+    scorer, trainer = in_process_scorer(settings.scoring(), settings.model_params())
     pipeline = build_pipeline(settings, source, store, sink, scorer)
     try:
         summary = drive(pipeline, Progress("replay") if show_progress else None)
@@ -188,9 +201,13 @@ def write_reports(
 
 
 def simulated_records(sim: ShopSimulator, topic: str) -> Iterator[SourceRecord]:
-    """The simulator's events as source records of partition 0."""
+    """The simulator's events as source records of partition 0, timestamped with their event
+    time (malformed ones it injects: without)."""
     for offset, event in enumerate(sim.events()):
-        yield SourceRecord(topic, 0, offset, encode_event(event))
+        ts = event.get("ts") if isinstance(event, dict) else None
+        yield SourceRecord(
+            topic, 0, offset, encode_event(event), ts if isinstance(ts, int) else None
+        )
 
 
 @dataclass(slots=True)
@@ -203,6 +220,8 @@ class DemoResult:
     oracle_auc: float | None
     warm_model_auc: float | None
     warm_oracle_auc: float | None
+    btyd_auc: float | None
+    warm_btyd_auc: float | None
     labels: int
     segments: Counter[str]
     lifecycles: Counter[str]
@@ -225,10 +244,14 @@ def demo(
     store = MemoryStateStore()
     sink = JsonlSink(out_dir)
     sink.ensure(OUTPUT_TOPICS)
-    scorer, trainer = in_process_scorer(settings.scoring())
+    scorer, trainer = in_process_scorer(settings.scoring(), settings.model_params())
     outcomes: list[LabelOutcome] = []
     scorer.outcomes = outcomes
-    source = ListSource(simulated_records(sim, settings.input_topic), topic=settings.input_topic)
+    source = ListSource(
+        simulated_records(sim, settings.input_topic),
+        topic=settings.input_topic,
+        max_span_ms=round(settings.replay_batch_span_seconds * 1000),
+    )
     pipeline = build_pipeline(settings, source, store, sink, scorer)
     progress = Progress("demo", total=expected_events) if show_progress else None
     try:
@@ -244,6 +267,7 @@ def demo(
     ]
     labels = [o.churned for o in outcomes]
     preds = [o.predicted for o in outcomes]
+    btyd = [o.btyd if o.btyd == o.btyd else 0.5 for o in outcomes]  # NaN: an upgraded snapshot
     warm_from = len(outcomes) // 5
     segments: Counter[str] = Counter()
     lifecycles: Counter[str] = Counter()
@@ -256,6 +280,8 @@ def demo(
         "oracle_auc": exact_auc(oracle, labels) if outcomes else None,
         "warm_model_auc": exact_auc(preds[warm_from:], labels[warm_from:]) if outcomes else None,
         "warm_oracle_auc": exact_auc(oracle[warm_from:], labels[warm_from:]) if outcomes else None,
+        "btyd_auc": exact_auc(btyd, labels) if outcomes else None,
+        "warm_btyd_auc": exact_auc(btyd[warm_from:], labels[warm_from:]) if outcomes else None,
     }
     simulation = {"users": sim_config.users, "days": sim_config.days, "seed": sim_config.seed}
     rep = write_reports(
@@ -278,6 +304,8 @@ def demo(
         oracle_auc=truth["oracle_auc"],
         warm_model_auc=truth["warm_model_auc"],
         warm_oracle_auc=truth["warm_oracle_auc"],
+        btyd_auc=truth["btyd_auc"],
+        warm_btyd_auc=truth["warm_btyd_auc"],
         labels=len(outcomes),
         segments=segments,
         lifecycles=lifecycles,

@@ -13,11 +13,21 @@ from streamscore.config import Settings
 from streamscore.core import checkpoint
 from streamscore.core.inputs import FEATURE_SCHEMA
 from streamscore.core.trainer import Trainer
+from streamscore.core.values import ModelParams
 from streamscore.errors import CheckpointError, CheckpointTooNew, ConfigError, TransientError
 from streamscore.ports import StateStore
 
 log = logging.getLogger("streamscore.models")
 BLOB = "models"
+
+
+def _predicts(params: ModelParams) -> dict[str, object]:
+    """What a lineage's models predict: checkpoints of other horizons are not restored."""
+    return {
+        "churn_horizon_days": params.churn_horizon_days,
+        "value_horizon_days": params.value_horizon_days,
+        "purchase_activity": params.purchase_activity,
+    }
 
 
 class ModelCheckpoints:
@@ -66,7 +76,21 @@ class ModelCheckpoints:
                 f"{exc}. Fix or remove it, or set STREAMSCORE_ON_BAD_CHECKPOINT=fresh"
             ) from None
         if ckpt.header.get("feature_schema") != FEATURE_SCHEMA:
-            log.warning("checkpoint was made for another feature schema: starting fresh models")
+            log.warning(
+                "the model checkpoint was made for other model inputs (schema %s, this version's "
+                "is %s): starting fresh models",
+                ckpt.header.get("feature_schema"),
+                FEATURE_SCHEMA,
+            )
+            return False
+        wanted = _predicts(self.trainer.models.params)
+        if ckpt.header.get("predicts", wanted) != wanted:
+            log.warning(
+                "the model checkpoint predicts %s, the settings ask for %s (a horizon or "
+                "churn_activity changed): starting fresh models",
+                ckpt.header.get("predicts"),
+                wanted,
+            )
             return False
         state: dict[str, Any] = ckpt.state
         self.trainer.models = state["models"]
@@ -134,6 +158,7 @@ class ModelCheckpoints:
             "created_unix": time.time(),
             "offsets": {str(p): o for p, o in self.offsets.items()},
             "labels_learnt": {"churn": models.churn_learnt, "value": models.value_learnt},
+            "predicts": _predicts(models.params),
         }
         blob = checkpoint.dump(
             {"models": models, "rfm": self.trainer.rfm},

@@ -59,7 +59,7 @@ def build_service(
 ) -> tuple[Pipeline, ModelCheckpoints]:
     """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
     store = RedisStateStore.from_settings(settings)
-    scorer, trainer = in_process_scorer(settings.scoring())
+    scorer, trainer = in_process_scorer(settings.scoring(), settings.model_params())
     checkpoints = ModelCheckpoints(settings, store, trainer)
     checkpoints.restore()
     watch = BrokerWatch(settings.kafka_bootstrap_servers)

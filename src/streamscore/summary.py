@@ -19,6 +19,7 @@ def print_demo(result: DemoResult, out_dir: Path) -> None:
     s = result.summary
     churn: dict[str, Any] = result.report["churn"]
     value: dict[str, Any] = result.report["value"]
+    btyd: dict[str, Any] = result.report["btyd"]
     dlq = sum(s.dead_letters.values())
     lines = [
         "",
@@ -30,15 +31,26 @@ def print_demo(result: DemoResult, out_dir: Path) -> None:
         f"labels resolved  {result.labels:>12,}   churn base rate {_f(churn['base_rate'], '.1%')}",
         "",
         "churn (prequential: each label scored with the prediction stored before it was learnt)",
-        f"  ROC AUC  model {_f(result.model_auc)}   oracle {_f(result.oracle_auc)}"
-        f"   gap {_f(_gap(result.oracle_auc, result.model_auc))}",
-        f"  after warm-up (last 80% of labels): model {_f(result.warm_model_auc)}"
-        f"   oracle {_f(result.warm_oracle_auc)}",
-        f"  log loss {_f(churn['log_loss'])}",
+        "                      model    BTYD alone   oracle",
+        f"  ROC AUC             {_f(result.model_auc)}    {_f(result.btyd_auc)}        "
+        f"{_f(result.oracle_auc)}   (gap to the oracle "
+        f"{_f(_gap(result.oracle_auc, result.model_auc))})",
+        f"  after warm-up       {_f(result.warm_model_auc)}    {_f(result.warm_btyd_auc)}        "
+        f"{_f(result.warm_oracle_auc)}   (last 80% of labels)",
+        f"  log loss            {_f(churn['log_loss'])}    {_f(btyd['churn']['log_loss'])}",
+        f"  calibration error   {_f(churn['calibration_error'])}    "
+        f"{_f(btyd['churn']['calibration_error'])}",
+        "  (BTYD alone: the Pareto/NBD model fitted to the population, without the learnt "
+        "corrections)",
         "",
-        "value (spend in the next horizon)",
-        f"  MAE model {_f(value['mae'], '.2f')}   naive baseline {_f(value['naive_mae'], '.2f')}"
-        f"   (past daily spend × horizon)   normalised Gini {_f(value['normalised_gini'])}",
+        "value (spend in the next horizon)   model    BTYD × Gamma-Gamma   naive",
+        f"  MAE                               {_f(value['mae'], '.2f')}    "
+        f"{_f(btyd['value']['mae'], '.2f')}                {_f(value['naive_mae'], '.2f')}",
+        f"  normalised Gini                   {_f(value['normalised_gini'])}    "
+        f"{_f(btyd['value']['normalised_gini'])}",
+        f"  mean predicted / actual           {_f(value['mean_predicted'], '.2f')}    "
+        f"{_f(btyd['value']['mean_predicted'], '.2f')}                "
+        f"(actual {_f(value['mean_actual'], '.2f')})",
         "",
         "segments (users now)                 lifecycle (users now)",
     ]

@@ -11,18 +11,30 @@ from __future__ import annotations
 import threading
 
 from streamscore.config import Settings
+from streamscore.core.models import Models
 from streamscore.core.scorer import Scorer
 from streamscore.core.trainer import Trainer
-from streamscore.core.values import ScoringConfig
+from streamscore.core.values import ModelParams, ScoringConfig
 from streamscore.guards import FILE_ADVICE, TOPIC_ADVICE, DeadLetterGuard, OnRetry, RetryPolicy
 from streamscore.ports import Sink, Source, StateStore
 from streamscore.runtime import Pipeline
 
 
-def in_process_scorer(config: ScoringConfig) -> tuple[Scorer, Trainer]:
+def in_process_scorer(
+    config: ScoringConfig, params: ModelParams | None = None
+) -> tuple[Scorer, Trainer]:
     """A scorer that learns through a trainer of its own, synchronously (one drift log)."""
-    trainer = Trainer()
+    trainer = Trainer(Models(params or model_params_of(config)))
     return Scorer(config, trainer, trainer, trainer.drift.log), trainer
+
+
+def model_params_of(config: ScoringConfig) -> ModelParams:
+    """Model parameters that predict what ``config`` scores (its horizons and activity)."""
+    return ModelParams(
+        churn_horizon_days=config.churn_horizon_days,
+        value_horizon_days=config.value_horizon_days,
+        purchase_activity=config.purchase_activity,
+    )
 
 
 def build_pipeline(

@@ -297,19 +297,22 @@ def test_shuffled_file_gives_the_same_outputs(
     a = {r["user_id"]: r for r in read_jsonl(tmp_path / "final_scores.jsonl")}
     b = {r["user_id"]: r for r in read_jsonl(shuffled_out / "final_scores.jsonl")}
     assert a.keys() == b.keys() == files.users
+    # The population model refits at the first customer observed a period after its last
+    # fit, and RFM cut points every few hundred observations: the order of equal timestamps
+    # (many signups at the very start) may put a customer or two on the other side of one,
+    # so model outputs agree to a few decimals, and segments for all but a user or two.
     for user, r in a.items():
         assert r["lifecycle_stage"] == b[user]["lifecycle_stage"], user
-        assert r["churn_probability"] == pytest.approx(b[user]["churn_probability"], abs=1e-6)
-        assert r["predicted_value"] == pytest.approx(b[user]["predicted_value"], abs=0.01)
-    # RFM cut points are refreshed every few hundred observations, so the order of equal
-    # timestamps (many signups at the very start) may move a refresh: allow a user or two.
+        assert r["churn_probability"] == pytest.approx(b[user]["churn_probability"], abs=1e-3)
+        assert r["predicted_value"] == pytest.approx(b[user]["predicted_value"], rel=1e-2, abs=0.05)
     same_segment = sum(r["segment"] == b[u]["segment"] for u, r in a.items())
     assert same_segment >= 0.98 * len(a)
-    # Event-driven outputs, segments aside, are the same records.
+    # Event-driven outputs are the same records, their model outputs aside.
+    model = ("scored_at", "segment", "churn_probability", "predicted_value", "reasons")
     for topic in (TOPIC_SCORES, TOPIC_ALERTS):
         x = read_jsonl(tmp_path / f"{topic}.jsonl")
         y = read_jsonl(shuffled_out / f"{topic}.jsonl")
-        assert without(x, "scored_at", "segment") == without(y, "scored_at", "segment")
+        assert without(x, *model) == without(y, *model)
 
 
 def jittered(lines: list[bytes], max_pairs: int = 60) -> tuple[list[bytes], int]:

@@ -1,10 +1,11 @@
 """A rolling upgrade on the real stack: this version and the next in one consumer group.
 
-The next version is this tree's ``streamscore run`` with state format v4
+The next version is this tree's ``streamscore run`` with the next state format
 (``newer_scorer.py``): a compatible addition (a new field older readers carry), or an
-incompatible change (its states need a v4 reader). Input arrives in four chunks, each fully
-committed before the group's membership changes, so every handover is one a rolling upgrade
-makes: the new version joins, leaves again (a failed canary), joins for good, the old stops.
+incompatible change (its states need a reader of the next format). Input arrives in four
+chunks, each fully committed before the group's membership changes, so every handover is one
+a rolling upgrade makes: the new version joins, leaves again (a failed canary), joins for
+good, the old stops.
 
 Compatible: both versions read each other's states, the old one carries the new field
 through its own writes, and the end state is an uninterrupted replay's. Incompatible: the
@@ -43,7 +44,7 @@ from .helpers import (
     wait_for,
     wait_until_settled,
 )
-from .newer_scorer import NEW_FIELD, become_v4
+from .newer_scorer import NEW_FIELD, NEXT, become_next
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,10 +75,10 @@ def stored(names: dict[str, str]) -> dict[str, dict[str, object]]:
 
 
 @contextmanager
-def reading_as_v4(incompatible: bool) -> Iterator[None]:
+def reading_as_next(incompatible: bool) -> Iterator[None]:
     """This process reads (and writes) states as the simulated next version does."""
     saved = (state_module.STATE_FORMAT, state_module.MIN_READER, dict(state_module.UPGRADES))
-    become_v4(incompatible=incompatible)
+    become_next(incompatible=incompatible)
     try:
         yield
     finally:
@@ -203,16 +204,16 @@ def test_a_compatible_upgrade_keeps_both_versions_reading_each_other(
     assert "Traceback" not in logs and "needs a reader" not in logs, logs[-4000:]
 
     # After the canary left, the old version rewrote the states the new one had written:
-    # as v3, carrying the new field (none lost it: the new version never wrote it away).
-    carried = [u for u, d in after_canary.items() if d["v"] == 3 and NEW_FIELD in d]
+    # in its own format, carrying the new field (none lost it: the new one never wrote it away).
+    carried = [u for u, d in after_canary.items() if d["v"] == NEXT - 1 and NEW_FIELD in d]
     assert carried, "no state the old version wrote after the new one: the handover was missed"
     raw = stored(up.names)
     assert set(raw) == up.users
     versions = {u: (d["v"], NEW_FIELD in d) for u, d in raw.items()}
-    assert (4, True) in versions.values(), "no state written by the new version"
-    assert (4, False) not in versions.values(), "the new version lost its own field"
+    assert (NEXT, True) in versions.values(), "no state written by the new version"
+    assert (NEXT, False) not in versions.values(), "the new version lost its own field"
     assert all(NEW_FIELD in raw[u] for u in carried), "a field carried by the old was lost"
-    assert all(d[NEW_FIELD] == "added by v4" for d in raw.values() if NEW_FIELD in d)
+    assert all(d[NEW_FIELD] == f"added by v{NEXT}" for d in raw.values() if NEW_FIELD in d)
     # Read as this version reads them: the state of an uninterrupted run.
     up.assert_same_as_uninterrupted()
 
@@ -229,7 +230,7 @@ def test_an_incompatible_upgrade_holds_the_old_version_back_without_crashing_it(
     old_log = up.logs["old"]
     up.wait(
         "the old version refuses the new one's states, again and again",
-        lambda: old_log.read_text().count("needs a reader of v4") >= 4,
+        lambda: old_log.read_text().count(f"needs a reader of v{NEXT}") >= 4,
     )
     assert up.procs["old"].poll() is None, tail(old_log)
     assert not up.all_committed(), "the old version committed a batch it could not read"
@@ -242,5 +243,5 @@ def test_an_incompatible_upgrade_holds_the_old_version_back_without_crashing_it(
     assert "load states failed (user state of" in text
     assert "finish the rolling upgrade" in text
     assert "Traceback" not in text
-    with reading_as_v4(incompatible=True):
+    with reading_as_next(incompatible=True):
         up.assert_same_as_uninterrupted()

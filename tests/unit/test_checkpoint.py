@@ -19,6 +19,7 @@ from streamscore.adapters.memory import MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core import checkpoint
 from streamscore.core.inputs import FEATURE_SCHEMA
+from streamscore.core.models import Models
 from streamscore.core.trainer import Trainer
 from streamscore.errors import CheckpointError, CheckpointTooNew, ConfigError, TransientError
 from streamscore.model_checkpoints import BLOB, ModelCheckpoints
@@ -182,7 +183,7 @@ def settings(**kw: Any) -> Settings:
 
 def checkpoints(store: MemoryStateStore, **kw: Any) -> ModelCheckpoints:
     s = settings(**kw)
-    return ModelCheckpoints(s, store, Trainer())
+    return ModelCheckpoints(s, store, Trainer(Models(s.model_params())))
 
 
 def saved_by(store: MemoryStateStore, **kw: Any) -> ModelCheckpoints:
@@ -346,37 +347,53 @@ def _fixture() -> tuple[bytes, dict[str, Any]]:
     )
 
 
-def test_a_v1_checkpoint_loads_upgraded_with_the_models_it_held() -> None:
+def test_a_v1_checkpoint_loads_upgraded() -> None:
+    # The v1 fixture holds the models of the v3 input set (scaled linear models); this
+    # version's models take other inputs, so it reads the checkpoint (format upgraded,
+    # header and RFM quantiles intact) but does not restore those models (next test).
     blob, want = _fixture()
     assert "format" not in split(blob)[0], "the fixture is a v1 checkpoint"
     ckpt = checkpoint.load(blob, {want["key_id"]: want["key"].encode()})
     assert ckpt.stored_format == 1
     assert (ckpt.header["format"], ckpt.header["min_reader"]) == (2, 2)
     assert ckpt.header["offsets"] == want["offsets"]
-    models, rfm = ckpt.state["models"], ckpt.state["rfm"]
-    assert models.version == want["model_version"]
-    assert (models.generation, models.churn_learnt, models.value_learnt) == (
-        want["generation"],
-        want["churn_learnt"],
-        want["value_learnt"],
-    )
-    for row in want["predictions"]:
-        assert list(models.predict(row["churn_x"], row["value_x"])) == row["predict"]
+    assert ckpt.header["model_version"] == want["model_version"]
+    assert ckpt.header["feature_schema"] != FEATURE_SCHEMA
     for row in want["rfm"]:
-        assert list(rfm.scores(*row["probe"])) == row["scores"]
+        assert list(ckpt.state["rfm"].scores(*row["probe"])) == row["scores"]
 
 
-def test_the_checkpoints_restore_a_v1_checkpoint_and_save_the_current_format() -> None:
+def test_a_checkpoint_of_other_model_inputs_starts_fresh_models_and_is_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     blob, want = _fixture()
     store = MemoryStateStore()
     store.put_blob(BLOB, blob)
     k = checkpoints(store, checkpoint_key=want["key"])
-    assert k.restore() is True
-    assert k.trainer.models.version == want["model_version"]
+    with caplog.at_level("WARNING"):
+        assert k.restore() is False
+    assert "made for other model inputs" in caplog.text
+    assert k.trainer.models.churn_learnt == 0
     k.save()
     raw = store.get_blob(BLOB)
     assert raw is not None
-    assert checkpoint.load(raw, {"k1": want["key"].encode()}).stored_format == checkpoint.FORMAT
+    again = checkpoint.load(raw, {"k1": want["key"].encode()})
+    assert again.stored_format == checkpoint.FORMAT
+    assert again.header["feature_schema"] == FEATURE_SCHEMA
+
+
+def test_a_checkpoint_that_predicts_other_horizons_is_not_restored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStateStore()
+    k = checkpoints(store, checkpoint_key="secret")
+    k.save()
+    other = checkpoints(store, checkpoint_key="secret", churn_horizon_days=30)
+    with caplog.at_level("WARNING"):
+        assert other.restore() is False
+    assert "a horizon or churn_activity changed" in caplog.text
+    same = checkpoints(store, checkpoint_key="secret")
+    assert same.restore() is True
 
 
 def _signed_newer(state: Any, key: bytes = KEY) -> bytes:

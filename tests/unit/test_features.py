@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from streamscore.core.events import Event, EventType
 from streamscore.core.features import (
     FEATURES_LAYOUT,
+    OCCASION_GAP_MS,
     STORED_FIELDS,
     UserFeatures,
+    btyd_summary,
     derive,
-    quiet_probability,
 )
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -170,7 +171,7 @@ def test_derive_at_day_37() -> None:
     }
     for key, value in expected.items():
         assert d[key] == pytest.approx(value), key
-    assert {"p_alive_logit", "p_quiet_logit", "events_hl30d", "spend_hl30d"} <= d.keys()
+    assert {"events_hl30d", "spend_hl30d"} <= d.keys()
     assert all(math.isfinite(v) for v in d.values())
 
 
@@ -195,18 +196,46 @@ def test_derive_before_last_seen_clamps_to_zero() -> None:
     assert d["tenure_days"] == pytest.approx(1.0)
 
 
-def test_quiet_probability_edges() -> None:
-    # Seen just now: surely alive. A zero horizon: surely quiet within it.
-    p_alive, _ = quiet_probability(sessions=5, tenure_days=30, recency_days=0, horizon_days=14)
-    assert p_alive == pytest.approx(1.0)
-    _, p_quiet = quiet_probability(sessions=5, tenure_days=30, recency_days=3, horizon_days=0)
-    assert p_quiet == pytest.approx(1.0)
-    # Longer silence means less likely alive and more likely quiet.
-    a1, q1 = quiet_probability(5, 30, 2, 14)
-    a2, q2 = quiet_probability(5, 30, 20, 14)
-    assert a2 < a1
-    assert q2 > q1
-    assert 0.0 < q1 < 1.0
+def test_occasions_count_visits_and_orders_not_events() -> None:
+    # Two visits (the page views 10 minutes apart are one), three orders of which two are a
+    # minute apart (one occasion): the BTYD summary counts occasions, not clicks.
+    minute = 60_000
+    f = build(
+        [
+            ev("page_view", 0),
+            Event(event_id="v2", user_id="u", type=EventType.PAGE_VIEW, ts=T0 + 10 * minute),
+            ev("purchase", 1, 10.0),
+            Event(
+                event_id="p2",
+                user_id="u",
+                type=EventType.PURCHASE,
+                ts=T0 + DAY + minute,
+                amount=5.0,
+            ),
+            ev("purchase", 8, 7.0),
+        ]
+    )
+    assert f.visits == 3  # day 0 (two page views), day 1 (two orders), day 8
+    assert f.purchase_occasions == 2
+    assert f.last_browse_ms == T0 + 10 * minute
+    # Any activity: birth at the first page view, two repeat visits, the latest on day 8.
+    assert btyd_summary(f, T0 + 10 * DAY, purchase_activity=False) == pytest.approx(
+        (2.0, 8.0, 10.0, 2.0, 8.0)
+    )
+    # Purchases only: the first purchase is not the birth here (the page views came first).
+    x, t_x, big_t, _, _ = btyd_summary(f, T0 + 10 * DAY, purchase_activity=True)
+    assert (x, t_x, big_t) == pytest.approx((2.0, 8.0, 10.0))
+
+
+def test_a_first_purchase_that_is_the_first_event_is_the_birth_not_a_repeat() -> None:
+    f = build([ev("purchase", 0, 10.0), ev("purchase", 5, 10.0)])
+    assert btyd_summary(f, T0 + 9 * DAY, purchase_activity=True) == pytest.approx(
+        (1.0, 5.0, 9.0, 1.0, 5.0)
+    )
+    one = build([ev("purchase", 0, 10.0)])
+    assert btyd_summary(one, T0 + 9 * DAY, purchase_activity=True) == pytest.approx(
+        (0.0, 0.0, 9.0, 0.0, 0.0)
+    )
 
 
 def test_the_stored_form_round_trips_through_json() -> None:
@@ -335,6 +364,14 @@ def test_any_order_within_lateness_gives_the_same_features(
         times = sorted(e.ts for e in events if e.type is EventType.PURCHASE)
         gaps = [(y - x) / DAY for x, y in itertools.pairwise(times)]
         mean, std = b.purchase_gap_stats()
+        # Occasions are the runs of events less than the gap apart, whatever the order.
+        all_times = sorted(e.ts for e in events)
+        visits = 1 + sum(y - x > OCCASION_GAP_MS for x, y in itertools.pairwise(all_times))
+        orders = (
+            (1 + sum(y - x > OCCASION_GAP_MS for x, y in itertools.pairwise(times))) if times else 0
+        )
+        assert (a.visits, b.visits) == (visits, visits)
+        assert (a.purchase_occasions, b.purchase_occasions) == (orders, orders)
         if gaps:
             true_mean = sum(gaps) / len(gaps)
             true_var = sum(g * g for g in gaps) / len(gaps) - true_mean**2

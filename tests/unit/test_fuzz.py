@@ -510,7 +510,7 @@ def test_some_garbage_does_not_stop_the_pipeline() -> None:
 # mixes of one to all eight types with mean gaps of 1 s to 3 days (five pending snapshots at
 # most); the bound leaves room for longer numbers, not for growth.
 STATE_BOUND_BYTES = 1600
-MAX_SNAPSHOTS = math.ceil(SETTINGS.value_horizon_days / SETTINGS.snapshot_period_days) + 1
+MAX_SNAPSHOTS = math.ceil(SETTINGS.value_horizon_days / SETTINGS.snapshot_period) + 1
 
 
 @settings(FUZZ, max_examples=12)

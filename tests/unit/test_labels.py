@@ -1,10 +1,10 @@
 """Delayed labels, the watermark and silent-user rescoring (DESIGN.md §4), on hand-built
 timelines driven straight through ``Scorer.apply_events`` and ``Scorer.advance``.
 
-Config: churn horizon 14 d, value horizon 30 d, a snapshot at most every 7 d, silent users
-rescored after 3, 7 and 21 days of silence, plus the churn horizon (14 d) which is always a
-rescoring point. Users without purchases can never raise an alert (min_purchases = 1), which
-keeps the expected outputs exact.
+Config: churn horizon 14 d, value horizon 30 d, a snapshot every 7 d on each user's grid,
+silent users rescored after 3, 7 and 21 days of silence, plus the churn horizon (14 d) which
+is always a rescoring point. Users without purchases can never raise an alert
+(min_purchases = 1), which keeps the expected outputs exact.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from streamscore.core.events import Event, EventType
-from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS
+from streamscore.core.inputs import MODEL_INPUTS
+from streamscore.core.population import key_hash
 from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS
 from streamscore.core.scorer import Scorer
 from streamscore.core.snapshots import Snapshot
@@ -23,8 +24,8 @@ from streamscore.core.state import UserState
 from streamscore.core.trainer import Trainer
 from streamscore.core.validation import log_loss
 from streamscore.core.values import (
+    CustomerObservation,
     LabelKind,
-    LabelOutcome,
     Output,
     PopulationSample,
     ScoringConfig,
@@ -125,33 +126,82 @@ def test_churn_horizon_is_always_a_rescoring_point() -> None:
 
 # -- snapshots ----------------------------------------------------------------------------------
 
+P = 7 * DAY  # CFG's snapshot period
 
-def test_snapshot_at_first_event_then_at_most_once_per_period() -> None:
-    feed = Feed(new_scorer())
+
+def grid_after(user_id: str, t_ms: int) -> int:
+    """The first time after ``t_ms`` on the user's snapshot grid: every period, at a phase
+    given by a hash of the id (the rule the scorer documents)."""
+    phase = key_hash(user_id) % P
+    return t_ms - (t_ms - phase) % P + P
+
+
+G0 = grid_after("u1", T0)  # u1's first grid time after its first event (at T0)
+
+
+def test_the_grid_spreads_users_over_the_period() -> None:
+    phases = [key_hash(f"user-{i}") % P / P for i in range(2000)]
+    # Uniform over the period: each tenth holds about a tenth of the users.
+    for k in range(10):
+        share = sum(k / 10 <= p < (k + 1) / 10 for p in phases) / len(phases)
+        assert 0.07 < share < 0.13
+    assert T0 < G0 <= T0 + P
+
+
+def test_snapshots_are_taken_on_the_users_grid_once_per_period() -> None:
+    scorer = new_scorer()
+    feed = Feed(scorer)
     feed.apply(("session_start", T0))
-    assert feed.snapshot_times() == [T0]
-    feed.apply(("page_view", T0 + DAY))
-    feed.apply(("page_view", T0 + 7 * DAY - 1))  # 1 ms short of a period
-    assert feed.snapshot_times() == [T0]
-    feed.apply(("page_view", T0 + 7 * DAY))
-    feed.apply(("page_view", T0 + 8 * DAY))
-    assert feed.snapshot_times() == [T0, T0 + 7 * DAY]
-    assert feed.state.last_snapshot_ms == T0 + 7 * DAY
-    assert feed.scorer.counters.snapshots == 2
+    assert feed.snapshot_times() == []  # none at events: the first grid time is ahead
+    assert feed.state.next_snapshot_ms == G0
+    # An event after the grid time: the snapshot is taken first, as of G0.
+    feed.apply(("page_view", G0 + 3_600_000))
+    (s0,) = feed.state.snapshots
+    assert s0.t_ms == G0
+    assert s0.churn_x[MODEL_INPUTS.index("T")] == pytest.approx((G0 - T0) / DAY)
+    assert s0.churn_x[MODEL_INPUTS.index("x")] == 0.0  # the page view came after G0
+    assert s0.returned  # the page view came after it, within the horizon
+    feed.apply(("page_view", G0 + 3 * DAY))
+    assert feed.snapshot_times() == [G0]
+    feed.advance(G0 + P)  # the watermark reaches the next grid time
+    assert feed.snapshot_times() == [G0, G0 + P]
+    assert feed.state.next_snapshot_ms == G0 + 2 * P
+    assert scorer.counters.snapshots == 2
+    assert [s.weight for s in feed.state.snapshots] == [1.0, 1.0]
+
+
+def test_long_silence_is_sampled_and_weighted_by_the_inverse_rate() -> None:
+    # Users silent for two years: every grid time within the churn horizon of silence is
+    # taken; beyond, a fraction dormant/periods-silent of them, each weighted by its inverse,
+    # so the weights of the resolved labels add up to about one per grid time.
+    scorer = new_scorer()
+    end = T0 + 730 * DAY
+    grid_times = 0
+    for i in range(30):
+        feed = Feed(scorer, user_id=f"silent-{i}")
+        feed.apply(("session_start", T0))
+        feed.advance(end)
+        first = grid_after(feed.state.user_id, T0)
+        grid_times += len(range(first, end - 14 * DAY + 1, P))
+    assert scorer.counters.snapshots < grid_times / 5  # the cost: the log of the silence
+    assert learnt(scorer).quality.churn.weight_sum == pytest.approx(grid_times, rel=0.15)
 
 
 def test_snapshot_stores_the_prediction_made_then() -> None:
     scorer = new_scorer()
     feed = Feed(scorer)
     feed.apply(("session_start", T0))
+    feed.advance(G0)
     (snap,) = feed.state.snapshots
-    # A first-ever event: no recency yet, and the prediction is the models' at that moment.
-    assert math.expm1(snap.churn_x[2]) == pytest.approx(0.0)
-    assert (snap.churn_p, snap.value_p) == learnt(scorer).models.predict(snap.churn_x, snap.value_x)
-    assert 0.0 < snap.churn_p < 1.0
-    assert snap.value_p == 0.0  # the value model has learnt nothing yet
+    models = learnt(scorer).models
+    churn_p, value_p, base = models.predict_both(snap.churn_x)
+    assert (snap.churn_p, snap.value_p) == pytest.approx((churn_p, value_p))
+    # Nothing learnt yet: the prediction is the BTYD model's own, stored beside it.
+    assert snap.baseline_churn == pytest.approx(base.p_churn)
+    assert snap.churn_p == pytest.approx(snap.baseline_churn)
+    assert snap.value_p == pytest.approx(snap.baseline_value)
     assert snap.naive_value == 0.0  # nothing spent yet
-    assert not snap.returned and snap.spend == 0.0
+    assert not snap.returned and snap.spend == 0.0 and snap.orders == 0.0
 
 
 # -- activity and the churn label ---------------------------------------------------------------
@@ -159,30 +209,17 @@ def test_snapshot_stores_the_prediction_made_then() -> None:
 
 @pytest.mark.parametrize(
     ("after_ms", "returned"),
-    [
-        (1, False),
-        (30 * MINUTE, False),  # still the same visit: the grace period is inclusive
-        (30 * MINUTE + 1, True),
-        (2 * DAY, True),
-        (14 * DAY, True),  # the horizon is inclusive
-    ],
+    [(0, False), (1, True), (2 * DAY, True), (14 * DAY, True), (14 * DAY + 1, False)],
 )
-def test_activity_after_the_grace_period_marks_the_snapshot_returned(
+def test_activity_after_the_snapshot_within_the_horizon_marks_it_returned(
     after_ms: int, returned: bool
 ) -> None:
-    assert CFG.activity_grace_ms == 30 * MINUTE
     feed = Feed(new_scorer())
     feed.apply(("session_start", T0))
-    feed.apply(("page_view", T0 + after_ms))
-    assert feed.state.snapshots[0].t_ms == T0
+    feed.advance(G0)
+    feed.apply(("page_view", G0 + after_ms))
+    assert feed.state.snapshots[0].t_ms == G0
     assert feed.state.snapshots[0].returned is returned
-
-
-def test_activity_after_the_horizon_does_not_count() -> None:
-    feed = Feed(new_scorer())
-    feed.apply(("session_start", T0))
-    feed.apply(("page_view", T0 + 14 * DAY + 1))
-    assert feed.state.snapshots[0].returned is False
 
 
 def test_return_is_learnt_as_not_churned_only_at_the_horizon() -> None:
@@ -190,37 +227,27 @@ def test_return_is_learnt_as_not_churned_only_at_the_horizon() -> None:
     calls = spy_learning(scorer)
     feed = Feed(scorer)
     feed.apply(("session_start", T0))
-    feed.apply(("page_view", T0 + 2 * DAY))
+    feed.advance(G0)
+    feed.apply(("page_view", G0 + 2 * DAY))
     s0 = feed.state.snapshots[0]
     assert s0.returned
     stored_p = s0.churn_p
     stored_x = list(s0.churn_x)
-
-    # Silent since day 2: rescored at day 5 and day 9 (a new snapshot at day 9, a period
-    # after the first); nothing is learnt while the watermark is short of day 14.
-    out = feed.advance(T0 + 14 * DAY - 1)
-    assert [o.value["as_of"] for o in out if o.topic == TOPIC_SCORES] == [
-        "2026-01-06T00:00:00.000Z",
-        "2026-01-10T00:00:00.000Z",
-    ]
-    assert feed.snapshot_times() == [T0, T0 + 9 * DAY]
+    feed.advance(G0 + 14 * DAY - 1)
     assert learnt(scorer).quality.churn.count == 0
-    assert learnt(scorer).models.churn_learnt == 0
     assert calls == []
     assert not s0.churn_learnt
 
-    feed.advance(T0 + 14 * DAY)
+    feed.advance(G0 + 14 * DAY)
     assert s0.churn_learnt and not s0.value_learnt
     q = learnt(scorer).quality.churn
     assert (q.count, q.positives) == (1, 0)
-    assert q.loss_sum == pytest.approx(-math.log(1.0 - stored_p))
     assert q.loss_sum == pytest.approx(log_loss(stored_p, False))
-    assert scorer.outcomes == [LabelOutcome("u1", T0, False, stored_p, 0.0)]
+    (outcome,) = scorer.outcomes
+    assert (outcome.t_ms, outcome.churned, outcome.predicted) == (G0, False, stored_p)
+    assert outcome.recency_days == pytest.approx((G0 - T0) / DAY)
     # Scored against the stored prediction first, learnt after.
-    assert calls == [("churn", 1, (stored_x, False))]
-    assert learnt(scorer).models.churn_learnt == 1
-    # The snapshot stays for its value label (day 30).
-    assert feed.snapshot_times() == [T0, T0 + 9 * DAY]
+    assert calls[0] == ("churn", 1, (stored_x, False))
 
 
 def test_silence_is_learnt_as_churned_when_the_watermark_passes_the_horizon() -> None:
@@ -228,44 +255,31 @@ def test_silence_is_learnt_as_churned_when_the_watermark_passes_the_horizon() ->
     calls = spy_learning(scorer)
     feed = Feed(scorer)
     feed.apply(("session_start", T0))
+    feed.advance(G0 + 14 * DAY - 1)
     stored_p = feed.state.snapshots[0].churn_p
-
-    feed.advance(T0 + 14 * DAY - 1)
-    # Rescored at days 3 and 7; the day-7 rescoring is a period after the first snapshot.
-    assert feed.snapshot_times() == [T0, T0 + 7 * DAY]
     assert learnt(scorer).quality.churn.count == 0
-    assert calls == []
-
-    feed.advance(T0 + 14 * DAY)
+    feed.advance(G0 + 14 * DAY)
     q = learnt(scorer).quality.churn
     assert (q.count, q.positives) == (1, 1)
     assert q.loss_sum == pytest.approx(-math.log(stored_p))
-    assert [(o.churned, o.predicted, o.t_ms) for o in scorer.outcomes] == [(True, stored_p, T0)]
+    assert [(o.churned, o.predicted, o.t_ms) for o in scorer.outcomes] == [(True, stored_p, G0)]
     assert calls[0][:2] == ("churn", 1) and calls[0][2][1] is True
-    assert learnt(scorer).models.churn_learnt == 1
-    # Day 14 is also a rescoring point, a period after day 7: one more snapshot.
-    assert feed.snapshot_times() == [T0, T0 + 7 * DAY, T0 + 14 * DAY]
 
 
 def test_every_label_is_scored_with_its_own_stored_prediction() -> None:
     scorer = new_scorer()
-    calls = spy_learning(scorer)
     feed = Feed(scorer)
     feed.apply(("session_start", T0))
-    feed.advance(T0 + 7 * DAY)  # silent snapshot at day 7, with recency 7
+    feed.advance(G0 + P)
     s0, s1 = feed.state.snapshots
-    assert math.expm1(s1.churn_x[2]) == pytest.approx(7.0)
+    recency = MODEL_INPUTS.index("T")
+    assert s1.churn_x[recency] - s0.churn_x[recency] == pytest.approx(7.0)
     assert s1.churn_p != s0.churn_p
-    feed.advance(T0 + 21 * DAY)
+    feed.advance(G0 + P + 14 * DAY)
     assert [(o.t_ms, o.predicted, o.churned) for o in scorer.outcomes] == [
-        (T0, s0.churn_p, True),
-        (T0 + 7 * DAY, s1.churn_p, True),
+        (G0, s0.churn_p, True),
+        (G0 + P, s1.churn_p, True),
     ]
-    assert [o.recency_days for o in scorer.outcomes] == [
-        pytest.approx(0.0),
-        pytest.approx(7.0),
-    ]
-    assert [c[1] for c in calls if c[0] == "churn"] == [1, 2]
     assert learnt(scorer).quality.churn.loss_sum == pytest.approx(
         -math.log(s0.churn_p) - math.log(s1.churn_p)
     )
@@ -275,10 +289,12 @@ def test_pending_labels_survive_the_state_store() -> None:
     scorer = new_scorer()
     feed = Feed(scorer)
     feed.apply(("session_start", T0))
-    feed.apply(("page_view", T0 + 3 * DAY))
+    feed.advance(G0)
+    feed.apply(("page_view", G0 + 3 * DAY))
     stored_p = feed.state.snapshots[0].churn_p
     feed.state = UserState.from_bytes("u1", feed.state.to_bytes())  # a restart
-    feed.advance(T0 + 14 * DAY)
+    assert feed.state.next_snapshot_ms == G0 + P
+    feed.advance(G0 + 14 * DAY)
     assert learnt(scorer).quality.churn.count == 1
     assert learnt(scorer).quality.churn.positives == 0
     assert scorer.outcomes[0].predicted == pytest.approx(stored_p, abs=1e-6)
@@ -287,54 +303,48 @@ def test_pending_labels_survive_the_state_store() -> None:
 # -- the value label ----------------------------------------------------------------------------
 
 
-def test_value_label_is_spend_in_the_horizon_learnt_at_its_end() -> None:
+def test_value_label_is_spend_and_orders_in_the_horizon_learnt_at_its_end() -> None:
     scorer = new_scorer()
     calls = spy_learning(scorer)
     feed = Feed(scorer)
     feed.apply(("session_start", T0))
-    feed.apply(("purchase", T0 + DAY, 25.0))
-    feed.apply(("purchase", T0 + 20 * DAY, 40.0))
-    s0, s1 = feed.state.snapshots
-    assert (s0.t_ms, s1.t_ms) == (T0, T0 + 20 * DAY)
-    assert s0.spend == pytest.approx(65.0)
-    assert s1.spend == 0.0
-
-    # Day 14: S0's churn label (returned). Days 23 and 27: rescorings, a snapshot at 27.
-    feed.advance(T0 + 30 * DAY - 1)
+    feed.advance(G0)
+    feed.apply(("purchase", G0 + DAY, 25.0))
+    feed.apply(("purchase", G0 + 20 * DAY, 40.0))
+    s0 = feed.state.snapshots[0]
+    assert s0.t_ms == G0
+    assert (s0.spend, s0.orders) == (pytest.approx(65.0), 2.0)
+    feed.advance(G0 + 30 * DAY - 1)
     assert s0.churn_learnt and not s0.value_learnt
-    assert learnt(scorer).models.value_learnt == 0
     assert learnt(scorer).quality.value.count == 0
-    assert feed.snapshot_times() == [T0, T0 + 20 * DAY, T0 + 27 * DAY]
 
-    feed.advance(T0 + 30 * DAY)
+    feed.advance(G0 + 30 * DAY)
     v = learnt(scorer).quality.value
     assert v.count == 1
     assert v.total_actual == pytest.approx(65.0)
-    # Predicted 0 (untrained) and a naive 0 (nothing spent by day 0): both 65 off.
-    assert v.abs_err == pytest.approx(65.0)
-    assert v.naive_abs_err == pytest.approx(65.0)
-    assert [c for c in calls if c[0] == "value"] == [("value", 1, (s0.value_x, 65.0))]
-    assert learnt(scorer).models.value_learnt == 1
-    # Both labels learnt: the snapshot is gone.
-    assert feed.snapshot_times() == [T0 + 20 * DAY, T0 + 27 * DAY]
+    assert v.abs_err == pytest.approx(abs(s0.value_p - 65.0), rel=1e-6)
+    assert v.naive_abs_err == pytest.approx(65.0)  # nothing spent before G0
+    assert ("value", 1, (list(s0.churn_x), 2.0)) in calls
+    assert s0 not in feed.state.snapshots  # both labels learnt: gone
 
 
 def test_value_window_is_after_t_up_to_and_including_the_horizon() -> None:
     feed = Feed(new_scorer())
     feed.apply(("session_start", T0))
-    feed.apply(("purchase", T0, 5.0))  # at t itself: not "after t"
-    feed.apply(("purchase", T0 + 30 * DAY, 7.0))  # exactly at the horizon: counts
-    feed.apply(("purchase", T0 + 30 * DAY + 1, 11.0))  # just past it: not for S0
-    s0, s1 = feed.state.snapshots
-    assert s0.t_ms == T0 and s1.t_ms == T0 + 30 * DAY
-    assert s0.spend == pytest.approx(7.0)
-    assert s1.spend == pytest.approx(11.0)
+    feed.advance(G0)
+    feed.apply(("purchase", G0, 5.0))  # at t itself: not "after t"
+    feed.apply(("purchase", G0 + 30 * DAY, 7.0))  # exactly at the horizon: counts
+    feed.apply(("purchase", G0 + 30 * DAY + 1, 11.0))  # just past it: not for S0
+    s0 = feed.state.snapshots[0]
+    assert s0.t_ms == G0
+    assert (s0.spend, s0.orders) == (pytest.approx(7.0), 1.0)
 
 
 def test_refunds_are_not_spend() -> None:
     feed = Feed(new_scorer())
     feed.apply(("session_start", T0))
-    feed.apply(("refund", T0 + DAY, 9.0))
+    feed.advance(G0)
+    feed.apply(("refund", G0 + DAY, 9.0))
     assert feed.state.snapshots[0].spend == 0.0
     assert feed.state.snapshots[0].returned
 
@@ -379,11 +389,12 @@ def test_jump_past_the_horizon_rescored_at_each_point_and_churned_at_fourteen_da
     assert (change["lifecycle_previous"], change["lifecycle_current"]) == ("new", "churned")
     assert change["previous"] == change["current"] == "Prospect"
     assert feed.state.lifecycle == "churned"
-    # The churn label of the first snapshot was learnt on the way (silence: churned).
-    assert (learnt(scorer).quality.churn.count, learnt(scorer).quality.churn.positives) == (1, 1)
-    assert feed.snapshot_times() == [T0, T0 + 7 * DAY, T0 + 14 * DAY]
-    # Next: the 21-day point.
-    assert scorer.due_ms(feed.state) == T0 + 21 * DAY
+    # The churn label of a snapshot whose horizon has passed was learnt on the way (churned).
+    resolved = 1 if G0 + 14 * DAY <= T0 + 15 * DAY else 0
+    q = learnt(scorer).quality.churn
+    assert (q.count, q.positives) == (resolved, resolved)
+    # Next: the 21-day point, or the next grid time if it comes first.
+    assert scorer.due_ms(feed.state) == min(T0 + 21 * DAY, feed.state.next_snapshot_ms)
 
 
 def test_segment_changes_only_when_segment_or_lifecycle_changes() -> None:
@@ -415,7 +426,8 @@ def test_new_events_restart_the_silence_clock() -> None:
     assert feed.state.rescore_step == 2
     feed.apply(("page_view", T0 + 8 * DAY))
     assert feed.state.rescore_step == 0
-    assert scorer.due_ms(feed.state) == T0 + 11 * DAY
+    assert feed.state.next_snapshot_ms == grid_after("u1", T0 + 8 * DAY)
+    assert scorer.due_ms(feed.state) == min(T0 + 11 * DAY, feed.state.next_snapshot_ms)
 
 
 # -- due_ms -------------------------------------------------------------------------------------
@@ -426,18 +438,16 @@ def test_due_ms_is_the_earliest_pending_time() -> None:
     feed = Feed(scorer)
     assert scorer.due_ms(feed.state) is None  # never seen
     feed.apply(("session_start", T0))
-    assert scorer.due_ms(feed.state) == T0 + 3 * DAY  # before S0's churn label at 14
-    feed.advance(T0 + 3 * DAY)
-    assert scorer.due_ms(feed.state) == T0 + 7 * DAY
-    feed.advance(T0 + 7 * DAY)
-    assert scorer.due_ms(feed.state) == T0 + 14 * DAY
-    feed.advance(T0 + 14 * DAY)
-    # Candidates: rescoring at 21, S1 (day 7) churn at 21, S2 (day 14) at 28, S0 value at 30.
-    assert scorer.due_ms(feed.state) == T0 + 21 * DAY
-    feed.advance(T0 + 21 * DAY)
-    # Rescoring points exhausted; S2 churn at 28 comes before S0's value label at 30.
-    assert feed.state.rescore_step == 4
-    assert scorer.due_ms(feed.state) == T0 + 28 * DAY
+    # Rescoring at day 3 or the first grid time, whichever comes first.
+    assert scorer.due_ms(feed.state) == min(T0 + 3 * DAY, G0)
+    expected = sorted({T0 + 3 * DAY, T0 + 7 * DAY, T0 + 14 * DAY, T0 + 21 * DAY, G0, G0 + P})
+    seen: list[int] = []
+    while (due := scorer.due_ms(feed.state)) is not None and due <= max(expected):
+        seen.append(due)
+        feed.advance(due)
+    # Every rescoring point, every grid time, and the first snapshot's churn horizon.
+    assert set(expected) <= set(seen) | {G0 + 14 * DAY}
+    assert seen == sorted(seen)
 
 
 def test_due_ms_of_pending_snapshots_only() -> None:
@@ -554,6 +564,7 @@ class Recording:
         self.trainer = trainer
         self.examples: list[TrainingExample] = []
         self.samples: list[PopulationSample] = []
+        self.customers: list[CustomerObservation] = []
 
     def learn(self, example: TrainingExample) -> None:
         self.examples.append(example)
@@ -563,36 +574,52 @@ class Recording:
         self.samples.append(sample)
         self.trainer.observe(sample)
 
+    def wants(self, key_hash: int) -> bool:
+        return self.trainer.wants(key_hash)
+
+    def observe_customer(self, observation: CustomerObservation) -> None:
+        self.customers.append(observation)
+        self.trainer.observe_customer(observation)
+
 
 def test_the_scorer_learns_only_through_its_learner() -> None:
     # Predict with one trainer's lineage, learn through another: nothing may reach the first.
     lineage, learner = Trainer(), Recording(Trainer())
     feed = Feed(Scorer(CFG, lineage, learner))
     feed.apply(("session_start", T0))
-    feed.apply(("purchase", T0 + DAY, 25.0))
+    feed.advance(G0)
+    feed.apply(("purchase", G0 + DAY, 25.0))
     s0 = feed.state.snapshots[0]
-    feed.advance(T0 + 30 * DAY)
+    feed.advance(G0 + 30 * DAY)
     assert lineage.models.churn_learnt == lineage.models.value_learnt == 0
     assert lineage.quality.churn.count == lineage.rfm.recency.total == 0
-    # Snapshots at day 0 (the first event), 8, 15 and 22 (silences a period apart): the
-    # churn labels of the first three are due by day 30, and the value label of the first.
-    assert learner.trainer.models.churn_learnt == 3
-    assert learner.trainer.models.value_learnt == 1
-    assert len(learner.samples) == len(feed.state.snapshots) + 1 == 4
-    assert learner.samples[0] == PopulationSample(0.0, 0.0, 0.0)  # nothing bought at day 0
-    assert learner.trainer.rfm.recency.total == 3  # buyers only
-
+    assert not lineage.models.population.sample
+    # Snapshots on the grid from G0 (all of them within 14 days of the purchase, sampled
+    # after): the churn labels of those 14 days or more before the watermark are due, and
+    # the value label of the first.
     churn = [e for e in learner.examples if e.kind is LabelKind.CHURN]
+    taken = [e.snapshot_ms for e in churn]
+    assert taken[:2] == [G0, G0 + P]
+    assert all((t - G0) % P == 0 for t in taken)
+    assert learner.trainer.models.churn_learnt == len(churn)
+    assert learner.trainer.models.value_learnt == 1
+    assert len(learner.samples) == feed.scorer.counters.snapshots
+    assert learner.samples[0] == PopulationSample(pytest.approx((G0 - T0) / DAY), 0.0, 0.0)
+    # The population model saw the customer after each of their two batches of events.
+    assert [c.t_ms for c in learner.customers] == [T0, G0 + DAY]
+    assert learner.customers[-1].key_hash == key_hash("u1")
+
     value = [e for e in learner.examples if e.kind is LabelKind.VALUE]
     first = churn[0]
-    assert first.snapshot_ms == T0 and first.label_ms == T0 + 14 * DAY
+    assert first.snapshot_ms == G0 and first.label_ms == G0 + 14 * DAY
     assert first.label == 0.0  # the purchase on day 1 was a return
     assert first.predicted == s0.churn_p and first.baseline is None
-    assert first.inputs == dict(zip(CHURN_INPUTS, s0.churn_x, strict=True))
+    assert first.btyd == pytest.approx(s0.baseline_churn)
+    assert first.inputs == pytest.approx(dict(zip(MODEL_INPUTS, s0.churn_x, strict=True)))
     assert first.weight == 1.0
     (spent,) = value
-    assert (spent.snapshot_ms, spent.label_ms) == (T0, T0 + 30 * DAY)
-    assert (spent.label, spent.predicted, spent.baseline) == (25.0, s0.value_p, s0.naive_value)
-    assert spent.inputs == dict(zip(VALUE_INPUTS, s0.value_x, strict=True))
+    assert (spent.snapshot_ms, spent.label_ms) == (G0, G0 + 30 * DAY)
+    assert (spent.label, spent.orders) == (25.0, 1.0)
+    assert (spent.predicted, spent.baseline) == (s0.value_p, s0.naive_value)
     # In event-time order of the horizons, the order the models learn in.
     assert [e.label_ms for e in learner.examples] == sorted(e.label_ms for e in learner.examples)

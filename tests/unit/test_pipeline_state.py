@@ -2,7 +2,8 @@
 
 - Labels: a hand-built stream of three users on two partitions (and a "clock" user on each
   partition that moves its watermark); every churn and value label the models learn, and
-  every snapshot still pending at the end, is written out by hand below, with its reason.
+  every snapshot still pending at the end, is checked against what the rules make of the
+  timeline (``_expected``), worked out from the events alone.
 - Batch boundaries: the same partitioned input cut into different batches (and with the due
   work throttled) leaves the same facts in the store: features, snapshots and their labels,
   positions, due queues, watermarks (``tests/statecheck.py``).
@@ -18,9 +19,11 @@ import pytest
 
 from streamscore.adapters.memory import ListSink
 from streamscore.config import load_settings
+from streamscore.core.population import key_hash
 from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.timeutil import DAY_MS
 from streamscore.core.trainer import Trainer
+from streamscore.core.values import LabelKind, TrainingExample
 from streamscore.ports import SourceRecord
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 from tests.statecheck import (
@@ -47,89 +50,61 @@ def _event(user: str, n: int, kind: str, ts: int, amount: float | None = None) -
     return encode_event(event)
 
 
+TIMELINE: list[tuple[int, str, str, int, float | None]] = [
+    (0, "stay", "session_start", T0 + HOUR, None),
+    (0, "stay", "purchase", T0 + 2 * DAY_MS + HOUR, 40.0),
+    (0, "stay", "purchase", T0 + 14 * DAY_MS + HOUR, 10.0),
+    (0, "stay", "page_view", T0 + 26 * DAY_MS + HOUR, None),
+    (0, "stay", "purchase", T0 + 37 * DAY_MS + HOUR, 5.0),
+    (0, "gone", "session_start", T0 + 2 * HOUR, None),
+    (0, "gone", "page_view", T0 + 2 * HOUR + 10 * MINUTE, None),
+    (1, "buyer", "purchase", T0 + 3 * HOUR, 100.0),
+    (1, "buyer", "purchase", T0 + 3 * HOUR + 20 * MINUTE, 25.0),
+    (1, "buyer", "purchase", T0 + 10 * DAY_MS + 3 * HOUR, 60.0),
+    (1, "buyer", "refund", T0 + 22 * DAY_MS + 3 * HOUR, 60.0),
+]
+for _k in range(40):  # a page view a day per partition, up to day 39 12:00
+    TIMELINE += [(p, f"clock{p}", "page_view", T0 + _k * DAY_MS + 12 * HOUR, None) for p in (0, 1)]
+TIMELINE.sort(key=lambda e: e[3])
+# The watermarks end at day 39 11:55 (the clocks' last event minus 5 min of lateness).
+END = T0 + 39 * DAY_MS + 12 * HOUR - 5 * MINUTE - 1
+PERIOD, CHURN_H, VALUE_H = 7 * DAY_MS, 14 * DAY_MS, 30 * DAY_MS  # the defaults
+USERS = ("stay", "gone", "buyer")
+
+
 def _labelled_stream() -> list[SourceRecord]:
-    """Events in time order; ``stay`` and ``gone`` on partition 0, ``buyer`` on 1."""
-    d = DAY_MS
-    timeline: list[tuple[int, str, str, int, float | None]] = [
-        (0, "stay", "session_start", T0 + HOUR, None),
-        (0, "stay", "purchase", T0 + 2 * d + HOUR, 40.0),
-        (0, "stay", "purchase", T0 + 25 * d + HOUR, 10.0),
-        (0, "gone", "session_start", T0 + 2 * HOUR, None),
-        (0, "gone", "page_view", T0 + 2 * HOUR + 10 * MINUTE, None),  # inside the grace period
-        (1, "buyer", "purchase", T0 + 3 * HOUR, 100.0),
-        (1, "buyer", "purchase", T0 + 3 * HOUR + 20 * MINUTE, 25.0),
-        (1, "buyer", "purchase", T0 + 10 * d + 3 * HOUR, 60.0),
-    ]
-    for k in range(40):  # a page view a day per partition, up to day 39 12:00
-        timeline += [(p, f"clock{p}", "page_view", T0 + k * d + 12 * HOUR, None) for p in (0, 1)]
-    timeline.sort(key=lambda e: e[3])
+    """``stay`` and ``gone`` on partition 0, ``buyer`` on 1, clocks on both."""
     offsets = [0] * PARTITIONS
     out = []
-    for n, (p, user, kind, ts, amount) in enumerate(timeline):
+    for n, (p, user, kind, ts, amount) in enumerate(TIMELINE):
         out.append(SourceRecord(TOPIC_EVENTS, p, offsets[p], _event(user, n, kind, ts, amount)))
         offsets[p] += 1
     return out
 
 
-def _at(days: float, hours: float = 0, minutes: float = 0) -> int:
-    return T0 + round(days * DAY_MS + hours * HOUR + minutes * MINUTE)
-
-
-# Defaults: churn horizon 14 d, value horizon 30 d, a snapshot at most every 7 d, activity
-# counts 30 min after a snapshot, silent users rescored after 3, 7, 14, 21, 30, 45 ... days.
-# The watermarks end at day 39 11:55 (the clocks' last event minus 5 min of lateness).
-#
-# stay: snapshots at its first event (0d1h) and at silence points 7/14/21 days after its
-#   day-2 purchase (9d1h, 16d1h, 23d1h), then 7 and 14 days after its day-25 purchase
-#   (32d1h, 39d1h). Day 2 and day 25 count as returns for the snapshots before them within
-#   14 days; 9d1h saw nothing until day 25 (16 days): churned.
-# gone: its page view 10 minutes in is inside the grace period: churned at every snapshot
-#   (0d2h and 7/14/21/30 days after 0d2h10m).
-# buyer: its purchase 20 minutes in is spend but not a return. Silent after 0d3h20m, it is
-#   snapshotted at the 7-day point (7d3h20m); day 10 is a return for both snapshots so far.
-#   Then silence again: 7/14/21 days after day 10.
-CHURN_LABELS = [
-    ("stay", _at(0, 1), False),
-    ("stay", _at(9, 1), True),
-    ("stay", _at(16, 1), False),
-    ("stay", _at(23, 1), False),
-    ("gone", _at(0, 2), True),
-    ("gone", _at(7, 2, 10), True),
-    ("gone", _at(14, 2, 10), True),
-    ("gone", _at(21, 2, 10), True),
-    ("buyer", _at(0, 3), False),
-    ("buyer", _at(7, 3, 20), False),
-    ("buyer", _at(17, 3), True),
-    ("buyer", _at(24, 3), True),
-]
-# Spend after t up to t + 30 d, learnt once the watermark passes t + 30 d.
-VALUE_LABELS = [
-    (_at(0, 1), 50.0),  # stay: 40 + 10
-    (_at(9, 1), 10.0),  # stay: the day-25 purchase
-    (_at(0, 2), 0.0),  # gone
-    (_at(7, 2, 10), 0.0),  # gone
-    (_at(0, 3), 85.0),  # buyer: 25 + 60 (not the purchase the snapshot was taken at)
-    (_at(7, 3, 20), 60.0),  # buyer: day 10
-]
-# What is still pending at the end: (t, returned, spend so far, churn learnt).
-PENDING = {
-    "stay": [
-        (_at(16, 1), True, 10.0, True),
-        (_at(23, 1), True, 10.0, True),
-        (_at(32, 1), False, 0.0, False),
-        (_at(39, 1), False, 0.0, False),
-    ],
-    "gone": [
-        (_at(14, 2, 10), False, 0.0, True),
-        (_at(21, 2, 10), False, 0.0, True),
-        (_at(30, 2, 10), False, 0.0, False),
-    ],
-    "buyer": [
-        (_at(17, 3), False, 0.0, True),
-        (_at(24, 3), False, 0.0, True),
-        (_at(31, 3), False, 0.0, False),
-    ],
-}
+def _expected(user: str) -> dict[int, dict[str, Any]]:
+    """Each grid time of ``user`` up to the end, with what its snapshot must say, worked out
+    from the timeline by the rules (DESIGN.md §4): one snapshot per period on the user's grid
+    (a phase set by a hash of the id), taken for sure while the user has been silent for at
+    most the churn horizon (sampled beyond, weighted by the inverse rate); churned when
+    nothing happens in (t, t + 14 d]; spend and orders in (t, t + 30 d]."""
+    times = [ts for _, u, _, ts, _ in TIMELINE if u == user]
+    buys = [(ts, a or 0.0) for _, u, kind, ts, a in TIMELINE if u == user and kind == "purchase"]
+    phase = key_hash(user) % PERIOD
+    g = times[0] - (times[0] - phase) % PERIOD + PERIOD
+    out: dict[int, dict[str, Any]] = {}
+    while g <= END:
+        silence = g - max(t for t in times if t < g)
+        out[g] = {
+            "sure": silence <= CHURN_H,
+            "weight": max(1.0, silence / CHURN_H),
+            "churned": not any(g < t <= g + CHURN_H for t in times),
+            "spend": sum(a for t, a in buys if g < t <= g + VALUE_H),
+            "orders": sum(1 for t, _ in buys if g < t <= g + VALUE_H),
+            "returned_by_end": any(g < t <= min(g + CHURN_H, END) for t in times),
+        }
+        g += PERIOD
+    return out
 
 
 @pytest.mark.parametrize("batch", [1, 7, 10_000])
@@ -138,42 +113,47 @@ def test_the_pipeline_learns_exactly_these_labels(batch: int) -> None:
     pipeline, store, _ = memory_pipeline(settings, _labelled_stream(), batch=batch)
     scorer = pipeline.scorer
     scorer.outcomes = []
-    value_labels: list[tuple[int, float]] = []
-    horizon = scorer.config.value_horizon_ms
     trainer = scorer.learner
     assert isinstance(trainer, Trainer)
-    learn_value = trainer.drift.value_label
+    examples: list[TrainingExample] = []
+    learn = trainer.learn
 
-    def spy(predicted: float, actual: float, t_ms: int) -> None:
-        value_labels.append((t_ms - horizon, actual))
-        learn_value(predicted, actual, t_ms)
+    def spy(example: TrainingExample) -> None:
+        examples.append(example)
+        learn(example)
 
-    trainer.drift.value_label = spy  # type: ignore[method-assign]
+    trainer.learn = spy  # type: ignore[method-assign]
     run_to_the_end(pipeline, store, PARTITIONS)
 
-    churn = [(o.user_id, o.t_ms, o.churned) for o in scorer.outcomes]
-    labelled = [c for c in churn if not c[0].startswith("clock")]
-    assert sorted(labelled, key=lambda c: (c[0], c[1])) == sorted(
-        CHURN_LABELS, key=lambda c: (c[0], c[1])
-    )
-    # The clocks come back every day: never churned, never spent anything.
-    assert all(not c[2] for c in churn if c[0].startswith("clock"))
-    clock_times = {c[1] for c in churn if c[0].startswith("clock")}
-    values = {t: spend for t, spend in value_labels if t not in clock_times}
-    assert values == pytest.approx(dict(VALUE_LABELS))
-    assert len(value_labels) == len(values) + sum(
-        1 for t, s in value_labels if t in clock_times and s == 0.0
-    )
-
-    view = store_view(store, PENDING, range(PARTITIONS))
-    for user, want in PENDING.items():
-        got = [
-            (s.t_ms, s.returned, round(s.spend, 2), s.churn_learnt)
-            for s in view.states[user].snapshots
-        ]
-        assert got == want, user
-        assert not any(s.value_learnt for s in view.states[user].snapshots)
-    assert view.watermarks == {0: _at(39, 12) - 5 * MINUTE - 1, 1: _at(39, 12) - 5 * MINUTE - 1}
+    churn = {(o.user_id, o.t_ms): o.churned for o in scorer.outcomes}
+    view = store_view(store, USERS, range(PARTITIONS))
+    for user in USERS:
+        grid = _expected(user)
+        pending = {s.t_ms: s for s in view.states[user].snapshots}
+        taken = {t for (u, t) in churn if u == user} | pending.keys()
+        assert taken <= grid.keys(), user  # only on the user's grid
+        assert {t for t, e in grid.items() if e["sure"]} <= taken, user  # no sure one lost
+        for t in taken:
+            want = grid[t]
+            if t + CHURN_H <= END:
+                assert churn[(user, t)] is want["churned"], (user, t)
+            if t + VALUE_H <= END:
+                (value,) = [e for e in examples if e.snapshot_ms == t and e.kind is LabelKind.VALUE]
+                assert value.label == pytest.approx(want["spend"]), (user, t)
+                assert value.orders == want["orders"], (user, t)
+                assert value.weight == pytest.approx(want["weight"], rel=1e-6), (user, t)
+            snap = pending.get(t)
+            if snap is not None:  # still pending at the end: its labels so far
+                assert snap.weight == pytest.approx(want["weight"], rel=1e-6), (user, t)
+                assert snap.churn_learnt is (t + CHURN_H <= END)
+                assert not snap.value_learnt
+                assert snap.returned is want["returned_by_end"], (user, t)
+    # The churner is churned at every snapshot, the clocks at none.
+    assert all(churned for (u, _), churned in churn.items() if u == "gone")
+    assert not any(churned for (u, _), churned in churn.items() if u.startswith("clock"))
+    # A user silent for longer than the churn horizon is sampled, not snapshotted every time.
+    assert {t for (u, t) in churn if u == "gone"} < _expected("gone").keys()
+    assert view.watermarks == {0: END, 1: END}
 
 
 # -- batch boundaries -----------------------------------------------------------------------------

@@ -1,47 +1,51 @@
-"""Every churn alert says why: the reasons are the terms of the score's logit."""
+"""Every churn alert says why: the BTYD model's evidence first, then the corrections that
+raise the score."""
 
 from __future__ import annotations
 
-import math
+from streamscore.core.glm import logit, sigmoid
+from streamscore.core.inputs import MODEL_INPUTS
+from streamscore.core.models import Models
 
-from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS, named
-from streamscore.core.models import ModelParams, Models
-
-N_CHURN = len(CHURN_INPUTS)
-DERIVED = dict.fromkeys({*CHURN_INPUTS, *VALUE_INPUTS}, 1.0)
-
-
-def x(p_quiet_logit: float, rest: float = 0.5) -> list[float]:
-    return [p_quiet_logit] + [rest] * (N_CHURN - 1)
+BASE = {**dict.fromkeys(MODEL_INPUTS, 0.0), "x": 2.0, "t_x": 20.0, "T": 60.0, "px": 2.0}
+BASE |= {"pt_x": 20.0, "orders": 3.0, "mean_order": 30.0}
 
 
-def test_before_any_label_the_reason_is_the_heuristic_that_made_the_score() -> None:
+def raw(**changes: float) -> list[float]:
+    values = {**BASE, **changes}
+    return [values[name] for name in MODEL_INPUTS]
+
+
+def test_before_any_label_the_reason_is_the_btyd_evidence_that_made_the_score() -> None:
     models = Models()
-    churn, _ = models.predict(x(2.0), [0.0] * len(VALUE_INPUTS))
-    assert churn == 1 / (1 + math.exp(-2.0))
-    reasons = models.churn_reasons(x(2.0), DERIVED)
-    assert reasons == [{"feature": "p_quiet_logit", "contribution": 2.0, "value": 2.0}]
+    churn, _ = models.predict(raw())
+    base = models.baseline(raw())
+    assert churn == sigmoid(logit(base.p_churn))
+    assert models.churn_reasons(raw()) == [
+        {
+            "feature": "btyd_churn_probability",
+            "contribution": round(logit(base.p_churn), 4),
+            "value": round(base.p_churn, 3),
+        }
+    ]
 
 
-def test_reasons_are_the_positive_terms_largest_first() -> None:
-    models = Models(ModelParams(warmup_labels=10))
-    for i in range(400):  # churners have a high first input
-        high = i % 2 == 0
-        models.learn_churn(named(CHURN_INPUTS, x(3.0 if high else -3.0, rest=float(i % 7))), high)
-    reasons = models.churn_reasons(x(3.0, 3.0), DERIVED, top=N_CHURN + 1)
-    contributions = [float(r["contribution"]) for r in reasons]
-    assert contributions and all(c > 0 for c in contributions)
+def test_corrections_that_raise_the_score_follow_largest_first() -> None:
+    # Customers who open support tickets churn whatever the BTYD model says; those who do
+    # not, stay: the correction learns to raise the score of ticket openers.
+    models = Models()
+    inputs = dict(zip(MODEL_INPUTS, raw(), strict=True))
+    for i in range(600):
+        tickets = float(i % 2)
+        models.learn_churn({**inputs, "tickets": tickets * 3}, churned=bool(tickets))
+    reasons = models.churn_reasons(raw(tickets=3.0), top=5)
+    assert reasons[0]["feature"] == "btyd_churn_probability"
+    corrections = reasons[1:]
+    assert corrections and corrections[0]["feature"] == "log_tickets"
+    contributions = [float(r["contribution"]) for r in corrections]
+    assert all(c > 0 for c in contributions)
     assert contributions == sorted(contributions, reverse=True)
-    assert reasons[0]["feature"] == "p_quiet_logit"
-    assert len(models.churn_reasons(x(3.0, 3.0), DERIVED)) <= 3
-
-
-def test_a_score_carried_by_the_base_rate_names_the_intercept() -> None:
-    models = Models(ModelParams(warmup_labels=10))
-    for i in range(300):  # 90% churn whatever the inputs: only the intercept is informative
-        models.learn_churn(named(CHURN_INPUTS, x(0.0, rest=0.0)), i % 10 != 0)
-    lr = models.churn["LogisticRegression"]
-    assert lr.intercept > 0
-    reasons = models.churn_reasons(x(0.0, rest=0.0), DERIVED)
-    assert reasons[0]["feature"] == "intercept" and float(reasons[0]["contribution"]) > 0
-    assert reasons[0]["value"] == 1.0
+    assert len(models.churn_reasons(raw(tickets=3.0))) <= 3
+    # The same customer without tickets: the correction lowers the score, it is no reason.
+    assert all(r["feature"] != "log_tickets" for r in models.churn_reasons(raw()))
+    assert models.predict(raw(tickets=3.0))[0] > models.predict(raw())[0]

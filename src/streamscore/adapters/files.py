@@ -38,6 +38,11 @@ def _sort_key(line: bytes) -> int:
     return _UNPARSABLE
 
 
+def _event_ms(line: bytes) -> int | None:
+    key = _sort_key(line)
+    return None if key == _UNPARSABLE else key
+
+
 def _lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fp:
         for raw in fp:
@@ -109,12 +114,14 @@ class JsonlSource(ListSource):
         presorted: bool = False,
         until_ms: int | None = None,
         group: MemoryGroup | None = None,
+        max_span_ms: int | None = None,
     ) -> None:
         lines = _lines(path) if presorted else sorted_lines(path)
         if until_ms is not None:
             lines = _until(lines, until_ms)
-        records = (SourceRecord(topic, 0, i, line) for i, line in enumerate(lines))
-        super().__init__(records, topic=topic, group=group)
+        # A file's records carry their event time as their timestamp (a file has no other).
+        records = (SourceRecord(topic, 0, i, line, _event_ms(line)) for i, line in enumerate(lines))
+        super().__init__(records, topic=topic, group=group, max_span_ms=max_span_ms)
         self.path = path
         self.bytes_total = os.path.getsize(path)
 

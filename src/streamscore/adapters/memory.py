@@ -112,6 +112,10 @@ class ListSource:
       a producer writing to the topic would. ``hold`` keeps a partition's records from being
       returned, as when a busy fetch serves the other partitions first.
     - ``endless`` sources never say they are exhausted (a live topic).
+    - ``max_span_ms``: a poll also ends before a record whose timestamp is more than this
+      after the first record's, so that replaying a sparse history moves event time (and
+      with it watermarks, labels and refits) in steps as a live stream would, rather than
+      months per batch.
     """
 
     def __init__(
@@ -122,8 +126,10 @@ class ListSource:
         partitions: Iterable[int] | None = None,
         group: MemoryGroup | None = None,
         endless: bool = False,
+        max_span_ms: int | None = None,
     ) -> None:
         self.topic = topic
+        self.max_span_ms = max_span_ms
         self.group = group or MemoryGroup()
         self.endless = endless
         self._incoming: Iterator[SourceRecord] = iter(records)
@@ -193,15 +199,28 @@ class ListSource:
         # a partition with a backlog cannot starve the others.
         readable = self._readable()
         out: list[SourceRecord] = []
+        span = self.max_span_ms
+        until: int | None = None
         if readable:
             first = self._turn % len(readable)
             self._turn += 1
             for p in readable[first:] + readable[:first]:
                 taken = self._log(p).take(self._position[p], max_records - len(out))
+                cut = False
+                if span is not None and taken:
+                    if until is None:
+                        until = next((r.timestamp_ms + span for r in taken if r.timestamp_ms), None)
+                    if until is not None:
+                        keep = next(
+                            (i for i, r in enumerate(taken) if (r.timestamp_ms or 0) > until),
+                            len(taken),
+                        )
+                        cut = keep < len(taken)
+                        taken = taken[:keep]
                 if taken:
                     out += taken
                     self._position[p] = taken[-1].offset + 1
-                if len(out) >= max_records:
+                if cut or len(out) >= max_records:
                     break
         self._last_poll_ms = time.time_ns() // 1_000_000
         return out

@@ -24,6 +24,12 @@ from streamscore.core.timeutil import DAY_MS
 
 HALF_LIVES_DAYS: tuple[float, ...] = (7.0, 30.0)
 MAX_PURCHASE_BUFFER = 16
+# Exact while fewer visits than this fall within the lateness window (with the default five
+# minutes, one or two): beyond it the oldest are taken as final early.
+MAX_RECENT_VISITS = 48
+# Events closer than this to the one before belong to the same occasion (a visit, an order):
+# the usual 30-minute session timeout. Buy-till-you-die models count occasions, not clicks.
+OCCASION_GAP_MS = 30 * 60_000
 _COUNTED = {
     EventType.SESSION_START: "sessions",
     EventType.PAGE_VIEW: "page_views",
@@ -33,6 +39,32 @@ _COUNTED = {
     EventType.REFUND: "refunds",
     EventType.SUPPORT_TICKET: "tickets",
 }
+
+
+def _merge_run(runs: list[int], ts: int, gap: int) -> None:
+    """Add ``ts`` to sorted, disjoint [start, end] runs whose events are ``gap`` apart or
+    less, merging the runs it joins (the result does not depend on insertion order)."""
+    i = 0
+    while i < len(runs) and runs[i + 1] + gap < ts:
+        i += 2
+    if i == len(runs) or ts + gap < runs[i]:
+        runs[i:i] = [ts, ts]  # a visit of its own
+        return
+    runs[i] = min(runs[i], ts)
+    runs[i + 1] = max(runs[i + 1], ts)
+    while i + 2 < len(runs) and runs[i + 2] <= runs[i + 1] + gap:
+        runs[i + 1] = max(runs[i + 1], runs[i + 3])
+        del runs[i + 2 : i + 4]
+
+
+def _occasions(final: int, last_final_ms: int, recent: list[int]) -> int:
+    """Occasions among final events plus those in the (sorted) buffer of recent ones."""
+    count, prev = final, last_final_ms
+    for ts in recent:
+        if not count or ts > prev + OCCASION_GAP_MS:
+            count += 1
+        prev = max(prev, ts)
+    return count
 
 
 def _decay(value: float, elapsed_ms: float, half_life_days: float) -> float:
@@ -68,6 +100,16 @@ class UserFeatures:
     final_gap_sumsq_days: float = 0.0
     last_final_purchase_ms: int = 0
     recent_purchases: list[int] = field(default_factory=list)
+    # Occasions (state format v4): visits of any kind and distinct orders, an event more than
+    # OCCASION_GAP_MS after the one before it opening a new one. Like the purchase gaps, the
+    # count is final for what is older than the lateness window, and worked out for the rest
+    # from a small sorted buffer (visits as [start, end, start, end, ...] runs of events), so
+    # it does not depend on arrival order.
+    visits_final: int = 0
+    last_final_event_ms: int = 0  # the end of the latest final visit
+    recent_visits: list[int] = field(default_factory=list)
+    purchase_occasions_final: int = 0
+    last_browse_ms: int = 0  # the latest event that is not a purchase (browsing, carts...)
 
     @property
     def empty(self) -> bool:
@@ -79,6 +121,8 @@ class UserFeatures:
         ts = event.ts
         if self.events == 0:
             self.first_seen_ms = self.last_seen_ms = self.decay_ref_ms = ts
+        if event.type is not EventType.PURCHASE:
+            self.last_browse_ms = max(self.last_browse_ms, ts)
         self.events += 1
         self.first_seen_ms = min(self.first_seen_ms, ts)
         self.last_seen_ms = max(self.last_seen_ms, ts)
@@ -97,6 +141,38 @@ class UserFeatures:
         elif event.type is EventType.REFUND:
             self.refunded += amount
         self._add_decayed(ts, amount if event.type is EventType.PURCHASE else 0.0)
+        self._add_event_time(ts, lateness_ms)
+
+    def _add_event_time(self, ts: int, lateness_ms: int) -> None:
+        """Merge ``ts`` into the runs of recent visits, then finalise the runs that ended
+        before the lateness window (no event can land in them any more)."""
+        gap = OCCASION_GAP_MS
+        runs = self.recent_visits
+        if self.visits_final and ts <= self.last_final_event_ms + gap:
+            # Part of the latest final visit; it may now reach the first recent one.
+            self.last_final_event_ms = max(self.last_final_event_ms, ts)
+            while runs and runs[0] <= self.last_final_event_ms + gap:
+                self.last_final_event_ms = max(self.last_final_event_ms, runs[1])
+                del runs[:2]
+        else:
+            _merge_run(runs, ts, gap)
+        horizon = self.last_seen_ms - lateness_ms
+        while runs and (runs[1] < horizon or len(runs) > 2 * MAX_RECENT_VISITS):
+            self.visits_final += 1
+            self.last_final_event_ms = runs[1]
+            del runs[:2]
+
+    @property
+    def visits(self) -> int:
+        """Occasions of any activity: runs of events less than the gap apart."""
+        return self.visits_final + len(self.recent_visits) // 2
+
+    @property
+    def purchase_occasions(self) -> int:
+        """Distinct orders: purchases more than the gap after the one before."""
+        return _occasions(
+            self.purchase_occasions_final, self.last_final_purchase_ms, self.recent_purchases
+        )
 
     def _add_decayed(self, ts: int, amount: float) -> None:
         events, spend = self.decayed_events, self.decayed_spend
@@ -126,6 +202,11 @@ class UserFeatures:
                 gap = (oldest - self.last_final_purchase_ms) / DAY_MS
                 self.final_gaps += 1
                 self.final_gap_sumsq_days += gap * gap
+            if (
+                not self.purchase_occasions_final
+                or oldest > self.last_final_purchase_ms + OCCASION_GAP_MS
+            ):
+                self.purchase_occasions_final += 1
             self.last_final_purchase_ms = oldest
 
     def purchase_gap_stats(self) -> tuple[float, float]:
@@ -214,7 +295,18 @@ _V2_FIELDS = (
     "last_final_purchase_ms",
     "recent_purchases",
 )
-STORED_FIELDS: dict[int, tuple[str, ...]] = {2: _V2_FIELDS, 3: _V2_FIELDS}
+STORED_FIELDS: dict[int, tuple[str, ...]] = {
+    2: _V2_FIELDS,
+    3: _V2_FIELDS,
+    4: (
+        *_V2_FIELDS,
+        "visits_final",
+        "last_final_event_ms",
+        "recent_visits",
+        "purchase_occasions_final",
+        "last_browse_ms",
+    ),
+}
 FEATURES_LAYOUT = max(STORED_FIELDS)
 _CURRENT_FIELDS = STORED_FIELDS[FEATURES_LAYOUT]
 _get_stored = operator.attrgetter(*_CURRENT_FIELDS)
@@ -224,41 +316,11 @@ _get_stored = operator.attrgetter(*_CURRENT_FIELDS)
 _CLASS_ORDER = UserFeatures.__slots__ == _CURRENT_FIELDS
 
 
-# Weak priors of the buy-till-you-die heuristic below: about one session every three days,
-# and a dropout hazard of 1% a day. The models learn how much to trust the result.
-PRIOR_SESSIONS = 1.0
-PRIOR_DAYS = 3.0
-PRIOR_DROPOUT_PER_DAY = 0.01
-
-
-def quiet_probability(
-    sessions: int, tenure_days: float, recency_days: float, horizon_days: float
-) -> tuple[float, float]:
-    """P(still active) and P(no visit within the horizon) under a Pareto/NBD-style model.
-
-    Visits are Poisson at a rate estimated with a weak prior, and a user leaves for good at a
-    constant hazard; silence since the last visit is evidence of having left. This is the
-    classic "probability alive" of customer-base analysis, used here as a feature.
-    """
-    lam = (sessions + PRIOR_SESSIONS) / (tenure_days + PRIOR_DAYS)
-    mu = PRIOR_DROPOUT_PER_DAY
-    k = lam + mu
-    stay = math.exp(-k * recency_days)
-    p_alive = stay / (stay + mu / k * (1.0 - stay))
-    quiet_if_alive = mu / k * (1.0 - math.exp(-k * horizon_days)) + math.exp(-k * horizon_days)
-    return p_alive, 1.0 - p_alive * (1.0 - quiet_if_alive)
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
 _DECAYED_NAMES = tuple((f"events_hl{hl:g}d", f"spend_hl{hl:g}d") for hl in HALF_LIVES_DAYS)
 
 
-def derive(f: UserFeatures, t_ms: int, horizon_days: float = 14.0) -> dict[str, float]:
-    """Features as of event time ``t_ms``: what the models and segments look at."""
+def derive(f: UserFeatures, t_ms: int) -> dict[str, float]:
+    """Features as of event time ``t_ms``: what segments, lifecycle and drift look at."""
     day = DAY_MS
     recency = max(t_ms - f.last_seen_ms, 0) / day
     tenure = max(t_ms - f.first_seen_ms, 0) / day
@@ -268,10 +330,7 @@ def derive(f: UserFeatures, t_ms: int, horizon_days: float = 14.0) -> dict[str, 
     gap_mean, gap_std = f.purchase_gap_stats()
     usual_gap = gap_mean if f.purchases > 1 else max(tenure, 1.0)
     dec_events, dec_spend = f.decayed_at(t_ms)
-    p_alive, p_quiet = quiet_probability(f.sessions, tenure, recency, horizon_days)
     out = {
-        "p_alive_logit": _logit(p_alive),
-        "p_quiet_logit": _logit(p_quiet),
         "recency_days": recency,
         "tenure_days": tenure,
         "days_since_purchase": since_purchase,
@@ -295,3 +354,26 @@ def derive(f: UserFeatures, t_ms: int, horizon_days: float = 14.0) -> dict[str, 
         out[names[0]] = ev
         out[names[1]] = sp
     return out
+
+
+def btyd_summary(
+    f: UserFeatures, t_ms: int, purchase_activity: bool
+) -> tuple[float, float, float, float, float]:
+    """``(x, t_x, T, px, pt_x)`` as of ``t_ms``, in days since the customer's first event.
+
+    The first event is the customer's "birth" in buy-till-you-die terms. ``x`` counts repeat
+    occasions of the churn-defining activity after it (visits when any activity counts,
+    purchases when only purchases do: a first purchase that is the first event is the
+    birth, not a repeat) and ``t_x`` is the time of the latest; ``px``/``pt_x`` are the same
+    for purchases, the value model's process.
+    """
+    birth = f.first_seen_ms
+    big_t = max(t_ms - birth, 0) / DAY_MS
+    birth_buys = f.purchases > 0 and f.first_purchase_ms - birth <= OCCASION_GAP_MS
+    px = max(f.purchase_occasions - (1 if birth_buys else 0), 0)
+    pt_x = min(max(f.last_purchase_ms - birth, 0) / DAY_MS, big_t) if px else 0.0
+    if purchase_activity:
+        return float(px), pt_x, big_t, float(px), pt_x
+    x = max(f.visits - 1, 0)
+    t_x = min(max(f.last_seen_ms - birth, 0) / DAY_MS, big_t) if x else 0.0
+    return float(x), t_x, big_t, float(px), pt_x

@@ -1,4 +1,4 @@
-"""The models' inputs: which derived features they take, how each enters, and the schema id.
+"""The models' inputs: which values a snapshot keeps for them, and the schema id.
 
 Kept apart from ``models.py`` (which needs river) because stored snapshots and training
 examples carry these inputs: the state codec and anything that moves examples around need the
@@ -19,9 +19,34 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-# Model inputs: derived feature name → whether it enters as log1p (counts, amounts and
-# durations are heavy-tailed) or as is (logits, ratios in [0, 1]).
-CHURN_INPUTS: dict[str, bool] = {
+from streamscore.core.features import UserFeatures, btyd_summary
+from streamscore.core.timeutil import DAY_MS
+
+# The models' inputs (state format v4 on): a buy-till-you-die summary of the churn-defining
+# activity and of purchases, and what a shop may send besides purchases. All raw values (days,
+# counts, amounts): the models turn them into their own inputs (``models.py``), and the
+# population model refits on them, so a snapshot keeps them exact. Every one is derivable
+# from purchases alone except the last six, which are constant where a shop sends only
+# purchases (and then carry no weight).
+MODEL_INPUTS: tuple[str, ...] = (
+    "x",  # repeat occasions of the churn-defining activity after the first event
+    "t_x",  # days from the first event to the latest such occasion
+    "T",  # days from the first event to the snapshot
+    "px",  # repeat purchase occasions
+    "pt_x",  # days from the first event to the latest purchase
+    "orders",  # purchases so far
+    "mean_order",  # their mean value
+    "gap_cv",  # spread of the gaps between purchases (std / mean)
+    "spend_30d",  # spend, decayed with a 30-day half-life
+    "browse_recency",  # days since the latest event that is not a purchase (0: none)
+    "browses",  # 1 when there was such an event
+    "events_30d",  # events, decayed with a 30-day half-life
+    "carts",
+    "tickets",
+    "refund_rate",
+)
+# Input sets of state formats v2 and v3: derived features, some log-scaled.
+_V3_CHURN: dict[str, bool] = {
     "p_quiet_logit": False,
     "p_alive_logit": False,
     "recency_days": True,
@@ -39,7 +64,7 @@ CHURN_INPUTS: dict[str, bool] = {
     "refund_rate": False,
     "cart_to_purchase": False,
 }
-VALUE_INPUTS: dict[str, bool] = {
+_V3_VALUE: dict[str, bool] = {
     "spend": True,
     "spend_hl7d": True,
     "spend_hl30d": True,
@@ -54,6 +79,9 @@ VALUE_INPUTS: dict[str, bool] = {
     "events_hl30d": True,
     "refund_rate": False,
 }
+# The stored vector is one list (the "churn" part of an input set); both models read it.
+CHURN_INPUTS: dict[str, bool] = dict.fromkeys(MODEL_INPUTS, False)
+VALUE_INPUTS: dict[str, bool] = {}
 
 
 def schema_id(churn: Iterable[str], value: Iterable[str]) -> str:
@@ -79,8 +107,11 @@ class InputSchema:
 
 
 CURRENT_INPUTS = InputSchema(CHURN_INPUTS, VALUE_INPUTS)
+_V3_INPUTS = InputSchema(_V3_CHURN, _V3_VALUE)
 # Input sets of earlier versions, by id, so that snapshots stored for them can be remapped.
-EARLIER_SCHEMAS: dict[str, InputSchema] = {}
+# The v3 set shares no raw input with the current one: its pending snapshots keep their
+# stored predictions and labels (progressive validation) but cannot be learnt from.
+EARLIER_SCHEMAS: dict[str, InputSchema] = {_V3_INPUTS.id: _V3_INPUTS}
 
 
 def known_schema(schema: str, current: InputSchema = CURRENT_INPUTS) -> InputSchema | None:
@@ -114,27 +145,29 @@ def remap(values: list[float], old: InputSchema, new: InputSchema) -> tuple[list
     return out, missing
 
 
-_CHURN_SPEC = tuple(CHURN_INPUTS.items())
-_VALUE_SPEC = tuple(VALUE_INPUTS.items())
-
-
-def _vector(spec: tuple[tuple[str, bool], ...], derived: dict[str, float]) -> list[float]:
-    log1p = math.log1p
-    out = []
-    for name, logged in spec:
-        v = derived[name]
-        out.append((log1p(v) if v > 0 else 0.0) if logged else v)
-    return out
-
-
-def churn_inputs(derived: dict[str, float]) -> list[float]:
-    """The churn model's input vector, in ``CHURN_INPUTS`` order."""
-    return _vector(_CHURN_SPEC, derived)
-
-
-def value_inputs(derived: dict[str, float]) -> list[float]:
-    """The value model's input vector, in ``VALUE_INPUTS`` order."""
-    return _vector(_VALUE_SPEC, derived)
+def model_inputs(f: UserFeatures, t_ms: int, purchase_activity: bool) -> list[float]:
+    """The models' inputs as of ``t_ms``, in ``MODEL_INPUTS`` order."""
+    x, t_x, big_t, px, pt_x = btyd_summary(f, t_ms, purchase_activity)
+    gap_mean, gap_std = f.purchase_gap_stats()
+    dec_events, dec_spend = f.decayed_at(t_ms)
+    browsed = f.last_browse_ms > 0
+    return [
+        x,
+        t_x,
+        big_t,
+        px,
+        pt_x,
+        float(f.purchases),
+        f.spend / f.purchases if f.purchases else 0.0,
+        gap_std / gap_mean if gap_mean > 0 else 0.0,
+        dec_spend[-1],
+        max(t_ms - f.last_browse_ms, 0) / DAY_MS if browsed else 0.0,
+        1.0 if browsed else 0.0,
+        dec_events[-1],
+        float(f.carts),
+        float(f.tickets),
+        f.refunds / f.purchases if f.purchases else 0.0,
+    ]
 
 
 def named(names: Iterable[str], values: Iterable[float]) -> dict[str, float]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from streamscore.core.values import PopulationSample, TrainingExample
+from streamscore.core.values import CustomerObservation, PopulationSample, TrainingExample
 
 if TYPE_CHECKING:
     from streamscore.core.models import Models
@@ -30,6 +30,15 @@ class Learner(Protocol):
 
     def observe(self, sample: PopulationSample) -> None:
         """A customer at a snapshot: the population the RFM quantiles are fitted to."""
+        ...
+
+    def wants(self, key_hash: int) -> bool:
+        """Whether the population model's sample takes this customer's observations (the
+        scorer asks first, so that customers outside the sample cost nothing)."""
+        ...
+
+    def observe_customer(self, observation: CustomerObservation) -> None:
+        """A sampled customer after an event: the population the BTYD model is fitted to."""
         ...
 
 

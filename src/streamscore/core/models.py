@@ -1,134 +1,221 @@
-"""The two online models and the reasons behind a churn score (their inputs: ``inputs.py``).
+"""The churn and value models: a fitted buy-till-you-die model, and learnt corrections on top.
 
-Both are river pipelines, a standard scaler in front of a linear model: about 10 µs per
-prediction and learn, stable under drift, and their weights explain a score (the reasons on a
-churn alert are the largest weight × scaled-input products). Heavier learners (ARF, AMF) cost
-100× more per event and are not defaults (DESIGN.md §7).
+- **Population** (``population.py``): Pareto/NBD for the churn-defining activity and for
+  purchases, Gamma-Gamma for spend per order, fitted by maximum likelihood to a bounded
+  sample of customers and refitted as event time passes. Per customer they give P(alive),
+  the probability of no activity within the churn horizon, expected purchases within the
+  value horizon and expected spend per order. Before any label exists, those *are* the
+  predictions.
+- **Churn**: a logistic regression with the BTYD probability as offset (``glm.py``): it
+  learns only where the data says the BTYD model is off (browsing without buying, carts,
+  tickets, regularity, spend trends) and starts as the BTYD model itself.
+- **Value**: expected orders × expected order value. The order count is a Poisson
+  regression with the BTYD expectation as offset, learnt on the orders each snapshot saw
+  within the horizon; the order value is Gamma-Gamma's. Both factors are positive, so a
+  customer the model thinks alive is never flattened to zero.
+
+Snapshots keep the raw inputs (``inputs.MODEL_INPUTS``), and the offsets are computed with
+the population parameters current when a label is learnt, so the corrections always correct
+the BTYD model in use. Every step of the corrections is weighted by the snapshot's sampling
+weight.
+
+Which constants are not tuned to any data set: the GLMs' learning rate and L2 are river's
+usual defaults, the correction bounds are safety limits (``glm.py``), the population prior
+is used only before the first fit (``population.py``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from river import compose, linear_model, optim, preprocessing
+from river import optim
 
-from streamscore.core.inputs import CHURN_INPUTS, FEATURE_SCHEMA, VALUE_INPUTS
+from streamscore.core.glm import OffsetGLM, logit, sigmoid
+from streamscore.core.inputs import FEATURE_SCHEMA, MODEL_INPUTS
+from streamscore.core.population import Observation, PopulationModel
+from streamscore.core.values import ModelParams
 
-MODEL_FAMILY = "scaled-linear"
+MODEL_FAMILY = "btyd-glm"
+DAY_MS = 86_400_000
+_IDX = {name: i for i, name in enumerate(MODEL_INPUTS)}
+# The inputs the BTYD model needs: an example without them cannot be learnt.
+SUMMARY_INPUTS = ("x", "t_x", "T", "px", "pt_x", "orders", "mean_order")
 
 
 def model_version(generation: int) -> str:
-    """The version every score carries: family, feature schema and checkpoint generation."""
+    """The version every score carries: family, input schema and checkpoint generation."""
     return f"{MODEL_FAMILY}-{FEATURE_SCHEMA[:6]}-g{generation}"
 
 
-def _named(names: dict[str, Any], values: list[float]) -> dict[str, float]:
-    return dict(zip(names, values, strict=True))
-
-
 @dataclass(frozen=True, slots=True)
-class ModelParams:
-    """Learning rates and regularisation; defaults were tuned on the simulator."""
+class Baseline:
+    """What the fitted BTYD model says of one customer."""
 
-    churn_learning_rate: float = 0.02
-    value_learning_rate: float = 0.05
-    value_huber_delta: float = 50.0
-    l2: float = 1e-4
-    warmup_labels: int = 500
+    p_alive: float
+    p_churn: float
+    orders: float
+    order_value: float
+
+    @property
+    def value(self) -> float:
+        """Expected spend within the value horizon."""
+        return self.orders * self.order_value
+
+
+def _l1p(v: float) -> float:
+    return math.log1p(v) if v > 0 else 0.0
+
+
+def observation(raw: Sequence[float]) -> Observation:
+    """The population model's view of a raw input vector."""
+    return Observation(
+        x=raw[0], t_x=raw[1], T=raw[2], px=raw[3], pt_x=raw[4], orders=raw[5], mean_order=raw[6]
+    )
+
+
+def _vector(inputs: Mapping[str, float]) -> list[float] | None:
+    """An example's named inputs as a vector; None when the BTYD summary is incomplete."""
+    if any(name not in inputs for name in SUMMARY_INPUTS):
+        return None
+    return [inputs.get(name, 0.0) for name in MODEL_INPUTS]
 
 
 class Models:
-    """Churn classifier and value regressor, learnt online from resolved snapshots."""
+    """The population BTYD model and the learnt churn and value corrections."""
 
     def __init__(self, params: ModelParams | None = None) -> None:
         p = params or ModelParams()
         self.params = p
-        self.churn = compose.Pipeline(
-            preprocessing.StandardScaler(),
-            linear_model.LogisticRegression(optimizer=optim.SGD(p.churn_learning_rate), l2=p.l2),
+        self.population = PopulationModel(
+            size=p.sample_size,
+            refit_ms=round(p.refit_days * DAY_MS),
+            same_process=p.purchase_activity,
         )
-        # Spend is zero for half the snapshots and heavy-tailed for the rest: a Huber loss
-        # keeps the few large orders from throwing the weights around, and Adam copes with
-        # the very different scales of the inputs while the scaler's statistics settle.
-        self.value = compose.Pipeline(
-            preprocessing.StandardScaler(),
-            linear_model.LinearRegression(
-                optimizer=optim.Adam(p.value_learning_rate),
-                loss=optim.losses.Huber(p.value_huber_delta),
-                l2=p.l2,
-                intercept_lr=0.1,
-            ),
-        )
+        self.churn = OffsetGLM(optim.losses.Log(), learning_rate=p.learning_rate, l2=p.l2)
+        self.value = OffsetGLM(optim.losses.Poisson(), learning_rate=p.learning_rate, l2=p.l2)
         self.generation = 0
-        self.churn_learnt = 0
-        self.value_learnt = 0
+
+    @property
+    def churn_learnt(self) -> int:
+        """Churn labels learnt so far."""
+        return self.churn.learnt
+
+    @property
+    def value_learnt(self) -> int:
+        """Value labels learnt so far."""
+        return self.value.learnt
 
     @property
     def version(self) -> str:
-        """Carried by every score: family, feature schema and checkpoint generation."""
+        """Carried by every score."""
         return model_version(self.generation)
 
-    def predict(self, churn_x: list[float], value_x: list[float]) -> tuple[float, float]:
+    # -- the BTYD baseline and the corrections' inputs -------------------------------------
+
+    def baseline(self, raw: Sequence[float]) -> Baseline:
+        """The fitted BTYD model's view of this customer."""
+        x, t_x, big_t, px, pt_x, orders, mean_order = raw[:7]
+        pop = self.population
+        p = self.params
+        return Baseline(
+            p_alive=pop.activity.p_alive(x, t_x, big_t),
+            p_churn=pop.activity.p_none(x, t_x, big_t, p.churn_horizon_days),
+            orders=pop.purchases.expected_transactions(px, pt_x, big_t, p.value_horizon_days),
+            order_value=pop.order_value(orders, mean_order),
+        )
+
+    def _inputs(self, raw: Sequence[float], base: Baseline) -> dict[str, float]:
+        g = raw.__getitem__
+        big_t = g(_IDX["T"])
+        out = {
+            "log_x": _l1p(g(_IDX["x"])),
+            "log_tenure": _l1p(big_t),
+            "log_recency": _l1p(big_t - g(_IDX["t_x"])),
+            "log_order_value": _l1p(g(_IDX["mean_order"])),
+            "gap_cv": g(_IDX["gap_cv"]),
+            "log_spend_30d": _l1p(g(_IDX["spend_30d"])),
+            "log_browse_recency": _l1p(g(_IDX["browse_recency"])),
+            "browses": g(_IDX["browses"]),
+            "log_events_30d": _l1p(g(_IDX["events_30d"])),
+            "log_carts": _l1p(g(_IDX["carts"])),
+            "log_tickets": _l1p(g(_IDX["tickets"])),
+            "refund_rate": g(_IDX["refund_rate"]),
+            "logit_alive": logit(base.p_alive),
+        }
+        if not self.params.purchase_activity:
+            out["log_px"] = _l1p(g(_IDX["px"]))
+            out["log_purchase_recency"] = _l1p(big_t - g(_IDX["pt_x"]))
+        return out
+
+    # -- predicting -------------------------------------------------------------------------
+
+    def predict_both(self, raw: Sequence[float]) -> tuple[float, float, Baseline]:
+        """Churn probability, expected spend within the value horizon, and the baseline."""
+        base = self.baseline(raw)
+        x = self._inputs(raw, base)
+        churn = sigmoid(self.churn.link(x, logit(base.p_churn)))
+        orders = math.exp(self.value.link(x, math.log(max(base.orders, 1e-9))))
+        return churn, orders * base.order_value, base
+
+    def predict(self, raw: Sequence[float]) -> tuple[float, float]:
         """Churn probability and expected spend within the value horizon."""
-        if self.churn_learnt < self.params.warmup_labels:
-            # Until the model has seen enough labels, the probability-alive heuristic it
-            # takes as its first input is a far better guess than an untrained 0.5.
-            churn = 1.0 / (1.0 + math.exp(-churn_x[0]))
-        else:
-            proba = self.churn.predict_proba_one(_named(CHURN_INPUTS, churn_x))
-            churn = float(proba.get(True, 0.0))
-        value = 0.0
-        if self.value_learnt:
-            value = max(float(self.value.predict_one(_named(VALUE_INPUTS, value_x))), 0.0)
+        churn, value, _ = self.predict_both(raw)
         return churn, value
 
-    def learn_churn(self, inputs: dict[str, float], churned: bool, weight: float = 1.0) -> None:
-        """One SGD step on a resolved churn label (inputs by name; a missing one is skipped)."""
-        if weight == 1.0:
-            self.churn.learn_one(inputs, churned)
-        else:
-            self.churn.learn_one(inputs, churned, w=weight)
-        self.churn_learnt += 1
+    # -- learning ---------------------------------------------------------------------------
 
-    def learn_value(self, inputs: dict[str, float], spend: float, weight: float = 1.0) -> None:
-        """One SGD step on a resolved spend label (Huber loss)."""
-        if weight == 1.0:
-            self.value.learn_one(inputs, spend)
-        else:
-            self.value.learn_one(inputs, spend, w=weight)
-        self.value_learnt += 1
+    def wants(self, key_hash: int) -> bool:
+        """Whether the population sample takes this customer's observations."""
+        return self.population.wants(key_hash)
 
-    def churn_reasons(
-        self, churn_x: list[float], derived: dict[str, float], top: int = 3
-    ) -> list[dict[str, float | str]]:
-        """What pushed the churn score up, largest first; never empty.
+    def observe(self, key_hash: int, raw: Sequence[float], t_ms: int) -> None:
+        """A customer's summary as of their latest event, for the population fit."""
+        self.population.observe(key_hash, observation(raw), t_ms)
 
-        Each reason is one term of the score's logit: weight × scaled input, or the model's
-        ``intercept`` (its base rate; ``value`` 1). While the model warms up the score is the
-        probability-alive heuristic, so its one reason is that input (``p_quiet_logit``, the
-        whole logit). The terms add up to the logit, so a score above 0.5 always has a
-        positive one; below, the largest term is given.
+    def learn_churn(self, inputs: Mapping[str, float], churned: bool, weight: float = 1.0) -> bool:
+        """One weighted step on a resolved churn label; False when the example lacks the
+        BTYD summary (a snapshot made for an older input set) and cannot be learnt."""
+        raw = _vector(inputs)
+        if raw is None:
+            return False
+        base = self.baseline(raw)
+        self.churn.learn(self._inputs(raw, base), logit(base.p_churn), float(churned), weight)
+        return True
+
+    def learn_value(self, inputs: Mapping[str, float], orders: float, weight: float = 1.0) -> bool:
+        """One weighted step on the number of orders within the value horizon."""
+        raw = _vector(inputs)
+        if raw is None or math.isnan(orders):
+            return False
+        base = self.baseline(raw)
+        offset = math.log(max(base.orders, 1e-9))
+        self.value.learn(self._inputs(raw, base), offset, orders, weight)
+        return True
+
+    # -- explaining -------------------------------------------------------------------------
+
+    def churn_reasons(self, raw: Sequence[float], top: int = 3) -> list[dict[str, float | str]]:
+        """What pushes this churn score up, largest first; never empty.
+
+        The first reason is the BTYD model's own evidence (its churn probability for this
+        customer's rhythm and silence, as a logit); then the learnt corrections that raise
+        the score, each weight × standardised input.
         """
-        if self.churn_learnt < self.params.warmup_labels:
-            logit = churn_x[0]
-            return [
-                {
-                    "feature": "p_quiet_logit",
-                    "contribution": round(logit, 4),
-                    "value": round(logit, 3),
-                }
-            ]
-        scaler = self.churn["StandardScaler"]
-        lr = self.churn["LogisticRegression"]
-        weights = lr.weights
-        scaled = scaler.transform_one(_named(CHURN_INPUTS, churn_x))
-        terms = [(float(weights.get(k, 0.0)) * float(v), k, derived[k]) for k, v in scaled.items()]
-        terms.append((float(lr.intercept), "intercept", 1.0))
-        terms.sort(key=lambda t: t[0], reverse=True)
-        chosen = [t for t in terms[:top] if round(t[0], 4) > 0] or terms[:1]
-        return [
-            {"feature": k, "contribution": round(c, 4), "value": round(value, 3)}
-            for c, k, value in chosen
+        base = self.baseline(raw)
+        x = self._inputs(raw, base)
+        reasons: list[dict[str, float | str]] = [
+            {
+                "feature": "btyd_churn_probability",
+                "contribution": round(logit(base.p_churn), 4),
+                "value": round(base.p_churn, 3),
+            }
         ]
+        terms = sorted(((c, k) for k, c in self.churn.correction(x).items()), reverse=True)
+        reasons += [
+            {"feature": k, "contribution": round(c, 4), "value": round(x[k], 3)}
+            for c, k in terms[: top - 1]
+            if round(c, 4) > 0
+        ]
+        return reasons

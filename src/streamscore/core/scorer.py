@@ -17,9 +17,10 @@ from streamscore.core import outputs
 from streamscore.core.drift import DriftLog, PopulationDrift
 from streamscore.core.events import Event, EventType
 from streamscore.core.features import derive
-from streamscore.core.inputs import CHURN_INPUTS, VALUE_INPUTS, churn_inputs, named, value_inputs
+from streamscore.core.inputs import MODEL_INPUTS, model_inputs, named
 from streamscore.core.lineage import Learner, Lineage
 from streamscore.core.models import model_version
+from streamscore.core.population import key_hash
 from streamscore.core.records import TOPIC_SCORES
 from streamscore.core.segments import Lifecycle, next_lifecycle, segment_name
 from streamscore.core.snapshots import Snapshot
@@ -28,6 +29,7 @@ from streamscore.core.timeutil import DAY_MS
 from streamscore.core.values import (
     ChurnActivity,
     Counters,
+    CustomerObservation,
     Evaluation,
     LabelKind,
     LabelOutcome,
@@ -37,7 +39,8 @@ from streamscore.core.values import (
     TrainingExample,
 )
 
-_RECENCY = list(CHURN_INPUTS).index("recency_days")
+_UNIT = float(1 << 64)
+_T, _T_X = MODEL_INPUTS.index("T"), MODEL_INPUTS.index("t_x")
 
 
 def _version(snap: Snapshot) -> str | None:
@@ -112,13 +115,14 @@ class Scorer:
             if returning:
                 state.reactivated_ms = event.ts  # the first event back after churning
                 returning = False
+            self._snapshots_until(state, event.ts)
             f.apply(event, cfg.allowed_lateness_ms)
             self.counters.events += 1
             if event.ts >= f.last_seen_ms:
                 state.rescore_step = 0
+                state.next_snapshot_ms = self._next_snapshot(state, event.ts)
             self._observe_activity(state, event)
-            if event.ts - state.last_snapshot_ms >= cfg.snapshot_period_days * DAY_MS:
-                self._take_snapshot(state, event.ts)
+        self._observe_customer(state)
         last_event = fresh[-1][2]
         last = max(last_event.ts, f.last_seen_ms)
         out.extend(self._score(state, last, now_ms, trigger="event", key=last_event.event_id))
@@ -129,25 +133,75 @@ class Scorer:
 
         The model still learns that label only when the horizon has passed, like every other:
         learning "not churned" at once and "churned" H days later would feed the model a
-        stream skewed towards the labels that happen to arrive first.
-
-        Only activity after a grace period counts: the rest of the session a snapshot was
-        taken in says nothing about whether the user comes back, and counting it would teach
-        the model (and flatter its metrics) with labels that were never in doubt.
+        stream skewed towards the labels that happen to arrive first. Snapshots are taken at
+        grid times, not at events (``_next_snapshot``), so any later activity is news.
         """
         cfg = self.config
         counts = cfg.churn_activity is ChurnActivity.ANY or event.type is EventType.PURCHASE
         for snap in state.snapshots:
             if event.ts <= snap.t_ms:
                 continue
-            if (
-                counts
-                and not snap.returned
-                and snap.t_ms + cfg.activity_grace_ms < event.ts <= snap.t_ms + cfg.churn_horizon_ms
-            ):
+            if counts and not snap.returned and event.ts <= snap.t_ms + cfg.churn_horizon_ms:
                 snap.returned = True
             if event.type is EventType.PURCHASE and event.ts <= snap.t_ms + cfg.value_horizon_ms:
                 snap.spend += event.amount or 0.0
+                snap.orders += 1
+
+    def _observe_customer(self, state: UserState) -> None:
+        """Hand the population model this customer's summary, if it samples them."""
+        kh = key_hash(state.user_id)
+        if self.learner.wants(kh):
+            f = state.features
+            inputs = model_inputs(f, f.last_seen_ms, self.config.purchase_activity)
+            self.learner.observe_customer(CustomerObservation(kh, tuple(inputs), f.last_seen_ms))
+
+    # -- training snapshots ---------------------------------------------------------------
+
+    def _next_snapshot(self, state: UserState, after_ms: int) -> int:
+        """The first time after ``after_ms`` at which this user's next snapshot is taken.
+
+        Each user is snapshotted on a grid of their own: every ``snapshot_period`` at a phase
+        set by a hash of their id, so the population's snapshots are spread evenly and each
+        sees its user as of an arbitrary moment, as scores at any time do (not only at
+        events, which would leave the long-silent out). Users silent for longer than the
+        churn horizon are sampled: a grid time is taken with probability dormant ÷ periods
+        of silence (a hash of user and time decides, so the same on any replay) and weighted
+        by its inverse (``_weight``): long-silent users stay in the training population at a
+        cost that grows with the logarithm of their silence. Skipped grid times are never
+        woken for.
+        """
+        cfg = self.config
+        period = cfg.snapshot_period_ms
+        g = after_ms - (after_ms - key_hash(state.user_id) % period) % period + period
+        last = self._last_activity(state)
+        dormant = cfg.dormant_periods
+        uid = state.user_id
+        limit = g + 4000 * period  # far beyond any retention: the loop always ends
+        while g < limit:
+            silent = (g - last) / period
+            if silent <= dormant or key_hash(f"{uid}@{g}") / _UNIT < dormant / silent:
+                return g
+            g += period
+        return g
+
+    def _weight(self, state: UserState, t_ms: int) -> float:
+        """The inverse of the probability a snapshot at ``t_ms`` was taken with."""
+        silent = (t_ms - self._last_activity(state)) / self.config.snapshot_period_ms
+        return max(1.0, silent / self.config.dormant_periods)
+
+    def _last_activity(self, state: UserState) -> int:
+        f = state.features
+        if self.config.purchase_activity and f.purchases:
+            return f.last_purchase_ms
+        return f.last_seen_ms
+
+    def _snapshots_until(self, state: UserState, t_ms: int) -> None:
+        """Take the snapshots due at or before ``t_ms``, each as of its own time (events
+        after it are not applied yet: the watermark or a newer event has reached it)."""
+        while state.next_snapshot_ms and state.next_snapshot_ms <= t_ms:
+            at = state.next_snapshot_ms
+            self._take_snapshot(state, at, self._weight(state, at))
+            state.next_snapshot_ms = self._next_snapshot(state, at)
 
     # -- time passing ---------------------------------------------------------------------
 
@@ -156,6 +210,8 @@ class Scorer:
         candidates: list[int] = []
         if state.rescore_step < len(self._points) and not state.features.empty:
             candidates.append(state.features.last_seen_ms + self._points[state.rescore_step])
+        if state.next_snapshot_ms:
+            candidates.append(state.next_snapshot_ms)
         for snap in state.snapshots:
             if not snap.churn_learnt:
                 candidates.append(snap.t_ms + self.config.churn_horizon_ms)
@@ -167,6 +223,11 @@ class Scorer:
         """Resolve labels and rescore silences whose time the watermark has passed."""
         out: list[Output] = []
         cfg = self.config
+        if not state.next_snapshot_ms and not state.features.empty:
+            # A state upgraded from v3 has no grid position: the user has been silent since
+            # their last event or snapshot, so grid times since then see today's state.
+            since = max(state.last_snapshot_ms, state.features.last_seen_ms)
+            state.next_snapshot_ms = self._next_snapshot(state, since)
         while True:
             due = self.due_ms(state)
             if due is None or due > watermark_ms:
@@ -182,13 +243,11 @@ class Scorer:
             state.snapshots = [snap for snap in state.snapshots if not snap.done]
             if resolved:
                 continue
+            if state.next_snapshot_ms and state.next_snapshot_ms <= due:
+                self._snapshots_until(state, due)
+                continue
             point = state.rescore_step
             state.rescore_step += 1
-            if (
-                cfg.rescore_points_ms
-                and due - state.last_snapshot_ms >= cfg.snapshot_period_days * DAY_MS
-            ):
-                self._take_snapshot(state, due)
             out.extend(
                 self._score(
                     state,
@@ -201,39 +260,55 @@ class Scorer:
 
     # -- labels ---------------------------------------------------------------------------
 
-    def _take_snapshot(self, state: UserState, t_ms: int) -> None:
+    def _take_snapshot(self, state: UserState, t_ms: int, weight: float) -> None:
         cfg = self.config
-        derived = derive(state.features, t_ms, cfg.churn_horizon_days)
-        cx, vx = churn_inputs(derived), value_inputs(derived)
+        f = state.features
+        raw = model_inputs(f, t_ms, cfg.purchase_activity)
         models = self.lineage.models
-        churn_p, value_p = models.predict(cx, vx)
-        naive = derived["spend"] / max(derived["tenure_days"], 1.0) * cfg.value_horizon_days
-        snap = Snapshot(t_ms, cx, vx, churn_p, value_p, naive, model_generation=models.generation)
+        churn_p, value_p, base = models.predict_both(raw)
+        tenure = max(t_ms - f.first_seen_ms, 0) / DAY_MS
+        naive = f.spend / max(tenure, 1.0) * cfg.value_horizon_days
+        snap = Snapshot(
+            t_ms,
+            raw,
+            [],
+            churn_p,
+            value_p,
+            naive,
+            model_generation=models.generation,
+            weight=weight,
+            baseline_churn=base.p_churn,
+            baseline_value=base.value,
+        )
         state.snapshots.append(snap)
         state.last_snapshot_ms = t_ms
-        self.learner.observe(
-            PopulationSample(derived["days_since_purchase"], derived["purchases"], derived["spend"])
-        )
+        since_purchase = max(t_ms - f.last_purchase_ms, 0) / DAY_MS if f.purchases else tenure
+        self.learner.observe(PopulationSample(since_purchase, float(f.purchases), f.spend))
         self.counters.snapshots += 1
 
     def _resolve_churn(self, state: UserState, snap: Snapshot, *, churned: bool) -> None:
         snap.churn_learnt = True
         label_ms = snap.t_ms + self.config.churn_horizon_ms
+        raw = snap.churn_x
         if self.outcomes is not None:
-            recency = math.expm1(snap.churn_x[_RECENCY])
+            recency = max(raw[_T] - raw[_T_X], 0.0) if len(raw) > _T else math.nan
             self.outcomes.append(
-                LabelOutcome(state.user_id, snap.t_ms, churned, snap.churn_p, recency)
+                LabelOutcome(
+                    state.user_id, snap.t_ms, churned, snap.churn_p, recency, snap.baseline_churn
+                )
             )
         self.learner.learn(
             TrainingExample(
                 kind=LabelKind.CHURN,
-                inputs=named(CHURN_INPUTS, snap.churn_x),
+                inputs=named(MODEL_INPUTS, raw),
                 label=1.0 if churned else 0.0,
                 predicted=snap.churn_p,
                 baseline=None,
                 snapshot_ms=snap.t_ms,
                 label_ms=label_ms,
+                weight=snap.weight,
                 model_version=_version(snap),
+                btyd=snap.baseline_churn,
             )
         )
 
@@ -242,13 +317,16 @@ class Scorer:
         self.learner.learn(
             TrainingExample(
                 kind=LabelKind.VALUE,
-                inputs=named(VALUE_INPUTS, snap.value_x),
+                inputs=named(MODEL_INPUTS, snap.churn_x),
                 label=snap.spend,
                 predicted=snap.value_p,
                 baseline=snap.naive_value,
                 snapshot_ms=snap.t_ms,
                 label_ms=snap.t_ms + self.config.value_horizon_ms,
+                weight=snap.weight,
                 model_version=_version(snap),
+                orders=snap.orders,
+                btyd=snap.baseline_value,
             )
         )
 
@@ -258,9 +336,9 @@ class Scorer:
         """Score a user as of ``t_ms`` without changing anything."""
         cfg = self.config
         f = state.features
-        derived = derive(f, t_ms, cfg.churn_horizon_days)
-        cx, vx = churn_inputs(derived), value_inputs(derived)
-        churn_p, value_p = self.lineage.models.predict(cx, vx)
+        derived = derive(f, t_ms)
+        raw = model_inputs(f, t_ms, cfg.purchase_activity)
+        churn_p, value_p = self.lineage.models.predict(raw)
         r, fr, m = self.lineage.rfm.scores(
             derived["days_since_purchase"], derived["purchases"], derived["spend"]
         )
@@ -280,7 +358,7 @@ class Scorer:
             segment_name(r, fr, m, derived["purchases"]),
             lifecycle.value,
             derived,
-            cx,
+            raw,
         )
 
     def _score(
@@ -309,7 +387,7 @@ class Scorer:
             counters.segment_changes += 1
             state.segment, state.lifecycle = ev.segment, ev.lifecycle
         if state.alert.step(cfg.alerts, ev.churn, t_ms, state.features.purchases):
-            reasons = models.churn_reasons(ev.churn_x, ev.derived)
+            reasons = models.churn_reasons(ev.churn_x)
             out.append(
                 outputs.churn_alert(cfg, uid, ev, t_ms, reasons=reasons, model_version=version)
             )

@@ -4,7 +4,7 @@ The state carries its own position in the input (partition, last applied offset)
 of recent event ids: that is what makes a replayed or duplicated event a no-op, whatever the
 consumer committed before it died.
 
-Stored form (state format v3): one JSON object with short keys (Redis memory is the bill),
+Stored form (state format v4): one JSON object with short keys (Redis memory is the bill),
 fields at their default left out:
 
     v   format it was written with      r    oldest reader format that can read it (absent: v)
@@ -13,6 +13,7 @@ fields at their default left out:
     sn  the snapshot block, which names its layout and input set (``core/snapshots.py``)
     ls  last snapshot time   aa/at  alert armed / last alert time   sg/lc  segment / stage
     ra  reactivated at       rs     rescore step                    sc     last score
+    ns  next training snapshot time (v4)
 
 The features are the bulk of a state, so they are a list (no key per field: a third smaller
 and six times faster to read) whose positions each format names: a reader resolves them by
@@ -61,12 +62,14 @@ from streamscore.core.snapshots import (
 )
 from streamscore.errors import NewerFormatError, StoredFormatError
 
-STATE_FORMAT = 3  # what this version writes
-MIN_READER = 3  # the oldest format whose reader can read what this version writes
+STATE_FORMAT = 4  # what this version writes
+# The oldest format whose reader can read what this version writes. v4 changed the snapshot
+# layout and the model inputs, so a v3 reader cannot read it.
+MIN_READER = 4
 RECENT_IDS = 16
 ID_HASH_CHARS = 8  # base64 of a 6-byte (48-bit) hash
 _STATE_KEYS = frozenset(
-    {"v", "r", "p", "o", "ids", "f", "sn", "ls", "aa", "at", "sg", "lc", "ra", "rs", "sc"}
+    {"v", "r", "p", "o", "ids", "f", "sn", "ls", "aa", "at", "sg", "lc", "ra", "rs", "sc", "ns"}
 )
 
 
@@ -97,6 +100,7 @@ class UserState:
     reactivated_ms: int = 0
     rescore_step: int = 0
     last_score: tuple[float, float] = (0.0, 0.0)
+    next_snapshot_ms: int = 0  # 0: not on the snapshot grid yet (new, or upgraded from v3)
     # Fields a newer writer stored that this version does not know: kept, written back.
     carried: dict[str, Any] = field(default_factory=dict)
     carried_features: list[Any] = field(default_factory=list)
@@ -142,6 +146,8 @@ class UserState:
             d["rs"] = self.rescore_step
         if self.last_score != (0.0, 0.0):
             d["sc"] = [round(self.last_score[0], 6), round(self.last_score[1], 2)]
+        if self.next_snapshot_ms:
+            d["ns"] = self.next_snapshot_ms
         if self.carried:
             d.update(self.carried)
         return orjson.dumps(d)
@@ -198,6 +204,7 @@ class UserState:
             reactivated_ms=d.get("ra", 0),
             rescore_step=d.get("rs", 0),
             last_score=(score[0], score[1]) if score else (0.0, 0.0),
+            next_snapshot_ms=d.get("ns", 0),
             carried={k: d[k] for k in extra} if extra else {},
             carried_features=carried_features,
         )
@@ -239,7 +246,35 @@ def _v2_to_v3(d: Any) -> dict[str, Any]:
     return out
 
 
-UPGRADES: dict[int, Callable[[Any], dict[str, Any]]] = {2: _v2_to_v3}
+def _v3_to_v4(d: Any) -> dict[str, Any]:
+    """v4 appends three features (occasions and the latest non-purchase event) and the
+    snapshot grid position; the snapshot block upgrades itself on read (layout 3 → 4).
+
+    v3 kept no occasions: visits are taken to be the sessions (one for a user seen without
+    any), orders the purchases (those still in the purchase buffer are counted from it), and
+    the latest non-purchase event the latest session, or the latest event when there were
+    events besides purchases. The grid position is left for the scorer to set when it next
+    sees the user (``Scorer.advance``).
+    """
+    out = dict(d)
+    f = list(d["f"])
+    fields = dict(zip(STORED_FIELDS[3], f, strict=False))
+    events, sessions, purchases = fields["events"], fields["sessions"], fields["purchases"]
+    visits = max(sessions, 1) if events else 0
+    if sessions:
+        browse = fields["last_session_ms"]
+    elif events > purchases:
+        browse = fields["last_seen_ms"]
+    else:
+        browse = 0
+    final_orders = max(purchases - len(fields["recent_purchases"]), 0)
+    n = len(STORED_FIELDS[3])
+    out["f"] = [*f[:n], visits, fields["last_seen_ms"], [], final_orders, browse, *f[n:]]
+    out["v"] = 4
+    return out
+
+
+UPGRADES: dict[int, Callable[[Any], dict[str, Any]]] = {2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def stored_version(d: Any) -> tuple[int, int]:
@@ -271,7 +306,7 @@ def upgrade(user_id: str, d: Any) -> dict[str, Any]:
             )
         try:
             d = step(d)
-        except (SnapshotFormatError, TypeError, ValueError) as exc:
+        except (SnapshotFormatError, KeyError, TypeError, ValueError) as exc:
             raise StoredFormatError(
                 f"user state of {user_id!r} (format v{written}) cannot be upgraded: {exc}"
             ) from None

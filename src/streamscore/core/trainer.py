@@ -8,11 +8,18 @@ can run wherever the examples are delivered (see ``lineage.py``).
 
 from __future__ import annotations
 
+import math
+
 from streamscore.core.drift import LabelDrift
 from streamscore.core.models import Models
 from streamscore.core.segments import RfmScorer
 from streamscore.core.validation import Quality
-from streamscore.core.values import LabelKind, PopulationSample, TrainingExample
+from streamscore.core.values import (
+    CustomerObservation,
+    LabelKind,
+    PopulationSample,
+    TrainingExample,
+)
 
 
 class Trainer:
@@ -31,22 +38,42 @@ class Trainer:
         self.models = models or Models()
         self.rfm = rfm or RfmScorer()
         self.quality = quality or Quality()
+        # The fitted BTYD model alone, validated on the same labels: the baseline the learnt
+        # corrections have to beat (the demo and report.json show both).
+        self.btyd_quality = Quality()
         self.drift = drift or LabelDrift()
+        self.unlearnt = 0  # examples validated but not learnt (made for older inputs)
 
     def learn(self, example: TrainingExample) -> None:
         """Validate ``example`` against the prediction stored with it, then learn it."""
+        w = example.weight
+        btyd = example.btyd
         if example.kind is LabelKind.CHURN:
             churned = example.churned
-            self.quality.churn.update(example.predicted, churned, example.snapshot_ms)
+            self.quality.churn.update(example.predicted, churned, example.snapshot_ms, w)
+            if not math.isnan(btyd):
+                self.btyd_quality.churn.update(btyd, churned, example.snapshot_ms, w)
             self.drift.churn_label(example.predicted, churned, example.label_ms)
-            self.models.learn_churn(example.inputs, churned, example.weight)
+            learnt = self.models.learn_churn(example.inputs, churned, w)
         else:
             spend = example.label
             baseline = 0.0 if example.baseline is None else example.baseline
-            self.quality.value.update(example.predicted, baseline, spend)
+            self.quality.value.update(example.predicted, baseline, spend, w)
+            if not math.isnan(btyd):
+                self.btyd_quality.value.update(btyd, baseline, spend, w)
             self.drift.value_label(example.predicted, spend, example.label_ms)
-            self.models.learn_value(example.inputs, spend, example.weight)
+            learnt = self.models.learn_value(example.inputs, example.orders, w)
+        if not learnt:
+            self.unlearnt += 1
 
     def observe(self, sample: PopulationSample) -> None:
         """Add a customer at a snapshot to the RFM population."""
         self.rfm.observe(sample.days_since_purchase, sample.purchases, sample.spend)
+
+    def wants(self, key_hash: int) -> bool:
+        """Whether the population model's sample takes this customer."""
+        return self.models.wants(key_hash)
+
+    def observe_customer(self, observation: CustomerObservation) -> None:
+        """A sampled customer's summary after an event, for the population fit."""
+        self.models.observe(observation.key_hash, observation.inputs, observation.t_ms)

@@ -85,24 +85,35 @@ class ChurnQuality:
     calib_pred: list[float] = field(default_factory=lambda: [0.0] * CALIBRATION_BUCKETS)
     calib_true: list[float] = field(default_factory=lambda: [0.0] * CALIBRATION_BUCKETS)
     calib_n: list[int] = field(default_factory=lambda: [0] * CALIBRATION_BUCKETS)
+    calib_w: list[float] = field(default_factory=lambda: [0.0] * CALIBRATION_BUCKETS)
+    weight_sum: float = 0.0
+    positive_weight: float = 0.0
     recent: deque[tuple[float, bool]] = field(default_factory=deque)
     timeline: AucTimeline = field(default_factory=AucTimeline)
 
-    def update(self, p: float, churned: bool, t_ms: int | None = None) -> float:
+    def update(
+        self, p: float, churned: bool, t_ms: int | None = None, weight: float = 1.0
+    ) -> float:
         """Record one resolved label; returns its log loss (fed to the drift detector).
 
         ``t_ms`` (when the prediction was made) places the label on the AUC-over-time curve.
+        ``weight`` is the snapshot's sampling weight: the cumulative figures (AUC, log loss,
+        base rate, calibration) are those of the population the snapshots were drawn from;
+        the rolling window and the timeline count labels as they come.
         """
         b = min(int(p * AUC_BINS), AUC_BINS - 1)
-        (self.pos_bins if churned else self.neg_bins)[b] += 1
+        (self.pos_bins if churned else self.neg_bins)[b] += weight
         loss = log_loss(p, churned)
-        self.loss_sum += loss
+        self.loss_sum += loss * weight
         self.count += 1
         self.positives += churned
+        self.weight_sum += weight
+        self.positive_weight += weight if churned else 0.0
         c = min(int(p * CALIBRATION_BUCKETS), CALIBRATION_BUCKETS - 1)
-        self.calib_pred[c] += p
-        self.calib_true[c] += churned
+        self.calib_pred[c] += p * weight
+        self.calib_true[c] += churned * weight
         self.calib_n[c] += 1
+        self.calib_w[c] += weight
         self.recent.append((p, churned))
         if len(self.recent) > self.window:
             self.recent.popleft()
@@ -113,6 +124,16 @@ class ChurnQuality:
     def auc(self) -> float | None:
         """Cumulative ROC AUC."""
         return auc_from_bins(self.pos_bins, self.neg_bins)
+
+    def calibration_error(self) -> float | None:
+        """Expected calibration error over the ten equal-width buckets (weighted)."""
+        w = self.weight_sum
+        if not w:
+            return None
+        return (
+            sum(abs(self.calib_pred[i] - self.calib_true[i]) for i in range(CALIBRATION_BUCKETS))
+            / w
+        )
 
     def rolling_auc(self) -> float | None:
         """Exact ROC AUC over the last ``window`` labels."""
@@ -129,21 +150,23 @@ class ChurnQuality:
 
     def report(self) -> dict[str, Any]:
         """Cumulative figures for report.json."""
+        w = self.weight_sum
         return {
             "labels": self.count,
             "churned": self.positives,
-            "base_rate": self.positives / self.count if self.count else None,
+            "base_rate": self.positive_weight / w if w else None,
             "roc_auc": self.auc(),
-            "log_loss": self.loss_sum / self.count if self.count else None,
+            "log_loss": self.loss_sum / w if w else None,
+            "calibration_error": self.calibration_error(),
             "calibration": [
                 {
                     "bucket": f"{i / CALIBRATION_BUCKETS:.1f}-{(i + 1) / CALIBRATION_BUCKETS:.1f}",
                     "n": n,
-                    "mean_predicted": self.calib_pred[i] / n,
-                    "observed_rate": self.calib_true[i] / n,
+                    "mean_predicted": self.calib_pred[i] / self.calib_w[i],
+                    "observed_rate": self.calib_true[i] / self.calib_w[i],
                 }
                 for i, n in enumerate(self.calib_n)
-                if n
+                if n and self.calib_w[i]
             ],
             "roc_curve": roc_points(self.pos_bins, self.neg_bins),
             "auc_over_time": self.timeline.report(),
@@ -160,17 +183,25 @@ class ValueQuality:
     naive_abs_err: float = 0.0
     count: int = 0
     total_actual: float = 0.0
+    total_predicted: float = 0.0
+    weight_sum: float = 0.0
     sample: list[tuple[float, float]] = field(default_factory=list)
     recent: deque[float] = field(default_factory=deque)
     _rng: random.Random = field(default_factory=lambda: random.Random(0))
 
-    def update(self, predicted: float, naive: float, actual: float) -> float:
-        """Record one resolved spend label; returns its absolute error."""
+    def update(self, predicted: float, naive: float, actual: float, weight: float = 1.0) -> float:
+        """Record one resolved spend label; returns its absolute error.
+
+        The means (MAE, mean actual and predicted) are weighted by the snapshot's sampling
+        weight; the Gini comes from an unweighted reservoir sample of the labels.
+        """
         err = abs(predicted - actual)
-        self.abs_err += err
-        self.naive_abs_err += abs(naive - actual)
+        self.abs_err += err * weight
+        self.naive_abs_err += abs(naive - actual) * weight
         self.count += 1
-        self.total_actual += actual
+        self.weight_sum += weight
+        self.total_actual += actual * weight
+        self.total_predicted += predicted * weight
         if len(self.sample) < self.sample_size:
             self.sample.append((predicted, actual))
         else:
@@ -189,15 +220,17 @@ class ValueQuality:
     def report(self) -> dict[str, Any]:
         """Cumulative figures for report.json."""
         n = self.count
+        w = self.weight_sum
         gini = None
         if self.sample:
             preds, actuals = zip(*self.sample, strict=True)
             gini = normalised_gini(list(preds), list(actuals))
         return {
             "labels": n,
-            "mean_actual": self.total_actual / n if n else None,
-            "mae": self.abs_err / n if n else None,
-            "naive_mae": self.naive_abs_err / n if n else None,
+            "mean_actual": self.total_actual / w if w else None,
+            "mean_predicted": self.total_predicted / w if w else None,
+            "mae": self.abs_err / w if w else None,
+            "naive_mae": self.naive_abs_err / w if w else None,
             "normalised_gini": gini,
             "gain_curve": gain_curve(self.sample),
             "lift_by_decile": lift_by_decile(self.sample),

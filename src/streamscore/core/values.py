@@ -7,18 +7,22 @@ slotted dataclass without behaviour beyond a few derived properties.
 - ``Output``: one record for an output topic, what sinks carry.
 - ``ScoringConfig`` (and ``ChurnActivity``): the horizons, periods and thresholds of the
   scoring semantics, built from the settings.
+- ``ModelParams``: what the models predict (horizons, churn activity) and how they learn.
 - ``Evaluation``: a user's scores as of some event time, before any side effect.
 - ``Counters``: what the scorer has done so far, for progress displays and metrics.
 - ``TrainingExample``: one resolved label with everything needed to validate and learn it
   anywhere; what the scorer hands the trainer (see ``core/lineage.py``).
 - ``PopulationSample``: one customer's recency, frequency and spend at a snapshot, which the
   RFM quantiles of the population are fitted to.
+- ``CustomerObservation``: one sampled customer's buy-till-you-die summary after an event,
+  which the population model (Pareto/NBD, Gamma-Gamma) is fitted to.
 - ``LabelOutcome``: a resolved churn label with its user, for comparisons against ground
   truth (the demo's simulator oracle).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -51,7 +55,6 @@ class ScoringConfig:
     value_horizon_days: float = 30.0
     snapshot_period_days: float = 7.0
     allowed_lateness_ms: int = 5 * 60_000
-    activity_grace_ms: int = 30 * 60_000
     rescore_after_days: tuple[float, ...] = (3.0, 7.0, 14.0, 21.0, 30.0, 45.0, 60.0, 90.0)
     churn_activity: ChurnActivity = ChurnActivity.ANY
     at_risk_threshold: float = 0.6
@@ -68,10 +71,39 @@ class ScoringConfig:
         return round(self.value_horizon_days * DAY_MS)
 
     @property
+    def snapshot_period_ms(self) -> int:
+        """The period of each user's snapshot grid, in milliseconds."""
+        return round(self.snapshot_period_days * DAY_MS)
+
+    @property
+    def dormant_periods(self) -> float:
+        """Periods of silence after which a user's snapshots are sampled, not all taken:
+        as many as the churn horizon spans (silence beyond it is the long tail)."""
+        return max(1.0, math.ceil(self.churn_horizon_days / self.snapshot_period_days))
+
+    @property
+    def purchase_activity(self) -> bool:
+        """Churn means no purchase (rather than no event) within the horizon."""
+        return self.churn_activity is ChurnActivity.PURCHASE
+
+    @property
     def rescore_points_ms(self) -> tuple[int, ...]:
         """Inactivity offsets at which silent users are rescored; the churn horizon is one."""
         points = {*self.rescore_after_days, self.churn_horizon_days}
         return tuple(sorted(round(d * DAY_MS) for d in points))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelParams:
+    """What the models predict (the horizons and churn activity) and how they learn."""
+
+    churn_horizon_days: float = 14.0
+    value_horizon_days: float = 30.0
+    purchase_activity: bool = False  # churn means no purchase (True) or no event (False)
+    learning_rate: float = 0.05
+    l2: float = 1e-3
+    sample_size: int = 20_000
+    refit_days: float = 7.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +158,10 @@ class TrainingExample:
     baseline: float | None  # value: the naive baseline (past daily spend × horizon); churn: None
     snapshot_ms: int
     label_ms: int  # when the label became final: the snapshot's time plus the horizon
-    weight: float = 1.0  # inverse sampling probability, once snapshots are sampled
+    weight: float = 1.0  # inverse of the probability the snapshot was taken with
     model_version: str | None = None  # of the models that made ``predicted``, when known
+    orders: float = math.nan  # value: orders within the horizon (NaN: unknown)
+    btyd: float = math.nan  # the fitted BTYD model's own prediction then (NaN: unknown)
 
     @property
     def churned(self) -> bool:
@@ -144,6 +178,19 @@ class PopulationSample:
     spend: float
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerObservation:
+    """A sampled customer's model inputs as of their latest event, for the population fit.
+
+    ``key_hash`` stands for the customer (the latest observation of a customer replaces the
+    earlier ones); it is a hash, not the user id.
+    """
+
+    key_hash: int
+    inputs: tuple[float, ...]
+    t_ms: int
+
+
 @dataclass(slots=True)
 class LabelOutcome:
     """A resolved churn label, for callers that compare against ground truth (the demo)."""
@@ -153,3 +200,4 @@ class LabelOutcome:
     churned: bool
     predicted: float
     recency_days: float
+    btyd: float = math.nan  # the fitted BTYD model's own prediction, stored with the snapshot
