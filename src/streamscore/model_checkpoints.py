@@ -206,7 +206,11 @@ class LineageStore:
         self._expected = None if head is None else (head.version, head.writer)
         published = self.load()
         if published is None:
-            return None
+            if head is None:
+                return None
+            # A version exists but cannot be used (on_bad_checkpoint=fresh, other inputs or
+            # horizons): fresh models learn the whole topic again, numbered after it.
+            return Restored(Trainer(Models(self.params)), None, 0, head.version)
         trainer = Trainer(published.models, published.rfm)
         window = None
         if published.trainer_state is not None:

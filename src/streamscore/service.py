@@ -125,7 +125,7 @@ def build_service(settings: Settings, stop: threading.Event | None = None) -> Se
     )
     trainer = None
     if settings.run_trainer:
-        trainer = TrainerThread(TrainerRunner(settings, stop), stop)
+        trainer = TrainerThread(TrainerRunner(settings, stop, watch=watch), stop)
     return Service(pipeline, served, follower, outbox, trainer)
 
 

@@ -64,8 +64,13 @@ class TrainerRunner:
     """A ``TrainerLoop`` on Kafka and Redis, with its metrics."""
 
     def __init__(
-        self, settings: Settings, stop: threading.Event, on_retry: OnRetry | None = None
+        self,
+        settings: Settings,
+        stop: threading.Event,
+        on_retry: OnRetry | None = None,
+        watch: BrokerWatch | None = None,
     ) -> None:
+        """``watch``: the scorer's, inside ``run``, so an outage is reported once per process."""
         self.group = trainer_group(settings)
         self.store = RedisStateStore.from_settings(settings)
         try:
@@ -73,7 +78,7 @@ class TrainerRunner:
                 settings,
                 topic=settings.training_topic,
                 group_id=self.group,
-                watch=BrokerWatch(settings.kafka_bootstrap_servers),
+                watch=watch or BrokerWatch(settings.kafka_bootstrap_servers),
                 topic_setting="STREAMSCORE_TRAINING_TOPIC",
             )
             check_one_partition(source, settings)

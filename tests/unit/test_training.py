@@ -35,7 +35,7 @@ from streamscore.core.values import (
     PopulationSample,
     TrainingExample,
 )
-from streamscore.model_checkpoints import HEAD, LineageStore
+from streamscore.model_checkpoints import BLOB, HEAD, LineageStore
 from streamscore.ports import SourceRecord
 from streamscore.training import TrainerLoop
 
@@ -285,3 +285,29 @@ def test_recent_ids_survive_their_checkpoint_and_keep_the_newest_when_shrunk() -
     again = RecentIds.from_state(2, ids.state())
     assert len(again) == 2
     assert not again.add(rid[0]) and again.add(rid[4])
+
+
+def test_an_unusable_version_is_relearnt_from_the_start_and_numbered_after_it() -> None:
+    """on_bad_checkpoint=fresh and a tampered version: the next trainer learns the whole topic
+    again with fresh models, and its first version is numbered after the refused one, so
+    every scorer sees a newer head and loads it."""
+    values = calls(10)
+    group, store = MemoryGroup(), MemoryStateStore()
+    a, _ = loop_on(topic(values, group), store)
+    a.drain()
+    refused = a.version
+    blob = store.get_blob(BLOB)
+    assert blob is not None and refused > 0
+    store.put_blob(BLOB, blob[:-4] + bytes(b ^ 0x55 for b in blob[-4:]))
+    fresh = Settings(metrics_port=0, checkpoint_key="secret", on_bad_checkpoint="fresh")
+    b = TrainerLoop(
+        topic(values, MemoryGroup()),
+        LineageStore(fresh, store),
+        lambda: Trainer(Models(fresh.model_params())),
+        window=1000,
+        publish_every_s=0.0,
+    )
+    b.drain()
+    assert b.stats.records == len(values), "learnt again from offset 0"
+    assert b.version == refused + 1 and store_offset(store) == len(values)
+    assert b.trainer is not None and weights(b.trainer) == weights(uninterrupted(values))
