@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -129,18 +130,27 @@ def build_service(settings: Settings, stop: threading.Event | None = None) -> Se
     return Service(pipeline, served, follower, outbox, trainer)
 
 
-def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
-    """Run the scorer until stopped."""
+def _serve(
+    settings: Settings,
+    stop: StopFlag | None,
+    body: Callable[[Settings, StopFlag, LoopStatus], int],
+) -> int:
+    """``body`` with the signal handlers, its health status and the HTTP server (run, train)."""
     stop = stop or StopFlag()
     if threading.current_thread() is threading.main_thread():
         stop.install()
     status = LoopStatus(settings.health_stuck_after_polls * settings.poll_timeout_ms / 1000)
     http = serve_http(settings, status)
     try:
-        return _run(settings, stop, status)
+        return body(settings, stop, status)
     finally:
         if http is not None:
             http.close()
+
+
+def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
+    """Run the scorer until stopped."""
+    return _serve(settings, stop, _run)
 
 
 def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
@@ -214,32 +224,27 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
 def run_trainer(settings: Settings, stop: StopFlag | None = None) -> int:
     """``streamscore train``: the trainer alone, until stopped (``trainer_service.py``)."""
     require_key(settings, "streamscore train")
-    stop = stop or StopFlag()
-    if threading.current_thread() is threading.main_thread():
-        stop.install()
-    status = LoopStatus(settings.health_stuck_after_polls * settings.poll_timeout_ms / 1000)
-    http = serve_http(settings, status)
+    return _serve(settings, stop, _train)
+
+
+def _train(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
+    runner = TrainerRunner(
+        settings, stop.event, status.wrap_on_retry(metrics.count_transient_error)
+    )
+    status.running()
     try:
-        runner = TrainerRunner(
-            settings, stop.event, status.wrap_on_retry(metrics.count_transient_error)
-        )
-        status.running()
-        try:
-            log.info("training for the scorers of group %r", settings.kafka_group_id)
-            while not stop.event.is_set():
-                runner.turn()
-                loop = runner.loop
-                status.models_loaded(loop.trainer.models.version if loop.trainer else "standby",
-                                     restored=loop.version > 0)  # fmt: skip
-                status.batch_done(loop.source.owned)
-        except RetryAbandoned as exc:
-            log.warning("%s; what was not published is learnt again by the next trainer", exc)
-        finally:
-            status.stopping()
-            runner.close()
+        log.info("training for the scorers of group %r", settings.kafka_group_id)
+        while not stop.event.is_set():
+            runner.turn()
+            loop = runner.loop
+            status.models_loaded(loop.trainer.models.version if loop.trainer else "standby",
+                                 restored=loop.version > 0)  # fmt: skip
+            status.batch_done(loop.source.owned)
+    except RetryAbandoned as exc:
+        log.warning("%s; what was not published is learnt again by the next trainer", exc)
     finally:
-        if http is not None:
-            http.close()
+        status.stopping()
+        runner.close()
     log.info("stopped")
     return 0
 

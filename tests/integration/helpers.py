@@ -60,11 +60,13 @@ def scorer_env(**values: object) -> dict[str, str]:
     return env
 
 
-def start_scorer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``streamscore run`` as a child process, logging to ``log_path``."""
+def start_scorer(
+    env: dict[str, str], log_path: Path, command: str = "run"
+) -> subprocess.Popen[bytes]:
+    """Start ``streamscore run`` (or ``command``) as a child process, logging to ``log_path``."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "streamscore.cli", "run"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "streamscore.cli", command], env=env, stdout=log, stderr=log
         )
 
 
