@@ -260,7 +260,8 @@ def assert_learnt_once(settings: Settings, names: Mapping[str, str]) -> Publishe
     assert published is not None, "no model version was published"
     want = reference_lineage(names["input_topic"]).models
     got = published.models
-    assert (got.churn_learnt, got.value_learnt) == (want.churn_learnt, want.value_learnt)
+    learnt, resolved = (got.churn_learnt, got.value_learnt), (want.churn_learnt, want.value_learnt)
+    assert learnt == resolved, f"(churn, value) labels learnt {learnt}, resolved {resolved}"
     records = [orjson.loads(m.value) for m in read_topic(SHARED, names["training_topic"])]
     labels = {r["id"] for r in records if r["type"] == "label"}
     assert len(labels) == got.churn_learnt + got.value_learnt

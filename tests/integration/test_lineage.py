@@ -112,6 +112,23 @@ def _wait_past(progress: GroupProgress, share: float, scorers: Scorers) -> None:
     assert progress.fraction() < 1.0, "the step came after the last commit: more input needed"
 
 
+def _wait_for_learning(settings: Settings, scorers: Scorers, labels: int) -> None:
+    """Until the published lineage has learnt ``labels`` labels and more records wait in
+    training-examples: a trainer killed now holds learning a successor must not lose."""
+
+    def learnt_and_more_to_learn() -> bool:
+        head, published = published_lineage(settings)
+        return (
+            head is not None
+            and published is not None
+            and published.models.churn_learnt + published.models.value_learnt >= labels
+            and head.offset < scorers.training.ends()[0]
+        )
+
+    wait_for(f"a published version with {labels} labels learnt", learnt_and_more_to_learn,
+             120, scorers.procs, interval_s=0.2)  # fmt: skip
+
+
 def _wait_until_learnt_and_followed(settings: Settings, scorers: Scorers) -> None:
     """Until the input is committed and settled, the trainer has published a version of the
     whole of training-examples, and every ``run`` process scores with it."""
@@ -157,16 +174,19 @@ def test_scorers_killed_and_added_mid_stream_keep_one_lineage_learning_each_labe
         assert first is not None
         produce(SHARED, topic, events)
 
-        # The process that trains dies mid-stream; another takes the partition over.
-        _wait_past(progress, 0.2, scorers)
+        # The process that trains dies mid-stream, with learning published and more to
+        # learn; another takes the partition over.
+        _wait_for_learning(settings, scorers, 200)
+        at = progress.fraction()
+        assert at < 0.8, f"the trainer's kill came late: {at:.0%} of the input committed"
         scorers.kill(first)
-        killed.append(f"trainer {first.stem}")
+        killed.append(f"trainer {first.stem} at {at:.0%}")
         scorers.start(f"{first.stem}-restarted")
         # A third scorer joins mid-stream.
-        _wait_past(progress, 0.45, scorers)
+        _wait_past(progress, at + 0.05, scorers)
         scorers.start("c")
         # A scorer that does not train dies too (its redone batch republishes records).
-        _wait_past(progress, 0.7, scorers)
+        _wait_past(progress, at + 0.12, scorers)
         wait_for("a trainer again", lambda: scorers.trainer() is not None, 60, scorers.procs)
         trainer = scorers.trainer()
         other = next(log for log in scorers.procs if log != trainer)
@@ -203,9 +223,9 @@ def test_scorers_killed_and_added_mid_stream_keep_one_lineage_learning_each_labe
 def test_scorers_that_do_not_train_follow_a_separate_trainer_killed_mid_stream(
     names: dict[str, str], tmp_path: Path
 ) -> None:
-    """Two ``run`` with run_trainer=false and one ``streamscore train``, killed -9 while the
-    input streams and restarted: only the trainer trains, the lineage learns each label once,
-    and both scorers end on its last version."""
+    """Two ``run`` with run_trainer=false and one ``streamscore train``, killed -9 once it has
+    published learnt labels with more to learn, and restarted: only the trainer trains, the
+    lineage learns each label once, and both scorers end on its last version."""
     sim = ShopSimulator(SimulationConfig(users=250, days=75, seed=22))
     events = [
         (str(e["user_id"]).encode(), encode_event(e)) for e in sim.events() if isinstance(e, dict)
@@ -213,7 +233,6 @@ def test_scorers_that_do_not_train_follow_a_separate_trainer_killed_mid_stream(
     topic = names["input_topic"]
     settings = settings_for(names, checkpoint_key="integration-test-key")
     scorers = Scorers(names, tmp_path)
-    progress = scorers.progress
     try:
         a = scorers.start("a", run_trainer="false")
         b = scorers.start("b", run_trainer="false")
@@ -222,9 +241,7 @@ def test_scorers_that_do_not_train_follow_a_separate_trainer_killed_mid_stream(
                  scorers.procs)  # fmt: skip
         wait_for("the trainer to train", lambda: scorers.trainer() == t, 60, scorers.procs)
         produce(SHARED, topic, events)
-        wait_for("a published version", lambda: published_lineage(settings)[0] is not None,
-                 60, scorers.procs)  # fmt: skip
-        _wait_past(progress, 0.3, scorers)
+        _wait_for_learning(settings, scorers, 100)
         scorers.kill(t)
         t = scorers.start("trainer-restarted", "train")
         _wait_until_learnt_and_followed(settings, scorers)
