@@ -34,7 +34,7 @@ from streamscore.model_checkpoints import (
     LineageStore,
     ModelFollower,
 )
-from streamscore.training import LineageFencedError
+from streamscore.training import LineageFencedError, Restored
 
 KEY = b"k1-secret"
 KEYS = {"k1": KEY}
@@ -215,6 +215,14 @@ def published_by(
     return k, trainer
 
 
+def assert_fresh(restored: Restored | None, after: int) -> None:
+    """A published version that cannot be used: fresh models learn the topic again from its
+    start, and the versions they publish are numbered after the refused one."""
+    assert restored is not None
+    assert (restored.next_offset, restored.version, restored.window) == (0, after, None)
+    assert restored.trainer.models.churn_learnt == restored.trainer.models.value_learnt == 0
+
+
 def test_a_published_version_is_signed_with_its_offset_version_and_quality() -> None:
     store = MemoryStateStore()
     k, trainer = published_by(store, checkpoint_key="secret")
@@ -302,7 +310,7 @@ def test_a_tampered_version_with_on_bad_fresh_starts_fresh(
     store = MemoryStateStore()
     published_by(store, checkpoint_key="secret")
     _tamper(store)
-    assert lineage(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore() is None
+    assert_fresh(lineage(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore(), 1)
     assert "starting with fresh models" in caplog.text
 
 
@@ -311,7 +319,7 @@ def test_unknown_key_id_fails_or_starts_fresh_as_configured() -> None:
     published_by(store, checkpoint_key="secret", checkpoint_key_id="k7")
     with pytest.raises(CheckpointError, match="key id 'k7'"):
         lineage(store, checkpoint_key="secret").restore()
-    assert lineage(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore() is None
+    assert_fresh(lineage(store, checkpoint_key="secret", on_bad_checkpoint="fresh").restore(), 1)
 
 
 def test_rotation_restores_under_the_old_key_and_publishes_under_the_new() -> None:
@@ -478,7 +486,7 @@ def test_a_version_that_predicts_other_horizons_is_not_restored(
     published_by(store, checkpoint_key="secret")
     other = lineage(store, checkpoint_key="secret", churn_horizon_days=30)
     with caplog.at_level("WARNING"):
-        assert other.restore() is None
+        assert_fresh(other.restore(), 1)
     assert "a horizon or churn_activity changed" in caplog.text
     assert lineage(store, checkpoint_key="secret").restore() is not None
 
@@ -521,7 +529,7 @@ def test_an_older_version_never_overwrites_a_newer_one(caplog: pytest.LogCapture
     store.put_blob(BLOB, newer)
     store.put_blob(HEAD, Head(5, "newer:1:x", 1.0, 99, 4).to_bytes())
     k = lineage(store, checkpoint_key="secret", on_bad_checkpoint="fresh")
-    assert k.restore() is None
+    assert_fresh(k.restore(), 5)
     k.publish(Trainer(), RecentIds(10), 0, 6)
     assert store.get_blob(BLOB) == newer
     assert "newer than this streamscore's v3" in caplog.text
