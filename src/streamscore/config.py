@@ -23,7 +23,9 @@ from streamscore.core.alerts import DEFAULT_ACTIONS, AlertPolicy
 from streamscore.core.events import EventLimits
 from streamscore.core.records import (
     TOPIC_ALERTS,
+    TOPIC_CONFIRMATIONS,
     TOPIC_DLQ,
+    TOPIC_ERASURES,
     TOPIC_EVENTS,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
@@ -95,6 +97,14 @@ class Settings(BaseSettings):
         default=TOPIC_DLQ,
         description="dead-letter topic for input that breaks the contract",
     )
+    erasures_topic: str = Field(
+        default=TOPIC_ERASURES,
+        description="topic of erasure requests (streamscore forget); as many partitions as the "
+        "input topic; without it on the broker, run warns and erases nothing",
+    )
+    confirmations_topic: str = Field(
+        default=TOPIC_CONFIRMATIONS, description="topic erasure confirmations go to"
+    )
     batch_max_records: int = Field(
         default=2000, ge=1, le=100_000, description="records polled and processed per batch"
     )
@@ -165,6 +175,12 @@ class Settings(BaseSettings):
         default=400.0,
         gt=0,
         description="a user's state expires this long after their last event",
+    )
+    erasure_margin_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="an erasure mark (which keeps an erased user's older events out) is kept "
+        "until the watermark is this much past the erasure time plus the allowed lateness",
     )
 
     # Scoring semantics

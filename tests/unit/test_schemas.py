@@ -19,6 +19,7 @@ from streamscore.config import load_settings
 from streamscore.core.events import Event
 from streamscore.core.records import (
     DLQ_RAW_MAX_BYTES,
+    ERASURE_TOPICS,
     OUTPUT_TOPICS,
     SCHEMAS,
     TOPIC_ALERTS,
@@ -60,8 +61,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_every_topic_has_a_schema() -> None:
     docs = schema_documents()
-    assert set(docs) == {f"{t}.schema.json" for t in (TOPIC_EVENTS, *OUTPUT_TOPICS)}
-    assert set(SCHEMAS) == {TOPIC_EVENTS, *OUTPUT_TOPICS}
+    topics = (TOPIC_EVENTS, *OUTPUT_TOPICS, *ERASURE_TOPICS)
+    assert set(docs) == {f"{t}.schema.json" for t in topics}
+    assert set(SCHEMAS) == set(topics)
 
 
 @pytest.mark.parametrize("name", sorted(schema_documents()))

@@ -21,7 +21,12 @@ TOPIC_SCORES = "user-scores"
 TOPIC_ALERTS = "churn-alerts"
 TOPIC_SEGMENTS = "segment-changes"
 TOPIC_DLQ = "user-events-dlq"
+TOPIC_ERASURES = "user-erasures"  # input: requests to forget a user (``core/erasure.py``)
+TOPIC_CONFIRMATIONS = "erasure-confirmations"
 OUTPUT_TOPICS = (TOPIC_SCORES, TOPIC_ALERTS, TOPIC_SEGMENTS, TOPIC_DLQ)
+ERASURE_TOPICS = (TOPIC_ERASURES, TOPIC_CONFIRMATIONS)  # only where erasures are wired (run)
+# The topics keyed by user whose records an erasure retracts with a null-value tombstone.
+USER_KEYED_TOPICS = (TOPIC_SCORES, TOPIC_ALERTS, TOPIC_SEGMENTS)
 
 # A dead letter keeps at most this much of the record it is about: the default
 # max_event_bytes, so a record refused for anything but its size is kept whole, and the
@@ -145,12 +150,40 @@ class DeadLetter(_Record):
     )
 
 
+class ErasureRequest(_Record):
+    """A request to forget everything held about one user (input topic ``user-erasures``,
+    keyed by the user id). Events of the user at or before ``requested_at`` are never
+    applied again; later ones start a new state."""
+
+    request_id: str = Field(min_length=1, max_length=128, description="unique per request")
+    user_id: str = Field(min_length=1, max_length=128)
+    requested_at: Timestamp = Field(
+        description="the erasure's time (RFC 3339): events at or before it are dropped"
+    )
+
+
+class ErasureConfirmation(_Record):
+    """Sent once a user's state, due entries and pending snapshots are deleted and a
+    tombstone is on every user-keyed output topic. Repeated after a crash (same ``id``)."""
+
+    id: str
+    request_id: str
+    user_id: str
+    requested_at: Timestamp
+    erased_at: Timestamp = Field(description="wall-clock time the deletion was saved")
+    state_found: bool = Field(description="whether a state existed (it may have expired)")
+    pending_snapshots: int = Field(ge=0, description="training snapshots deleted with it")
+    tombstones: list[str] = Field(description="output topics a null-value tombstone went to")
+
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     TOPIC_EVENTS: Event,
     TOPIC_SCORES: UserScore,
     TOPIC_ALERTS: ChurnAlert,
     TOPIC_SEGMENTS: SegmentChange,
     TOPIC_DLQ: DeadLetter,
+    TOPIC_CONFIRMATIONS: ErasureConfirmation,
+    TOPIC_ERASURES: ErasureRequest,
 }
 
 

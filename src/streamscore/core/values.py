@@ -33,11 +33,12 @@ from streamscore.core.timeutil import DAY_MS
 
 @dataclass(slots=True)
 class Output:
-    """One record for an output topic, keyed by user."""
+    """One record for an output topic, keyed by user; ``value`` None is a tombstone (an
+    erased user's records retracted from a compacted topic)."""
 
     topic: str
     key: str
-    value: dict[str, Any]
+    value: dict[str, Any] | None
 
 
 class ChurnActivity(StrEnum):
