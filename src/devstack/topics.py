@@ -1,6 +1,6 @@
 """The standard topics, named once in ``streamscore.core.records``, and topic admin.
 
-``topic_settings(tag)`` gives one scorer its own copy of the five topics (``<tag>-<name>``),
+``topic_settings(tag)`` gives one scorer its own copy of the seven topics (``<tag>-<name>``),
 keyed by the settings that name them, so tests and benchmarks never spell a topic name.
 """
 
@@ -13,7 +13,9 @@ from typing import Any
 from devstack.procs import DevstackError
 from streamscore.core.records import (
     TOPIC_ALERTS,
+    TOPIC_CONFIRMATIONS,
     TOPIC_DLQ,
+    TOPIC_ERASURES,
     TOPIC_EVENTS,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
@@ -26,13 +28,16 @@ TOPIC_SETTINGS: dict[str, str] = {
     "alerts_topic": TOPIC_ALERTS,
     "segments_topic": TOPIC_SEGMENTS,
     "dlq_topic": TOPIC_DLQ,
+    # Created with as many partitions as the input, which erasures need (``erasures.py``).
+    "erasures_topic": TOPIC_ERASURES,
+    "confirmations_topic": TOPIC_CONFIRMATIONS,
 }
 STANDARD_TOPICS: tuple[str, ...] = tuple(TOPIC_SETTINGS.values())
 TOPIC_ALREADY_EXISTS = 36
 
 
 def topic_settings(tag: str) -> dict[str, str]:
-    """The five topic settings of one scorer, each name prefixed with ``tag``."""
+    """The seven topic settings of one scorer, each name prefixed with ``tag``."""
     return {setting: f"{tag}-{topic}" for setting, topic in TOPIC_SETTINGS.items()}
 
 

@@ -16,12 +16,15 @@ from types import FrameType
 from streamscore import metrics
 from streamscore.adapters.kafka import KafkaSource
 from streamscore.adapters.kafka_client import BrokerWatch
+from streamscore.adapters.kafka_erasures import KafkaErasureSource, topic_partitions
 from streamscore.adapters.kafka_sink import KafkaSink
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
+from streamscore.erasures import Erasures
 from streamscore.errors import ConfigError, RetryAbandoned, TransientError
 from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
+from streamscore.guards import RetryPolicy
 from streamscore.health import LoopStatus
 from streamscore.httpd import serve_http
 from streamscore.model_checkpoints import ModelCheckpoints
@@ -79,6 +82,12 @@ def build_service(
         watch=watch,
         on_undeliverable=lambda topic: metrics.UNDELIVERABLE.labels(topic).inc(),
     )
+    try:
+        erasures = _erasures(settings, source, store, stop)
+    except ConfigError:
+        source.close()
+        sink.close()
+        raise
     pipeline = build_pipeline(
         settings,
         source,
@@ -88,8 +97,46 @@ def build_service(
         live=True,
         stop=stop,
         on_retry=metrics.count_transient_error,
+        erasures=erasures,
     )
     return pipeline, checkpoints
+
+
+def _erasures(
+    settings: Settings, source: KafkaSource, store: RedisStateStore, stop: threading.Event | None
+) -> Erasures | None:
+    """The erasure step, when the erasure topic exists: partitioned like the input."""
+    topic, server = settings.erasures_topic, settings.kafka_bootstrap_servers
+    if topic not in source.topics_on_broker:
+        log.warning(
+            "erasure topic %r does not exist on %s: erasure requests are not read. Create it "
+            "with as many partitions as %r (scripts/stack up does) to use streamscore forget",
+            topic,
+            server,
+            settings.input_topic,
+        )
+        return None
+    if settings.confirmations_topic not in source.topics_on_broker:
+        raise ConfigError(
+            f"topic {settings.confirmations_topic!r} does not exist on {server}; create it "
+            "beside the erasure topic, or set STREAMSCORE_CONFIRMATIONS_TOPIC"
+        )
+    wanted = topic_partitions(source.consumer, settings.input_topic)
+    have = topic_partitions(source.consumer, topic)
+    if have != wanted:
+        raise ConfigError(
+            f"erasure topic {topic!r} has {have} partitions and input topic "
+            f"{settings.input_topic!r} {wanted}: they must be equal (a user's erasure is read "
+            "by the owner of their input partition); recreate it, or add partitions to it"
+        )
+    keep_s = settings.allowed_lateness_seconds + settings.erasure_margin_seconds
+    return Erasures(
+        KafkaErasureSource(settings, have),
+        store,
+        keep_ms=round(keep_s * 1000),
+        retry=RetryPolicy(stop=stop),
+        on_retry=metrics.count_transient_error,
+    )
 
 
 def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
@@ -171,6 +218,8 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
             thaw_heap()
             pipeline.sink.close()
             source.close()
+            if pipeline.erasures is not None:
+                pipeline.erasures.source.close()
             pipeline.store.close()
     log.info("stopped with a batch left uncommitted" if abandoned else "stopped cleanly")
     return 0
