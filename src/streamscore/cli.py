@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
 
     f = command("forget", "ask the running scorers to erase users (publishes to user-erasures)")
     f.add_argument("user_ids", nargs="+", type=user_id, metavar="USER_ID")
+
+    e = command("explain", "a user's features, scores, why, and pending snapshots, from Redis")
+    e.add_argument("user_id", type=user_id, metavar="USER_ID")
+    e.add_argument("--json", action="store_true", help="the same as one JSON object")
     return p
 
 
@@ -202,6 +206,12 @@ def _cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
+    from streamscore.explain_report import explain_user
+
+    return explain_user(settings, args.user_id, as_json=args.json)
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from streamscore.service import run_service
 
@@ -224,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config, **overrides)
         # demo and replay talk through their progress line and summary; the service logs.
         quiet = (
-            args.command in {"demo", "replay", "schemas", "config", "tail", "forget"}
+            args.command in {"demo", "replay", "schemas", "config", "tail", "forget", "explain"}
             and "STREAMSCORE_LOG_LEVEL" not in os.environ
         )
         configure_logging(
@@ -241,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config": _cmd_config,
             "tail": _cmd_tail,
             "forget": _cmd_forget,
+            "explain": _cmd_explain,
         }[args.command]
         return handler(args, settings)
     except ConfigError as exc:

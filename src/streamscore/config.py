@@ -283,6 +283,11 @@ class Settings(BaseSettings):
         description="recommended action by '<low|mid|high>/<high|critical>' (value tier / "
         "risk); a missing key means 'review'",
     )
+    explain_scores: bool = Field(
+        default=False,
+        description="every user-scores record carries both scores' additive contributions "
+        "(churn alerts always do); costs about a score's time again",
+    )
 
     # Operations
     metrics_host: str = Field(
@@ -448,6 +453,7 @@ class Settings(BaseSettings):
                 value_tiers=self.value_tiers,
                 actions=dict(self.alert_actions),
             ),
+            explain_scores=self.explain_scores,
         )
 
     def event_limits(self) -> EventLimits:

@@ -27,6 +27,7 @@ from devstack.topics import list_topics
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.core.erasure import fingerprint
 from streamscore.core.records import ErasureConfirmation
+from streamscore.core.state import UserState
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 
 from .conftest import REDIS_URL, SHARED
@@ -53,15 +54,19 @@ def _events() -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _forget(env: dict[str, str], users: list[str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "streamscore.cli", "forget", *users],
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamscore.cli", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def _forget(env: dict[str, str], users: list[str]) -> str:
+    done = _cli(env, "forget", *users)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -162,7 +167,20 @@ def test_forget_under_load_with_a_sigkill_between_deleting_and_confirming(
     assert _scan_for(names["redis_key_prefix"], victims) == []
     others = [u for u in {u for u, _ in events} if u not in victims]
     assert set(store.load(others)) == set(others)
+    # explain reads a known user's state back from Redis; an erased one has none.
+    known = others[0]
+    state = UserState.from_bytes(known, store.load([known])[known])
     store.close()
+    shown = _cli(env, "explain", known, "--json")
+    assert shown.returncode == 0, shown.stderr
+    rep = orjson.loads(shown.stdout)
+    assert rep["user_id"] == known and rep["models_restored"] is True
+    assert rep["features"]["events"] == state.features.events
+    assert len(rep["pending_snapshots"]) == len(state.snapshots)
+    terms = rep["explanation"]["churn"]["terms"]
+    assert abs(sum(t["contribution"] for t in terms) - rep["explanation"]["churn"]["logit"]) < 0.01
+    gone = _cli(env, "explain", victims[0])
+    assert gone.returncode == 1 and "erased" in gone.stderr
     # Each victim confirmed, every copy the same record id; the state had been found by
     # the first process (the restarted one found it deleted).
     by_user: dict[str, set[str]] = defaultdict(set)

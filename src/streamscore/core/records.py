@@ -70,6 +70,9 @@ class UserScore(_Record):
     trigger: Literal["event", "silence"] = Field(
         description="scored on new events, or rescored because the user went quiet"
     )
+    explanation: Explanation | None = Field(
+        default=None, description="present with explain_scores=true"
+    )
 
 
 class Reason(_Record):
@@ -80,6 +83,40 @@ class Reason(_Record):
     feature: str
     contribution: float
     value: float
+
+
+class Contribution(_Record):
+    """One additive term of a score on its link scale: the population model's offset, the
+    correction's intercept, an input's weight × standardised value, or the safety ``bound``."""
+
+    feature: str
+    contribution: float
+    value: float | None = Field(
+        description="the input as the correction sees it (the offset: the population model's "
+        "own estimate); null for the intercept and the bound"
+    )
+
+
+class ChurnExplanation(_Record):
+    """The terms sum to ``logit``, the log-odds of ``churn_probability``."""
+
+    logit: float
+    terms: list[Contribution]
+
+
+class ValueExplanation(_Record):
+    """The terms sum to ``log_orders``; ``predicted_value`` = exp(log_orders) × order_value."""
+
+    log_orders: float = Field(description="log of the expected orders within the horizon")
+    order_value: float = Field(description="Gamma-Gamma's expected spend per order")
+    terms: list[Contribution]
+
+
+class Explanation(_Record):
+    """Both scores' additive contributions, exact for the linear parts (``core/explain.py``)."""
+
+    churn: ChurnExplanation
+    value: ValueExplanation
 
 
 class ChurnAlert(_Record):
@@ -94,6 +131,9 @@ class ChurnAlert(_Record):
     reasons: list[Reason]
     recommended_action: str
     model_version: str
+    explanation: Explanation | None = Field(
+        default=None, description="the scores' additive contributions (always set by this version)"
+    )
 
 
 class SegmentChange(_Record):

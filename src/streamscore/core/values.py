@@ -60,6 +60,7 @@ class ScoringConfig:
     churn_activity: ChurnActivity = ChurnActivity.ANY
     at_risk_threshold: float = 0.6
     alerts: AlertPolicy = field(default_factory=AlertPolicy)
+    explain_scores: bool = False  # every score carries its contributions (alerts always do)
 
     @property
     def churn_horizon_ms(self) -> int:
