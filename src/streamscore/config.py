@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         gt=0,
         description="a user's state expires this long after their last event",
     )
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description="secret (16+ bytes): Redis holds a keyed HMAC token of each user id instead "
+        "of the id, and the id sealed with it; outputs still carry the real id. Changing it "
+        "orphans every stored state (see README, Privacy)",
+    )
     erasure_margin_seconds: float = Field(
         default=86_400.0,
         ge=0,

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from streamscore.adapters.pseudonymous import maybe_pseudonymous
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.explain import OFFSET_CHURN, OFFSET_VALUE, explain
@@ -40,7 +41,7 @@ DERIVED_SHOWN = (
 
 def report(settings: Settings, user_id: str) -> dict[str, Any] | None:
     """Everything ``explain`` shows, as data; None when the user has no state."""
-    store = RedisStateStore.from_settings(settings)
+    store = maybe_pseudonymous(RedisStateStore.from_settings(settings), settings)
     try:
         raw = store.load([user_id]).get(user_id)
         if raw is None:

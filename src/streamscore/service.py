@@ -18,6 +18,7 @@ from streamscore.adapters.kafka import KafkaSource
 from streamscore.adapters.kafka_client import BrokerWatch
 from streamscore.adapters.kafka_erasures import KafkaErasureSource, topic_partitions
 from streamscore.adapters.kafka_sink import KafkaSink
+from streamscore.adapters.pseudonymous import maybe_pseudonymous
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_EVENTS
@@ -28,6 +29,7 @@ from streamscore.guards import RetryPolicy
 from streamscore.health import LoopStatus
 from streamscore.httpd import serve_http
 from streamscore.model_checkpoints import ModelCheckpoints
+from streamscore.ports import ErasureStore
 from streamscore.progress import Progress
 from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, encode_event
@@ -61,7 +63,7 @@ def build_service(
     settings: Settings, stop: threading.Event | None = None
 ) -> tuple[Pipeline, ModelCheckpoints]:
     """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
-    store = RedisStateStore.from_settings(settings)
+    store = maybe_pseudonymous(RedisStateStore.from_settings(settings), settings)
     scorer, trainer = in_process_scorer(settings.scoring(), settings.model_params())
     checkpoints = ModelCheckpoints(settings, store, trainer)
     checkpoints.restore()
@@ -103,7 +105,10 @@ def build_service(
 
 
 def _erasures(
-    settings: Settings, source: KafkaSource, store: RedisStateStore, stop: threading.Event | None
+    settings: Settings,
+    source: KafkaSource,
+    store: ErasureStore,
+    stop: threading.Event | None,
 ) -> Erasures | None:
     """The erasure step, when the erasure topic exists: partitioned like the input."""
     topic, server = settings.erasures_topic, settings.kafka_bootstrap_servers
@@ -130,10 +135,12 @@ def _erasures(
             "by the owner of their input partition); recreate it, or add partitions to it"
         )
     keep_s = settings.allowed_lateness_seconds + settings.erasure_margin_seconds
+    key = settings.pseudonym_key
     return Erasures(
         KafkaErasureSource(settings, have),
         store,
         keep_ms=round(keep_s * 1000),
+        key=key.get_secret_value().encode() if key is not None else None,
         retry=RetryPolicy(stop=stop),
         on_retry=metrics.count_transient_error,
     )

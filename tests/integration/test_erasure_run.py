@@ -24,6 +24,7 @@ import redis
 
 from devstack import GroupProgress, create_topics, delete_topics, produce, read_topic
 from devstack.topics import list_topics
+from streamscore.adapters.pseudonymous import maybe_pseudonymous
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.core.erasure import fingerprint
 from streamscore.core.records import ErasureConfirmation
@@ -43,6 +44,7 @@ from .helpers import (
 
 pytestmark = pytest.mark.integration
 VICTIMS = 3
+KEY = "integration pseudonym key, 32 B"
 
 
 def _events() -> list[tuple[str, dict[str, Any]]]:
@@ -95,16 +97,18 @@ def _scan_for(prefix: str, ids: list[str]) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("key", [None, KEY], ids=["plain", "pseudonymous"])
 def test_forget_under_load_with_a_sigkill_between_deleting_and_confirming(
-    names: dict[str, str], tmp_path: Path
+    names: dict[str, str], tmp_path: Path, key: str | None
 ) -> None:
     events = _events()
     produce(SHARED, names["input_topic"], [(u.encode(), encode_event(e)) for u, e in events])
-    env = env_for(names, batch_max_records=200, session_timeout_ms=6000)
-    settings = settings_for(names)
+    secret = {"pseudonym_key": key} if key else {}
+    env = env_for(names, batch_max_records=200, session_timeout_ms=6000, **secret)
+    settings = settings_for(names, **secret)
     log_path = tmp_path / "scorer.log"
     group, topic = names["kafka_group_id"], names["input_topic"]
-    store = RedisStateStore.from_settings(settings)
+    store = maybe_pseudonymous(RedisStateStore.from_settings(settings), settings)
     progress = GroupProgress(SHARED, group, topic)
     proc = start_scorer(env, log_path)
     procs = {log_path: proc}
@@ -130,7 +134,7 @@ def test_forget_under_load_with_a_sigkill_between_deleting_and_confirming(
 
         # The scorer erases the requests it has read, then is stuck on the batch's flush.
         wait_for("a deletion", lambda: bool(marked()), 60, procs)
-        erased = [v for v in victims if fingerprint(v) in marked()]
+        erased = [v for v in victims if fingerprint(v, key and key.encode()) in marked()]
         assert erased and not store.load(erased)
         assert progress.fraction() < 1.0, "the stream was over before the erasure"
         kill(proc)  # stuck flushing the confirmations: the kill lands between the two
@@ -163,8 +167,9 @@ def test_forget_under_load_with_a_sigkill_between_deleting_and_confirming(
         assert stop(proc) == 0, log_path.read_text()
     log = log_path.read_text()
 
-    # Nothing of the victims anywhere in Redis; everyone else is still there.
-    assert _scan_for(names["redis_key_prefix"], victims) == []
+    # Nothing of the victims anywhere in Redis (pseudonymous: of nobody); the others are there.
+    users = sorted({u for u, _ in events})
+    assert _scan_for(names["redis_key_prefix"], users if key else victims) == []
     others = [u for u in {u for u, _ in events} if u not in victims]
     assert set(store.load(others)) == set(others)
     # explain reads a known user's state back from Redis; an erased one has none.

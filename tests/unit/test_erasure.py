@@ -14,6 +14,7 @@ from streamscore.adapters.memory import (
     MemoryGroup,
     MemoryStateStore,
 )
+from streamscore.adapters.pseudonymous import PseudonymousStore
 from streamscore.config import load_settings
 from streamscore.core.erasure import (
     ErasureMarks,
@@ -22,6 +23,7 @@ from streamscore.core.erasure import (
     encode_request,
     fingerprint,
 )
+from streamscore.core.pseudonym import Pseudonyms
 from streamscore.core.records import (
     TOPIC_CONFIRMATIONS,
     TOPIC_DLQ,
@@ -55,11 +57,11 @@ def _event(user: str, n: int, ts: int, kind: str = "page_view", **extra: Any) ->
 
 
 def test_a_request_decodes_and_must_be_keyed_by_its_user() -> None:
-    raw = encode_request("u1", "r1", T0)
-    e = decode_erasure(raw, b"u1")
-    assert (e.request_id, e.user_id, e.ts_ms) == ("r1", "u1", T0)
+    raw = encode_request("user-one", "r1", T0)
+    e = decode_erasure(raw, b"user-one")
+    assert (e.request_id, e.user_id, e.ts_ms) == ("r1", "user-one", T0)
     with pytest.raises(InvalidEvent) as bad_key:
-        decode_erasure(raw, b"u2")
+        decode_erasure(raw, b"user-two")
     assert bad_key.value.error_type == "key_mismatch"
     for bad in (b"{}", b"not json", b'{"request_id":"r","user_id":"u","requested_at":"today"}'):
         with pytest.raises(InvalidEvent) as exc:
@@ -76,25 +78,40 @@ def test_fingerprints_hide_the_id_and_depend_on_the_key() -> None:
 
 def test_marks_block_older_events_until_the_watermark_leaves_them_behind() -> None:
     marks = ErasureMarks(KEEP)
-    assert not marks.blocks("u1", T0)
-    marks.add(0, fingerprint("u1"), Mark(T0, T0 + KEEP))
-    assert marks.blocks("u1", T0) and marks.blocks("u1", T0 - DAY_MS)
-    assert not marks.blocks("u1", T0 + 1)  # activity after the erasure is new
-    assert not marks.blocks("u2", T0)
+    assert not marks.blocks("user-one", T0)
+    marks.add(0, fingerprint("user-one"), Mark(T0, T0 + KEEP))
+    assert marks.blocks("user-one", T0) and marks.blocks("user-one", T0 - DAY_MS)
+    assert not marks.blocks("user-one", T0 + 1)  # activity after the erasure is new
+    assert not marks.blocks("user-two", T0)
     assert marks.expired({0: T0 + KEEP}) == {}
-    assert marks.expired({0: T0 + KEEP + 1}) == {0: [fingerprint("u1")]}
-    assert not marks.blocks("u1", T0)
+    assert marks.expired({0: T0 + KEEP + 1}) == {0: [fingerprint("user-one")]}
+    assert not marks.blocks("user-one", T0)
 
 
 # -- the pipeline -------------------------------------------------------------------------------
 
 
+KEY = b"a pseudonym key of 32 bytes, ok."
+
+
+@pytest.fixture(params=["plain", "pseudonymous"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Every pipeline test runs with ids in the store, and with tokens only."""
+    return str(request.param)
+
+
 class _Shop:
     """A pipeline on memory adapters with a user-erasures topic, restartable on one store."""
 
-    def __init__(self, store: MemoryStateStore | None = None, **settings: Any) -> None:
+    def __init__(self, mode: str, store: MemoryStateStore | None = None, **settings: Any) -> None:
         self.settings = load_settings(metrics_port=0, **settings)
-        self.store = store or MemoryStateStore()
+        self.inner = store or MemoryStateStore()
+        self.pseudonyms = Pseudonyms(KEY) if mode == "pseudonymous" else None
+        self.store: MemoryStateStore | PseudonymousStore = (
+            self.inner
+            if self.pseudonyms is None
+            else PseudonymousStore(self.inner, self.pseudonyms)
+        )
         self.requests = ListErasureSource(partitions=1)
         self.group = MemoryGroup()
         self.log: list[SourceRecord] = []  # the input topic, as produced
@@ -111,6 +128,7 @@ class _Shop:
                 (self.settings.allowed_lateness_seconds + self.settings.erasure_margin_seconds)
                 * 1000
             ),
+            key=KEY if self.pseudonyms else None,
         )
         self.pipeline = Pipeline(
             self.source,
@@ -138,76 +156,93 @@ class _Shop:
         raw = self.store.load([user]).get(user)
         return None if raw is None else UserState.from_bytes(user, raw)
 
+    def stored_id(self, user: str) -> str:
+        return user if self.pseudonyms is None else self.pseudonyms.token(user)
+
     def queued(self, user: str) -> bool:
-        return user in self.store._due.get(0, {})
+        return self.stored_id(user) in self.inner._due.get(0, {})
+
+    def raw_ids_in_store(self, users: list[str]) -> list[str]:
+        """Users whose id shows anywhere in the store underneath."""
+        inner = self.inner
+        blobs = [*inner.states, *inner.states.values()]
+        blobs += [u for due in inner._due.values() for u in due]
+        blobs += [fp for marks in inner._marks.values() for fp in marks]
+        return [u for u in users if any(u.encode() in (b if isinstance(b, bytes) else b.encode())
+                                        for b in blobs)]  # fmt: skip
 
 
 def _history(shop: _Shop) -> None:
-    """u1 and u2 buy and browse for three weeks; u1 has pending snapshots by the end."""
+    """Two users buy and browse for three weeks; user-one has pending snapshots by the end."""
     for day in range(21):
         ts = T0 + day * DAY_MS
-        shop.send("u1", ts, "purchase", amount=20.0) if day % 3 == 0 else shop.send("u1", ts)
-        shop.send("u2", ts + 1000)
+        if day % 3 == 0:
+            shop.send("user-one", ts, "purchase", amount=20.0)
+        else:
+            shop.send("user-one", ts)
+        shop.send("user-two", ts + 1000)
     shop.run()
 
 
-def test_forget_deletes_state_and_due_entry_retracts_outputs_and_confirms() -> None:
-    shop = _Shop()
+def test_forget_deletes_state_and_due_entry_retracts_outputs_and_confirms(mode: str) -> None:
+    shop = _Shop(mode)
     _history(shop)
-    before = shop.state("u1")
-    assert before is not None and before.snapshots and shop.queued("u1")
-    assert any(r["user_id"] == "u1" for r in shop.sink.records[TOPIC_SCORES])
+    before = shop.state("user-one")
+    assert before is not None and before.snapshots and shop.queued("user-one")
+    assert any(r["user_id"] == "user-one" for r in shop.sink.records[TOPIC_SCORES])
     erased_at = T0 + 21 * DAY_MS
-    shop.forget("u1", erased_at)
+    shop.forget("user-one", erased_at)
     shop.run()
 
-    assert shop.state("u1") is None
-    assert not shop.queued("u1")
-    assert not any("u1" in u for u in shop.store.states)
-    assert shop.state("u2") is not None and shop.queued("u2")  # nobody else is touched
+    assert shop.state("user-one") is None
+    assert not shop.queued("user-one")
+    assert shop.raw_ids_in_store(["user-one"]) == []
+    if shop.pseudonyms is not None:
+        assert shop.raw_ids_in_store(["user-two"]) == []  # tokens and sealed ids only
+    assert shop.state("user-two") is not None and shop.queued("user-two")  # nobody else is touched
     for topic in USER_KEYED_TOPICS:
-        assert shop.sink.tombstones[topic] == ["u1"]
+        assert shop.sink.tombstones[topic] == ["user-one"]
     (confirmed,) = shop.sink.records[TOPIC_CONFIRMATIONS]
     record = ErasureConfirmation.model_validate(confirmed)
-    assert record.user_id == "u1" and record.request_id == "r1" and record.state_found
+    assert record.user_id == "user-one" and record.request_id == "r1" and record.state_found
     assert record.pending_snapshots == len(before.snapshots)
     # Stored marks hold a fingerprint, never the id.
     offsets, marks = shop.store.erasure_log([0])
     assert offsets == {0: 1}
-    assert list(marks[0]) == [fingerprint("u1")]
+    assert list(marks[0]) == [fingerprint("user-one", KEY if shop.pseudonyms else None)]
 
 
-def test_an_erased_users_older_events_never_bring_them_back() -> None:
-    shop = _Shop()
+def test_an_erased_users_older_events_never_bring_them_back(mode: str) -> None:
+    shop = _Shop(mode)
     _history(shop)
     erased_at = T0 + 21 * DAY_MS
-    shop.send("u2", erased_at)  # the watermark is near the erasure time
-    shop.forget("u1", erased_at)
+    shop.send("user-two", erased_at)  # the watermark is near the erasure time
+    shop.forget("user-one", erased_at)
     shop.run()
     scores = len(shop.sink.records[TOPIC_SCORES])
-    shop.send("u1", erased_at - 2 * MINUTE_MS)  # inside the lateness: would be applied
-    shop.send("u1", erased_at - 30 * DAY_MS)  # behind the watermark: would be dead-lettered
+    shop.send("user-one", erased_at - 2 * MINUTE_MS)  # inside the lateness: would be applied
+    shop.send("user-one", erased_at - 30 * DAY_MS)  # behind the watermark: would be dead-lettered
     shop.run()
-    assert shop.state("u1") is None
+    assert shop.state("user-one") is None
     assert len(shop.sink.records[TOPIC_SCORES]) == scores
     assert TOPIC_DLQ not in shop.sink.records
     assert shop.erasures.dropped_events == 2
     # Activity after the erasure starts a new state with only itself in it.
-    shop.send("u1", erased_at + 1000)
+    shop.send("user-one", erased_at + 1000)
     shop.run()
-    fresh = shop.state("u1")
+    fresh = shop.state("user-one")
     assert fresh is not None and fresh.features.events == 1
 
 
-def test_a_user_erased_and_back_in_one_batch_starts_afresh() -> None:
-    shop = _Shop()
+def test_a_user_erased_and_back_in_one_batch_starts_afresh(mode: str) -> None:
+    shop = _Shop(mode)
     _history(shop)
     erased_at = T0 + 21 * DAY_MS
-    shop.forget("u1", erased_at)
-    shop.send("u1", erased_at - 1000)
-    shop.send("u1", erased_at + 1000)
+    shop.forget("user-one", erased_at)
+    shop.send("user-one", erased_at - 1000)
+    shop.send("user-one", erased_at + 1000)
     shop.run()
-    fresh = shop.state("u1")
+    fresh = shop.state("user-one")
     assert fresh is not None and fresh.features.events == 1
     assert fresh.features.first_seen_ms == erased_at + 1000
 
@@ -225,47 +260,76 @@ class _DiesOnSave(MemoryStateStore):
         super().save(*args, **kwargs)
 
 
-def test_a_crash_between_deleting_and_confirming_finishes_on_restart() -> None:
+def test_a_crash_between_deleting_and_confirming_finishes_on_restart(mode: str) -> None:
     store = _DiesOnSave()
-    shop = _Shop(store)
+    shop = _Shop(mode, store)
     _history(shop)
-    shop.forget("u1", T0 + 21 * DAY_MS)
+    shop.forget("user-one", T0 + 21 * DAY_MS)
     store.die = True
     with pytest.raises(RuntimeError):
         shop.run()
-    assert shop.state("u1") is None  # deleted, but the request's offset was not saved
+    assert shop.state("user-one") is None  # deleted, but the request's offset was not saved
     assert store.erasure_log([0])[0] == {}
     shop.start()  # a restart: same store, same topics, a new process
     shop.run()
     (confirmed,) = shop.sink.records[TOPIC_CONFIRMATIONS]
-    assert confirmed["user_id"] == "u1" and confirmed["state_found"] is False
+    assert confirmed["user_id"] == "user-one" and confirmed["state_found"] is False
     assert store.erasure_log([0])[0] == {0: 1}
     shop.run()
     assert len(shop.sink.records[TOPIC_CONFIRMATIONS]) == 1  # done: not repeated
 
 
-def test_marks_are_dropped_once_the_watermark_is_past_them() -> None:
-    shop = _Shop(erasure_margin_seconds=3600)
+def test_marks_are_dropped_once_the_watermark_is_past_them(mode: str) -> None:
+    shop = _Shop(mode, erasure_margin_seconds=3600)
     _history(shop)
     erased_at = T0 + 21 * DAY_MS
-    shop.forget("u1", erased_at)
+    shop.forget("user-one", erased_at)
     shop.run()
     assert shop.store.erasure_log([0])[1]
-    shop.send("u2", erased_at + KEEP_1H + LATENESS + MINUTE_MS)  # watermark past the keep time
+    shop.send("user-two", erased_at + KEEP_1H + LATENESS + MINUTE_MS)  # past the keep time
     shop.run()
     shop.run()
     assert shop.store.erasure_log([0])[1] == {}
     assert len(shop.erasures.marks) == 0
 
 
-def test_an_invalid_request_is_dead_lettered_and_passed() -> None:
-    shop = _Shop()
+def test_an_invalid_request_is_dead_lettered_and_passed(mode: str) -> None:
+    shop = _Shop(mode)
     _history(shop)
-    shop.requests.produce(0, "u1", b'{"user_id": "u1"}')
-    shop.forget("u1", T0 + 21 * DAY_MS, request="r2")
+    shop.requests.produce(0, "user-one", b'{"user_id": "user-one"}')
+    shop.forget("user-one", T0 + 21 * DAY_MS, request="r2")
     shop.run()
     (letter,) = shop.sink.records[TOPIC_DLQ]
     assert letter["error_type"] == "invalid_erasure"
     assert letter["source"]["topic"] == "user-erasures"
-    assert shop.state("u1") is None
+    assert shop.state("user-one") is None
     assert shop.store.erasure_log([0])[0] == {0: 2}
+
+
+def test_silent_users_are_rescored_under_their_real_id(mode: str) -> None:
+    shop = _Shop(mode)
+    _history(shop)
+    quiet_from = len(shop.sink.records[TOPIC_SCORES])
+    shop.send("user-three", T0 + 60 * DAY_MS)  # the watermark moves 39 days past u1's and u2's last
+    shop.run()
+    rescored = shop.sink.records[TOPIC_SCORES][quiet_from:]
+    silent = {r["user_id"] for r in rescored if r["trigger"] == "silence"}
+    assert silent == {"user-one", "user-two"}
+    assert shop.state("user-one") is not None and shop.queued("user-one")
+    if shop.pseudonyms is not None:
+        assert shop.raw_ids_in_store(["user-one", "user-two", "user-three"]) == []
+
+
+def test_pseudonyms_are_keyed_and_sealed_ids_open_only_with_their_key() -> None:
+    p, other = Pseudonyms(KEY), Pseudonyms(b"another key, also 32 bytes long.")
+    assert p.token("alice") == p.token("alice") != other.token("alice")
+    assert "alice" not in p.token("alice") and len(p.token("alice")) == 32
+    for uid in ("alice", "用户-7", "x" * 128):
+        sealed = p.seal(uid)
+        assert uid.encode() not in sealed and p.open(sealed) == uid
+        with pytest.raises(ValueError):
+            other.open(sealed)
+        with pytest.raises(ValueError):
+            p.open(sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    with pytest.raises(ValueError):
+        Pseudonyms(b"short")
