@@ -87,7 +87,9 @@ def build(scorer: Scorer, state: UserState, watermark: int, *, restored: bool) -
                 "active_since": s.returned,
                 "spend_since": round(s.spend, 2),
                 "churn_label_due": iso(s.t_ms + cfg.churn_horizon_ms),
+                "churn_learnt": s.churn_learnt,
                 "value_label_due": iso(s.t_ms + cfg.value_horizon_ms),
+                "value_learnt": s.value_learnt,
                 "weight": round(s.weight, 3),
             }
             for s in state.snapshots
@@ -153,11 +155,12 @@ def text(rep: dict[str, Any]) -> str:
     snaps = rep["pending_snapshots"]
     lines += ["", f"training snapshots waiting for their label: {len(snaps)}"]
     for s in snaps:
+        churn = "learnt" if s["churn_learnt"] else f"due {s['churn_label_due'][:10]}"
+        value = "learnt" if s["value_learnt"] else f"due {s['value_label_due'][:10]}"
         lines.append(
-            f"  {s['at']}  predicted churn {s['predicted_churn']:.2f}, value "
+            f"  {s['at'][:16]}  predicted churn {s['predicted_churn']:.2f}, value "
             f"{s['predicted_value']:.2f}; active since: {'yes' if s['active_since'] else 'no'}, "
-            f"spend since {s['spend_since']:.2f}; labelled {s['churn_label_due'][:10]} / "
-            f"{s['value_label_due'][:10]}"
+            f"spend since {s['spend_since']:.2f}; churn label {churn}, value label {value}"
         )
     return "\n".join(lines)
 
