@@ -29,12 +29,12 @@ from streamscore.core.erasure import (
     decode_erasure,
     retractions,
 )
-from streamscore.core.records import TOPIC_DLQ, dead_letter
 from streamscore.core.state import UserState
 from streamscore.core.values import Output
 from streamscore.errors import InvalidEvent, StoredFormatError
 from streamscore.guards import OnRetry, RetryPolicy
 from streamscore.ports import ErasureSource, ErasureStore, SourceRecord
+from streamscore.runtime import dead_letter_of
 
 log = logging.getLogger("streamscore.erasures")
 MAX_REQUESTS_PER_BATCH = 500
@@ -177,16 +177,4 @@ class Erasures:
             rec.offset,
             exc.message,
         )
-        return Output(
-            TOPIC_DLQ,
-            "",
-            dead_letter(
-                topic=rec.topic,
-                partition=rec.partition,
-                offset=rec.offset,
-                raw=rec.value,
-                error_type=exc.error_type,
-                error=exc.message,
-                now_ms=now_ms,
-            ),
-        )
+        return dead_letter_of(rec, exc, now_ms)

@@ -43,6 +43,23 @@ DUE_FLOOR_PER_PARTITION = 25
 Clock = Callable[[], int]
 
 
+def dead_letter_of(rec: SourceRecord, exc: InvalidEvent, now: int) -> Output:
+    """The ``user-events-dlq`` record of an input record that cannot be processed."""
+    return Output(
+        TOPIC_DLQ,
+        "",
+        dead_letter(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            raw=rec.value,
+            error_type=exc.error_type,
+            error=exc.message,
+            now_ms=now,
+        ),
+    )
+
+
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch; only for ``scored_at``, DLQ times and the future-skew check."""
     return time.time_ns() // 1_000_000
@@ -392,19 +409,7 @@ class Pipeline:
         self, rec: SourceRecord, exc: InvalidEvent, now: int, stats: BatchStats
     ) -> Output:
         stats.dead_letters[exc.error_type] = stats.dead_letters.get(exc.error_type, 0) + 1
-        return Output(
-            TOPIC_DLQ,
-            "",
-            dead_letter(
-                topic=rec.topic,
-                partition=rec.partition,
-                offset=rec.offset,
-                raw=rec.value,
-                error_type=exc.error_type,
-                error=exc.message,
-                now_ms=now,
-            ),
-        )
+        return dead_letter_of(rec, exc, now)
 
     def _admit(self, partition: int, ts: int) -> None:
         """Advance the partition's watermark, or refuse an event at or before it.
