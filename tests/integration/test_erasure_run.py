@@ -26,6 +26,7 @@ from devstack import GroupProgress, create_topics, delete_topics, produce, read_
 from devstack.topics import list_topics
 from streamscore.adapters.pseudonymous import maybe_pseudonymous
 from streamscore.adapters.redis_store import RedisStateStore
+from streamscore.client import iter_scores
 from streamscore.core.erasure import fingerprint
 from streamscore.core.records import ErasureConfirmation
 from streamscore.core.state import UserState
@@ -209,6 +210,13 @@ def test_forget_under_load_with_a_sigkill_between_deleting_and_confirming(
         assert set(tombstone) == set(victims), setting
         for uid, at in last_record.items():
             assert at[0] == tombstone[uid][0] and at[1] < tombstone[uid][1], (setting, uid)
+    # The typed reader steps over the tombstones and counts them.
+    reader = iter_scores(f"r{group}", settings, from_beginning=True, stop_when_idle_s=2.0)
+    try:
+        assert sum(1 for _ in reader) > 0
+    finally:
+        reader.close()
+    assert reader.tombstones >= VICTIMS
     # The late events were dropped unseen, not dead-lettered and not applied.
     dead = [orjson.loads(m.value) for m in read_topic(SHARED, names["dlq_topic"])]
     assert not any(b"late-" in base64.b64decode(str(d["raw"])) for d in dead)
