@@ -1,6 +1,6 @@
 """The standard topics, named once in ``streamscore.core.records``, and topic admin.
 
-``topic_settings(tag)`` gives one scorer its own copy of the six topics (``<tag>-<name>``),
+``topic_settings(tag)`` gives one scorer its own copy of the eight topics (``<tag>-<name>``),
 keyed by the settings that name them, so tests and benchmarks never spell a topic name;
 ``topic_partitions`` gives each its partition count (training-examples has exactly one).
 """
@@ -14,7 +14,9 @@ from typing import Any
 from devstack.procs import DevstackError
 from streamscore.core.records import (
     TOPIC_ALERTS,
+    TOPIC_CONFIRMATIONS,
     TOPIC_DLQ,
+    TOPIC_ERASURES,
     TOPIC_EVENTS,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
@@ -29,6 +31,9 @@ TOPIC_SETTINGS: dict[str, str] = {
     "segments_topic": TOPIC_SEGMENTS,
     "dlq_topic": TOPIC_DLQ,
     "training_topic": TOPIC_TRAINING,
+    # Created with as many partitions as the input, which erasures need (``erasures.py``).
+    "erasures_topic": TOPIC_ERASURES,
+    "confirmations_topic": TOPIC_CONFIRMATIONS,
 }
 STANDARD_TOPICS: tuple[str, ...] = tuple(TOPIC_SETTINGS.values())
 # Topics whose partition count is part of their contract, not a choice of scale.
@@ -37,7 +42,7 @@ TOPIC_ALREADY_EXISTS = 36
 
 
 def topic_settings(tag: str) -> dict[str, str]:
-    """The six topic settings of one scorer, each name prefixed with ``tag``."""
+    """The eight topic settings of one scorer, each name prefixed with ``tag``."""
     return {setting: f"{tag}-{topic}" for setting, topic in TOPIC_SETTINGS.items()}
 
 

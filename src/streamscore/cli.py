@@ -19,6 +19,7 @@ from streamscore.cli_checks import (
     input_file,
     output_dir,
     output_file,
+    user_id,
     when,
 )
 from streamscore.config import Settings, load_settings
@@ -122,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     t.add_argument("--limit", type=users, default=None, help="stop after this many records")
+
+    f = command("forget", "ask the running scorers to erase users (publishes to user-erasures)")
+    f.add_argument("user_ids", nargs="+", type=user_id, metavar="USER_ID")
+
+    e = command("explain", "a user's features, scores, why, and pending snapshots, from Redis")
+    e.add_argument("user_id", type=user_id, metavar="USER_ID")
+    e.add_argument("--json", action="store_true", help="the same as one JSON object")
     return p
 
 
@@ -197,6 +205,23 @@ def _cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     return tail(settings, args.topic, from_beginning=args.from_beginning, limit=args.limit)
 
 
+def _cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    from streamscore.adapters.kafka_erasures import publish_erasures
+
+    for uid, request, partition in publish_erasures(settings, args.user_ids):
+        print(
+            f"{uid}: erasure requested (request {request}, {settings.erasures_topic} [{partition}])"
+        )
+    print(f"confirmations follow on {settings.confirmations_topic} once the scorer has erased them")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
+    from streamscore.explain_report import explain_user
+
+    return explain_user(settings, args.user_id, as_json=args.json)
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from streamscore.service import run_service
 
@@ -225,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config, **overrides)
         # demo and replay talk through their progress line and summary; the service logs.
         quiet = (
-            args.command in {"demo", "replay", "schemas", "config", "tail"}
+            args.command in {"demo", "replay", "schemas", "config", "tail", "forget", "explain"}
             and "STREAMSCORE_LOG_LEVEL" not in os.environ
         )
         configure_logging(
@@ -242,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": _cmd_train,
             "config": _cmd_config,
             "tail": _cmd_tail,
+            "forget": _cmd_forget,
+            "explain": _cmd_explain,
         }[args.command]
         return handler(args, settings)
     except ConfigError as exc:

@@ -84,6 +84,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def user_id(text: str) -> str:
+    """A user id as the input contract allows it (1 to 128 characters)."""
+    if not 1 <= len(text) <= 128:
+        raise argparse.ArgumentTypeError(f"a user id has 1 to 128 characters, not {len(text)}")
+    return text
+
+
 def input_file(text: str) -> Path:
     """A readable regular file."""
     path = Path(text)

@@ -116,6 +116,8 @@ class OutputReader(Generic[R]):
         self.stop_when_idle_s = stop_when_idle_s
         self.on_invalid = on_invalid
         self.duplicates = 0
+        # Null values: an erased user's records retracted (README, Privacy); not yielded.
+        self.tombstones = 0
         self._pending: dict[TopicPartition, int] = {}
         try:
             self.consumer = KafkaConsumer(
@@ -164,9 +166,10 @@ class OutputReader(Generic[R]):
                         self.commit()
 
     def _decode(self, message: Any) -> R | None:
+        if message.value is None:
+            self.tombstones += 1
+            return None
         try:
-            if message.value is None:
-                raise ValueError("no value (a tombstone)")
             return self.model.model_validate_json(message.value)
         except (ValidationError, ValueError) as exc:
             where = f"{message.topic}[{message.partition}]@{message.offset}"

@@ -23,7 +23,9 @@ from streamscore.core.alerts import DEFAULT_ACTIONS, AlertPolicy
 from streamscore.core.events import EventLimits
 from streamscore.core.records import (
     TOPIC_ALERTS,
+    TOPIC_CONFIRMATIONS,
     TOPIC_DLQ,
+    TOPIC_ERASURES,
     TOPIC_EVENTS,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
@@ -101,6 +103,14 @@ class Settings(BaseSettings):
         description="topic of what the models learn from (resolved labels, customers at "
         "snapshots; no user ids): one partition, read by the one trainer",
     )
+    erasures_topic: str = Field(
+        default=TOPIC_ERASURES,
+        description="topic of erasure requests (streamscore forget); as many partitions as the "
+        "input topic; without it on the broker, run warns and erases nothing",
+    )
+    confirmations_topic: str = Field(
+        default=TOPIC_CONFIRMATIONS, description="topic erasure confirmations go to"
+    )
     batch_max_records: int = Field(
         default=2000, ge=1, le=100_000, description="records polled and processed per batch"
     )
@@ -171,6 +181,18 @@ class Settings(BaseSettings):
         default=400.0,
         gt=0,
         description="a user's state expires this long after their last event",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description="secret (16+ bytes): Redis holds a keyed HMAC token of each user id instead "
+        "of the id, and the id sealed with it; outputs still carry the real id. Changing it "
+        "orphans every stored state (see README, Privacy)",
+    )
+    erasure_margin_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="an erasure mark (which keeps an erased user's older events out) is kept "
+        "until the watermark is this much past the erasure time plus the allowed lateness",
     )
 
     # Scoring semantics
@@ -272,6 +294,11 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_ACTIONS),
         description="recommended action by '<low|mid|high>/<high|critical>' (value tier / "
         "risk); a missing key means 'review'",
+    )
+    explain_scores: bool = Field(
+        default=False,
+        description="every user-scores record carries both scores' additive contributions "
+        "(churn alerts always do); costs about a score's time again",
     )
 
     # Operations
@@ -462,6 +489,7 @@ class Settings(BaseSettings):
                 value_tiers=self.value_tiers,
                 actions=dict(self.alert_actions),
             ),
+            explain_scores=self.explain_scores,
         )
 
     def event_limits(self) -> EventLimits:

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamscore.core.drift import PSI_FEATURES, DriftEvent
 from streamscore.core.lineage import ServedLineage
+from streamscore.core.records import TOPIC_CONFIRMATIONS
 from streamscore.core.scorer import Scorer
 from streamscore.core.timeutil import iso
 from streamscore.core.trainer import Trainer
@@ -91,6 +92,18 @@ DUE_USERS_LOADED = Counter(
     "streamscore_due_users_loaded_total",
     "Users loaded without new events of theirs, because a label horizon or a rescoring point "
     "of their silence fell due",
+    registry=REGISTRY,
+)
+STATES_REMOVED = Counter(
+    "streamscore_states_removed_total",
+    "User states removed: reason=expired (state_retention_days passed; counted when their due "
+    "entry is dropped), reason=erased (erasure requests carried out)",
+    ["reason"],
+    registry=REGISTRY,
+)
+ERASED_EVENTS = Counter(
+    "streamscore_erased_events_dropped_total",
+    "Events of erased users at or before their erasure, dropped unseen",
     registry=REGISTRY,
 )
 LABELS = Counter(
@@ -232,6 +245,8 @@ for _step in RETRY_STEPS:
 for _model in ("churn", "value"):
     LABELS.labels(_model)
     LABELS_LEARNT.labels(_model)
+for _reason in ("expired", "erased"):
+    STATES_REMOVED.labels(_reason)
 
 
 def count_transient_error(step: str, error: Exception) -> None:
@@ -257,6 +272,9 @@ def observe_batch(stats: BatchStats, now_s: float) -> None:
             WATERMARK.labels(str(partition)).set(wm / 1000)
             EVENT_TIME_LAG.labels(str(partition)).set(max(now_s - wm / 1000, 0.0))
     DUE_USERS_LOADED.inc(stats.due_users)
+    STATES_REMOVED.labels("expired").inc(stats.due_expired)
+    STATES_REMOVED.labels("erased").inc(stats.outputs.get(TOPIC_CONFIRMATIONS, 0))
+    ERASED_EVENTS.inc(stats.erased_events)
     for p in stats.churn_scores:
         SCORES.observe(p)
     for v in stats.predicted_values:

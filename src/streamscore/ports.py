@@ -25,6 +25,7 @@ class SourceRecord:
     offset: int
     value: bytes
     timestamp_ms: int | None = None
+    key: bytes | None = None  # set where the reader needs it (erasure requests)
 
 
 RebalanceHook = Callable[[set[int]], None]
@@ -171,4 +172,49 @@ class Sink(Protocol):
     def close(self) -> None:
         """Release. Records sent since the last flush may be lost: their batch was never
         committed, so a restart sends them again."""
+        ...
+
+
+class ErasureSource(Protocol):
+    """The ``user-erasures`` topic, read partition by partition from offsets the runtime
+    keeps in the state store (so a deletion and the offset that covers it are saved by the
+    same process that owns the user's input partition)."""
+
+    topic: str
+
+    def read(self, positions: Mapping[int, int], max_records: int) -> list[SourceRecord]:
+        """Records of these partitions from these offsets on, without waiting for more."""
+        ...
+
+    def partitions(self) -> int:
+        """How many partitions the topic has."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class ErasureStore(Protocol):
+    """What erasures need of a state store, besides loading states."""
+
+    def load(self, user_ids: Collection[str]) -> dict[str, bytes]:
+        """As ``StateStore.load``."""
+        ...
+
+    def erase(
+        self,
+        users: Mapping[str, int | None],
+        marks: Mapping[int, Mapping[str, bytes | None]],
+        offsets: Mapping[int, int],
+    ) -> None:
+        """In one round trip: write erasure marks (None removes), delete these users' states
+        and their due entries (in the partition given, when they had one), then record the
+        next erasure offsets. Idempotent, so a retry or a redo after a crash is safe."""
+        ...
+
+    def erasure_log(
+        self, partitions: Iterable[int]
+    ) -> tuple[dict[int, int], dict[int, dict[str, bytes]]]:
+        """Saved next erasure offsets and erasure marks of these partitions."""
         ...

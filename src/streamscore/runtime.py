@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from streamscore.core.events import Event, EventLimits, decode_event
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS, dead_letter
@@ -40,10 +40,30 @@ from streamscore.guards import DeadLetterGuard, OnRetry, RetryPolicy
 from streamscore.logging_setup import batch_context, end_batch
 from streamscore.ports import Sink, Source, SourceRecord, StateStore
 
+if TYPE_CHECKING:
+    from streamscore.erasures import Erasures
+
 log = logging.getLogger("streamscore.runtime")
 # Due users a partition may rescore in any batch, however small: an idle input still drains.
 DUE_FLOOR_PER_PARTITION = 25
 Clock = Callable[[], int]
+
+
+def dead_letter_of(rec: SourceRecord, exc: InvalidEvent, now: int) -> Output:
+    """The ``user-events-dlq`` record of an input record that cannot be processed."""
+    return Output(
+        TOPIC_DLQ,
+        "",
+        dead_letter(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            raw=rec.value,
+            error_type=exc.error_type,
+            error=exc.message,
+            now_ms=now,
+        ),
+    )
 
 
 def wall_clock_ms() -> int:
@@ -62,6 +82,7 @@ class BatchStats:
     users: int = 0
     due_users: int = 0  # loaded without events of theirs: a label or a silence fell due
     due_expired: int = 0  # queued as due, but their state had expired: dropped from the queue
+    erased_events: int = 0  # events of erased users at or before their erasure: dropped
     seconds: dict[str, float] = field(default_factory=dict)
     watermarks: dict[int, int] = field(default_factory=dict)
     max_event_ms: int = 0
@@ -95,6 +116,8 @@ def _count_outputs(stats: BatchStats, outputs: list[Output]) -> None:
     """Fold a batch's outputs into its stats, for metrics and the progress display."""
     for o in outputs:
         stats.outputs[o.topic] = stats.outputs.get(o.topic, 0) + 1
+        if o.value is None:
+            continue  # a tombstone
         if o.topic == TOPIC_SCORES:
             stats.churn_scores.append(o.value["churn_probability"])
             stats.predicted_values.append(o.value["predicted_value"])
@@ -123,8 +146,10 @@ class Pipeline:
         retry: RetryPolicy | None = None,
         dlq_guard: DeadLetterGuard | None = None,
         on_retry: OnRetry | None = None,
+        erasures: Erasures | None = None,
     ) -> None:
         self.source = source
+        self.erasures = erasures  # the user-erasures step (``erasures.py``), when wired
         self.store = store
         self.sink = sink
         self.scorer = scorer
@@ -156,6 +181,8 @@ class Pipeline:
         for p in partitions:
             self.watermarks[p] = saved.get(p, self.watermarks.get(p, 0))
             self._last_input_ms[p] = now
+        if self.erasures is not None:
+            self.erasures.assigned(partitions)
         log.info("assigned partitions %s (watermarks %s)", sorted(partitions), saved)
 
     def _revoked(self, partitions: set[int]) -> None:
@@ -164,6 +191,8 @@ class Pipeline:
             self.watermarks.pop(p, None)
             self._last_input_ms.pop(p, None)
             self._following.discard(p)
+        if self.erasures is not None:
+            self.erasures.revoked(partitions)
         log.info("revoked partitions %s", sorted(partitions))
 
     # -- one batch ------------------------------------------------------------------------
@@ -179,6 +208,8 @@ class Pipeline:
         )
         batch_context(records)  # log lines from here on name the batch's offsets
         batch = _Batch(records, self.clock())
+        if self.erasures is not None:  # before the events: none may bring an erased user back
+            batch.outputs.extend(self.erasures.process(batch.now))
         self._decode(batch)
         t1 = time.perf_counter()
         self._load_event_users(batch)
@@ -199,6 +230,8 @@ class Pipeline:
         learner.delivered()
         t5 = time.perf_counter()
         self._save(batch.states, batch.dropped)
+        if self.erasures is not None:
+            self.erasures.after_save(self.watermarks)
         t6 = time.perf_counter()
         offsets = batch.stats.next_offsets
         if offsets:
@@ -233,6 +266,9 @@ class Pipeline:
                 event = decode_event(rec.value, now_ms=now, limits=self.limits)
             except InvalidEvent as exc:
                 batch.outputs.append(self._dead_letter(rec, exc, now, stats))
+                continue
+            if self.erasures is not None and self.erasures.blocks(event.user_id, event.ts):
+                stats.erased_events += 1
                 continue
             batch.watermarks_before[rec.partition, rec.offset] = self.watermarks.get(
                 rec.partition, 0
@@ -370,19 +406,7 @@ class Pipeline:
         self, rec: SourceRecord, exc: InvalidEvent, now: int, stats: BatchStats
     ) -> Output:
         stats.dead_letters[exc.error_type] = stats.dead_letters.get(exc.error_type, 0) + 1
-        return Output(
-            TOPIC_DLQ,
-            "",
-            dead_letter(
-                topic=rec.topic,
-                partition=rec.partition,
-                offset=rec.offset,
-                raw=rec.value,
-                error_type=exc.error_type,
-                error=exc.message,
-                now_ms=now,
-            ),
-        )
+        return dead_letter_of(rec, exc, now)
 
     def _admit(self, partition: int, ts: int) -> None:
         """Advance the partition's watermark, or refuse an event at or before it.

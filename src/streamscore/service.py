@@ -19,7 +19,9 @@ from types import FrameType
 from streamscore import metrics
 from streamscore.adapters.kafka import KafkaSource
 from streamscore.adapters.kafka_client import BrokerWatch
+from streamscore.adapters.kafka_erasures import KafkaErasureSource, topic_partitions
 from streamscore.adapters.kafka_sink import KafkaSink
+from streamscore.adapters.pseudonymous import maybe_pseudonymous
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.lineage import ServedLineage
@@ -28,11 +30,14 @@ from streamscore.core.records import TOPIC_EVENTS
 from streamscore.core.scorer import Scorer
 from streamscore.core.segments import RfmScorer
 from streamscore.core.training_records import TrainingOutbox
+from streamscore.erasures import Erasures
 from streamscore.errors import ConfigError, RetryAbandoned
 from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
+from streamscore.guards import RetryPolicy
 from streamscore.health import LoopStatus
 from streamscore.httpd import serve_http
 from streamscore.model_checkpoints import LineageStore, ModelFollower
+from streamscore.ports import ErasureStore
 from streamscore.progress import Progress
 from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, encode_event
@@ -85,7 +90,7 @@ def build_service(settings: Settings, stop: threading.Event | None = None) -> Se
     """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
     require_key(settings, "streamscore run")
     stop = stop or threading.Event()
-    store = RedisStateStore.from_settings(settings)
+    store = maybe_pseudonymous(RedisStateStore.from_settings(settings), settings)
     params = settings.model_params()
     served = ServedLineage(Models(params), RfmScorer())
     follower = ModelFollower(
@@ -114,6 +119,12 @@ def build_service(settings: Settings, stop: threading.Event | None = None) -> Se
         watch=watch,
         on_undeliverable=lambda topic: metrics.UNDELIVERABLE.labels(topic).inc(),
     )
+    try:
+        erasures = _erasures(settings, source, store, stop)
+    except ConfigError:
+        source.close()
+        sink.close()
+        raise
     pipeline = build_pipeline(
         settings,
         source,
@@ -123,11 +134,54 @@ def build_service(settings: Settings, stop: threading.Event | None = None) -> Se
         live=True,
         stop=stop,
         on_retry=metrics.count_transient_error,
+        erasures=erasures,
     )
     trainer = None
     if settings.run_trainer:
         trainer = TrainerThread(TrainerRunner(settings, stop, watch=watch), stop)
     return Service(pipeline, served, follower, outbox, trainer)
+
+
+def _erasures(
+    settings: Settings,
+    source: KafkaSource,
+    store: ErasureStore,
+    stop: threading.Event | None,
+) -> Erasures | None:
+    """The erasure step, when the erasure topic exists: partitioned like the input."""
+    topic, server = settings.erasures_topic, settings.kafka_bootstrap_servers
+    if topic not in source.topics_on_broker:
+        log.warning(
+            "erasure topic %r does not exist on %s: erasure requests are not read. Create it "
+            "with as many partitions as %r (scripts/stack up does) to use streamscore forget",
+            topic,
+            server,
+            settings.input_topic,
+        )
+        return None
+    if settings.confirmations_topic not in source.topics_on_broker:
+        raise ConfigError(
+            f"topic {settings.confirmations_topic!r} does not exist on {server}; create it "
+            "beside the erasure topic, or set STREAMSCORE_CONFIRMATIONS_TOPIC"
+        )
+    wanted = topic_partitions(source.consumer, settings.input_topic)
+    have = topic_partitions(source.consumer, topic)
+    if have != wanted:
+        raise ConfigError(
+            f"erasure topic {topic!r} has {have} partitions and input topic "
+            f"{settings.input_topic!r} {wanted}: they must be equal (a user's erasure is read "
+            "by the owner of their input partition); recreate it, or add partitions to it"
+        )
+    keep_s = settings.allowed_lateness_seconds + settings.erasure_margin_seconds
+    key = settings.pseudonym_key
+    return Erasures(
+        KafkaErasureSource(settings, have),
+        store,
+        keep_ms=round(keep_s * 1000),
+        key=key.get_secret_value().encode() if key is not None else None,
+        retry=RetryPolicy(stop=stop),
+        on_retry=metrics.count_transient_error,
+    )
 
 
 def _serve(
@@ -216,6 +270,8 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
             thaw_heap()
             pipeline.sink.close()
             source.close()
+            if pipeline.erasures is not None:
+                pipeline.erasures.source.close()
             pipeline.store.close()
     log.info("stopped with a batch left uncommitted" if abandoned else "stopped cleanly")
     return 0

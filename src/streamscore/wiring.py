@@ -20,6 +20,7 @@ from streamscore.core.scorer import Scorer
 from streamscore.core.trainer import Trainer
 from streamscore.core.training_records import RecentIds, TrainingOutbox
 from streamscore.core.values import ModelParams, Output, ScoringConfig
+from streamscore.erasures import Erasures
 from streamscore.guards import FILE_ADVICE, TOPIC_ADVICE, DeadLetterGuard, OnRetry, RetryPolicy
 from streamscore.ports import Sink, Source, StateStore
 from streamscore.runtime import Pipeline
@@ -90,6 +91,7 @@ def build_pipeline(
     live: bool = False,
     stop: threading.Event | None = None,
     on_retry: OnRetry | None = None,
+    erasures: Erasures | None = None,
 ) -> Pipeline:
     """The pipeline of every command, limited by ``settings``.
 
@@ -114,4 +116,5 @@ def build_pipeline(
         ),
         retry=RetryPolicy(stop=stop),
         on_retry=on_retry,
+        erasures=erasures,
     )

@@ -308,7 +308,14 @@ def test_shuffled_file_gives_the_same_outputs(
     same_segment = sum(r["segment"] == b[u]["segment"] for u, r in a.items())
     assert same_segment >= 0.98 * len(a)
     # Event-driven outputs are the same records, their model outputs aside.
-    model = ("scored_at", "segment", "churn_probability", "predicted_value", "reasons")
+    model = (
+        "scored_at",
+        "segment",
+        "churn_probability",
+        "predicted_value",
+        "reasons",
+        "explanation",
+    )
     for topic in (TOPIC_SCORES, TOPIC_ALERTS):
         x = read_jsonl(tmp_path / f"{topic}.jsonl")
         y = read_jsonl(shuffled_out / f"{topic}.jsonl")

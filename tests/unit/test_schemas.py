@@ -19,6 +19,7 @@ from streamscore.config import load_settings
 from streamscore.core.events import Event
 from streamscore.core.records import (
     DLQ_RAW_MAX_BYTES,
+    ERASURE_TOPICS,
     OUTPUT_TOPICS,
     SCHEMAS,
     TOPIC_ALERTS,
@@ -61,7 +62,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_every_topic_has_a_schema() -> None:
     docs = schema_documents()
-    topics = (TOPIC_EVENTS, *OUTPUT_TOPICS, TOPIC_TRAINING)
+    topics = (TOPIC_EVENTS, *OUTPUT_TOPICS, TOPIC_TRAINING, *ERASURE_TOPICS)
     assert set(docs) == {f"{t}.schema.json" for t in topics}
     assert set(SCHEMAS) == set(topics)
 

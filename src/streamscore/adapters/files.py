@@ -149,7 +149,8 @@ class JsonlSink:
 
     def send(self, outputs: Iterable[Output]) -> None:
         for o in outputs:
-            self._file(o.topic).write(orjson.dumps(o.value) + b"\n")
+            if o.value is not None:  # no tombstones in a file: it is not compacted
+                self._file(o.topic).write(orjson.dumps(o.value) + b"\n")
             self.counts[o.topic] = self.counts.get(o.topic, 0) + 1
 
     def flush(self) -> None:

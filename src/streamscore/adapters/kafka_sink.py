@@ -64,6 +64,7 @@ from streamscore.adapters.kafka_client import (
 from streamscore.config import Settings
 from streamscore.core.records import (
     TOPIC_ALERTS,
+    TOPIC_CONFIRMATIONS,
     TOPIC_DLQ,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
@@ -148,7 +149,7 @@ class _Pending:
     output: Output
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     result: Any
     notice: bool = False  # an undeliverable_output letter: never replaced by another
 
@@ -179,6 +180,7 @@ class KafkaSink:
             TOPIC_SEGMENTS: settings.segments_topic,
             TOPIC_DLQ: settings.dlq_topic,
             TOPIC_TRAINING: settings.training_topic,
+            TOPIC_CONFIRMATIONS: settings.confirmations_topic,
         }
         self.settings = settings
         self.watch = watch or BrokerWatch(settings.kafka_bootstrap_servers)
@@ -217,7 +219,7 @@ class KafkaSink:
         for o in outputs:
             topic = self.topics[o.topic]
             key = o.key.encode() if o.key else None
-            value = orjson.dumps(o.value)
+            value = None if o.value is None else orjson.dumps(o.value)
             # A send blocks while the topic's metadata is unknown; once one has waited the
             # full BROKER_WAIT_S in an outage, the rest of the batch fails at once.
             result = stuck or self._send(self.producer, topic, key, value)
@@ -226,7 +228,7 @@ class KafkaSink:
             self._pending.append(_Pending(o, topic, key, value, result))
 
     @staticmethod
-    def _send(producer: KafkaProducer, topic: str, key: bytes | None, value: bytes) -> Any:
+    def _send(producer: KafkaProducer, topic: str, key: bytes | None, value: bytes | None) -> Any:
         try:
             return producer.send(topic, key=key, value=value)
         except KafkaError as exc:  # MessageSizeTooLargeError (max_request_size), timeouts
@@ -368,9 +370,9 @@ class KafkaSink:
             if letter:
                 notice = undeliverable_letter(
                     topic=p.topic,
-                    value=p.output.value,
+                    value=p.output.value or {},
                     key=p.output.key or None,
-                    encoded=p.value,
+                    encoded=p.value or b"",
                     reason=f"{type(exc).__name__}: {exc}",
                     now_ms=time.time_ns() // 1_000_000,
                     of_dead_letter=p.output.topic == TOPIC_DLQ,
@@ -407,8 +409,8 @@ class KafkaSink:
 
 def _describe(p: _Pending) -> str:
     """Where a refused record came from, for the log."""
-    value = p.output.value
-    what = f"id {value.get('id')}, {len(p.value)} bytes"
+    value = p.output.value or {}
+    what = f"id {value.get('id')}, {len(p.value or b'')} bytes"
     source = value.get("source")
     if isinstance(source, dict):
         return (

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping
 
-from streamscore.core.records import TOPIC_EVENTS
+from streamscore.core.records import TOPIC_ERASURES, TOPIC_EVENTS
 from streamscore.core.values import Output
 from streamscore.ports import CommitStatus, RebalanceHook, SourceHealth, SourceRecord
 
@@ -26,6 +26,8 @@ class MemoryStateStore:
         self._heaps: dict[int, list[tuple[int, str]]] = {}
         self._watermarks: dict[int, int] = {}
         self._blobs: dict[str, bytes] = {}
+        self._erasure_offsets: dict[int, int] = {}
+        self._marks: dict[int, dict[str, bytes]] = {}
 
     def load(self, user_ids: Collection[str]) -> dict[str, bytes]:
         return {u: self.states[u] for u in user_ids if u in self.states}
@@ -80,6 +82,32 @@ class MemoryStateStore:
 
     def get_blob(self, name: str) -> bytes | None:
         return self._blobs.get(name)
+
+    def erase(
+        self,
+        users: Mapping[str, int | None],
+        marks: Mapping[int, Mapping[str, bytes | None]],
+        offsets: Mapping[int, int],
+    ) -> None:
+        for partition, entries in marks.items():
+            kept = self._marks.setdefault(partition, {})
+            for fp, mark in entries.items():
+                if mark is None:
+                    kept.pop(fp, None)
+                else:
+                    kept[fp] = mark
+        for user, due_partition in users.items():
+            self.states.pop(user, None)
+            if due_partition is not None:
+                self._due.get(due_partition, {}).pop(user, None)
+        self._erasure_offsets.update(offsets)
+
+    def erasure_log(
+        self, partitions: Iterable[int]
+    ) -> tuple[dict[int, int], dict[int, dict[str, bytes]]]:
+        parts = list(partitions)
+        offsets = {p: self._erasure_offsets[p] for p in parts if p in self._erasure_offsets}
+        return offsets, {p: dict(self._marks[p]) for p in parts if self._marks.get(p)}
 
     def put_blob(self, name: str, data: bytes) -> None:
         self._blobs[name] = data
@@ -356,6 +384,7 @@ class ListSink:
 
     def __init__(self) -> None:
         self.records: dict[str, list[dict[str, object]]] = {}
+        self.tombstones: dict[str, list[str]] = {}  # topic -> keys, in order
         self.pending: list[Output] = []
         self.flushes = 0
 
@@ -364,9 +393,40 @@ class ListSink:
 
     def flush(self) -> None:
         for o in self.pending:
-            self.records.setdefault(o.topic, []).append(o.value)
+            if o.value is None:
+                self.tombstones.setdefault(o.topic, []).append(o.key)
+            else:
+                self.records.setdefault(o.topic, []).append(o.value)
         self.pending.clear()
         self.flushes += 1
 
     def close(self) -> None:
         self.pending.clear()  # unflushed: their batch was never committed
+
+
+class ListErasureSource:
+    """The ``user-erasures`` topic in memory: ``produce`` appends, ``read`` reads from the
+    offsets it is given (the runtime keeps them in the state store, as with Kafka)."""
+
+    def __init__(self, partitions: int = 1, topic: str = TOPIC_ERASURES) -> None:
+        self.topic = topic
+        self._logs: list[list[SourceRecord]] = [[] for _ in range(partitions)]
+
+    def produce(self, partition: int, user_id: str, value: bytes) -> int:
+        """Append a request keyed by ``user_id``; returns its offset."""
+        log = self._logs[partition]
+        log.append(SourceRecord(self.topic, partition, len(log), value, None, user_id.encode()))
+        return len(log) - 1
+
+    def read(self, positions: Mapping[int, int], max_records: int) -> list[SourceRecord]:
+        out: list[SourceRecord] = []
+        for partition, start in sorted(positions.items()):
+            if partition < len(self._logs):
+                out.extend(self._logs[partition][start : start + max_records - len(out)])
+        return out
+
+    def partitions(self) -> int:
+        return len(self._logs)
+
+    def close(self) -> None:
+        return None

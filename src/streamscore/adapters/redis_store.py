@@ -48,6 +48,11 @@ USER_STATE_FIELD = "s"  #   field: the serialized UserState (opaque bytes); no o
 DUE_KEY = "{prefix}:due:{{p{partition}}}"  # ZSET per input partition: user_id -> due time ms
 WATERMARKS_KEY = "{prefix}:wm"  # HASH: partition -> watermark ms
 BLOB_KEY = "{prefix}:blob:{name}"  # STRING: named blobs (model checkpoints)
+# Erasures (``erasures.py``): per partition, a HASH of erasure marks (a fingerprint of the
+# user id -> "erasure time:keep until", never the id), and one HASH of the next erasure offset
+# to read per partition of the user-erasures topic.
+ERASURE_MARKS_KEY = "{prefix}:er:{{p{partition}}}"
+ERASURE_OFFSETS_KEY = "{prefix}:eo"
 USER_KEY_GLOB = "{prefix}:u:{{*}}"  # SCAN patterns (prefix glob-escaped)
 DUE_KEY_GLOB = "{prefix}:due:{{p*}}"
 
@@ -374,6 +379,55 @@ class RedisStateStore:
             return
         first = errors[0]
         raise self._translate(what, first) from first
+
+    def erase(
+        self,
+        users: Mapping[str, int | None],
+        marks: Mapping[int, Mapping[str, bytes | None]],
+        offsets: Mapping[int, int],
+    ) -> None:
+        """Marks first (an erased user's events stay out even if the rest is cut short), then
+        the users' states and due entries, then the offsets: one round trip, idempotent."""
+        with self._errors(f"erasing {len(users)} users"), self._pipeline() as pipe:
+            for partition, entries in marks.items():
+                key = ERASURE_MARKS_KEY.format(prefix=self.prefix, partition=partition)
+                add = {fp: m for fp, m in entries.items() if m is not None}
+                drop = [fp for fp, m in entries.items() if m is None]
+                if add:
+                    pipe.hset(key, mapping=add)  # type: ignore[arg-type]
+                if drop:
+                    pipe.hdel(key, *drop)
+            for user, due_partition in users.items():
+                pipe.delete(self.user_key(user))
+                if due_partition is not None:
+                    pipe.zrem(self.due_key(due_partition), user)
+            if offsets:
+                pipe.hset(
+                    ERASURE_OFFSETS_KEY.format(prefix=self.prefix),
+                    mapping={str(p): o for p, o in offsets.items()},
+                )
+            if len(pipe):
+                pipe.execute()
+
+    def erasure_log(
+        self, partitions: Iterable[int]
+    ) -> tuple[dict[int, int], dict[int, dict[str, bytes]]]:
+        """Next erasure offsets and erasure marks of these partitions, in one round trip."""
+        parts = list(partitions)
+        if not parts:
+            return {}, {}
+        with self._errors("loading erasure offsets and marks"), self._pipeline() as pipe:
+            pipe.hmget(ERASURE_OFFSETS_KEY.format(prefix=self.prefix), [str(p) for p in parts])
+            for p in parts:
+                pipe.hgetall(ERASURE_MARKS_KEY.format(prefix=self.prefix, partition=p))
+            offsets_raw, *marks_raw = pipe.execute()
+        offsets = {p: int(v) for p, v in zip(parts, offsets_raw, strict=True) if v is not None}
+        marks = {
+            p: {fp.decode(): m for fp, m in found.items()}
+            for p, found in zip(parts, marks_raw, strict=True)
+            if found
+        }
+        return offsets, marks
 
     def due(self, up_to: Mapping[int, int], limit: int) -> dict[int, list[str]]:
         """Per partition, up to ``limit`` users due at or before its watermark, earliest first.

@@ -131,6 +131,10 @@ class Models:
             order_value=pop.order_value(orders, mean_order),
         )
 
+    def correction_inputs(self, raw: Sequence[float], base: Baseline) -> dict[str, float]:
+        """The corrections' inputs for this customer (before standardisation)."""
+        return self._inputs(raw, base)
+
     def _inputs(self, raw: Sequence[float], base: Baseline) -> dict[str, float]:
         g = raw.__getitem__
         big_t = g(_IDX["T"])

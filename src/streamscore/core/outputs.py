@@ -24,9 +24,10 @@ def score_record(
     trigger: str,
     key: str,
     model_version: str,
+    explanation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``user-scores`` record of an evaluation as of ``t_ms`` (``key``: what caused it)."""
-    return {
+    record = {
         "id": record_id("score", user_id, trigger, key),
         "user_id": user_id,
         "as_of": iso(t_ms),
@@ -39,6 +40,9 @@ def score_record(
         "scored_at": iso(now_ms),
         "trigger": trigger,
     }
+    if explanation is not None:
+        record["explanation"] = explanation
+    return record
 
 
 def segment_change(
@@ -73,6 +77,7 @@ def churn_alert(
     *,
     reasons: list[dict[str, float | str]],
     model_version: str,
+    explanation: dict[str, Any] | None = None,
 ) -> Output:
     """The ``churn-alerts`` record of an evaluation that raised an alert."""
     return Output(
@@ -88,5 +93,6 @@ def churn_alert(
             "reasons": reasons,
             "recommended_action": config.alerts.action(ev.churn, ev.value),
             "model_version": model_version,
+            "explanation": explanation,
         },
     )

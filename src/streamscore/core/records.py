@@ -24,7 +24,12 @@ TOPIC_DLQ = "user-events-dlq"
 # What the model lineage learns from: one partition, read by the one trainer (README: "One
 # model lineage"); records carry no user id and are written by ``core/training_records.py``.
 TOPIC_TRAINING = "training-examples"
+TOPIC_ERASURES = "user-erasures"  # input: requests to forget a user (``core/erasure.py``)
+TOPIC_CONFIRMATIONS = "erasure-confirmations"
 OUTPUT_TOPICS = (TOPIC_SCORES, TOPIC_ALERTS, TOPIC_SEGMENTS, TOPIC_DLQ)
+ERASURE_TOPICS = (TOPIC_ERASURES, TOPIC_CONFIRMATIONS)  # only where erasures are wired (run)
+# The topics keyed by user whose records an erasure retracts with a null-value tombstone.
+USER_KEYED_TOPICS = (TOPIC_SCORES, TOPIC_ALERTS, TOPIC_SEGMENTS)
 
 # A dead letter keeps at most this much of the record it is about: the default
 # max_event_bytes, so a record refused for anything but its size is kept whole, and the
@@ -68,6 +73,9 @@ class UserScore(_Record):
     trigger: Literal["event", "silence"] = Field(
         description="scored on new events, or rescored because the user went quiet"
     )
+    explanation: Explanation | None = Field(
+        default=None, description="present with explain_scores=true"
+    )
 
 
 class Reason(_Record):
@@ -78,6 +86,40 @@ class Reason(_Record):
     feature: str
     contribution: float
     value: float
+
+
+class Contribution(_Record):
+    """One additive term of a score on its link scale: the population model's offset, the
+    correction's intercept, an input's weight × standardised value, or the safety ``bound``."""
+
+    feature: str
+    contribution: float
+    value: float | None = Field(
+        description="the input as the correction sees it (the offset: the population model's "
+        "own estimate); null for the intercept and the bound"
+    )
+
+
+class ChurnExplanation(_Record):
+    """The terms sum to ``logit``, the log-odds of ``churn_probability``."""
+
+    logit: float
+    terms: list[Contribution]
+
+
+class ValueExplanation(_Record):
+    """The terms sum to ``log_orders``; ``predicted_value`` = exp(log_orders) × order_value."""
+
+    log_orders: float = Field(description="log of the expected orders within the horizon")
+    order_value: float = Field(description="Gamma-Gamma's expected spend per order")
+    terms: list[Contribution]
+
+
+class Explanation(_Record):
+    """Both scores' additive contributions, exact for the linear parts (``core/explain.py``)."""
+
+    churn: ChurnExplanation
+    value: ValueExplanation
 
 
 class ChurnAlert(_Record):
@@ -92,6 +134,9 @@ class ChurnAlert(_Record):
     reasons: list[Reason]
     recommended_action: str
     model_version: str
+    explanation: Explanation | None = Field(
+        default=None, description="the scores' additive contributions (always set by this version)"
+    )
 
 
 class SegmentChange(_Record):
@@ -200,6 +245,32 @@ class TrainingRecord(RootModel[LabelRecord | PopulationRecord | CustomerRecord])
     root: Annotated[LabelRecord | PopulationRecord | CustomerRecord, Field(discriminator="type")]
 
 
+class ErasureRequest(_Record):
+    """A request to forget everything held about one user (input topic ``user-erasures``,
+    keyed by the user id). Events of the user at or before ``requested_at`` are never
+    applied again; later ones start a new state."""
+
+    request_id: str = Field(min_length=1, max_length=128, description="unique per request")
+    user_id: str = Field(min_length=1, max_length=128)
+    requested_at: Timestamp = Field(
+        description="the erasure's time (RFC 3339): events at or before it are dropped"
+    )
+
+
+class ErasureConfirmation(_Record):
+    """Sent once a user's state, due entries and pending snapshots are deleted and a
+    tombstone is on every user-keyed output topic. Repeated after a crash (same ``id``)."""
+
+    id: str
+    request_id: str
+    user_id: str
+    requested_at: Timestamp
+    erased_at: Timestamp = Field(description="wall-clock time the deletion was saved")
+    state_found: bool = Field(description="whether a state existed (it may have expired)")
+    pending_snapshots: int = Field(ge=0, description="training snapshots deleted with it")
+    tombstones: list[str] = Field(description="output topics a null-value tombstone went to")
+
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     TOPIC_EVENTS: Event,
     TOPIC_SCORES: UserScore,
@@ -207,6 +278,8 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     TOPIC_SEGMENTS: SegmentChange,
     TOPIC_DLQ: DeadLetter,
     TOPIC_TRAINING: TrainingRecord,
+    TOPIC_CONFIRMATIONS: ErasureConfirmation,
+    TOPIC_ERASURES: ErasureRequest,
 }
 
 

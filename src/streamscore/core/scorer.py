@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from streamscore.core import outputs
 from streamscore.core.drift import DriftLog, PopulationDrift
 from streamscore.core.events import Event, EventType
+from streamscore.core.explain import explain
 from streamscore.core.features import derive
 from streamscore.core.inputs import MODEL_INPUTS, model_inputs, named
 from streamscore.core.lineage import Learner, Lineage
@@ -382,8 +383,17 @@ class Scorer:
         self.drift.observe_score(ev.churn, ev.derived, t_ms, models.churn_learnt)
         uid = state.user_id
         version = models.version
+        why = explain(models, ev.churn_x) if cfg.explain_scores else None
         record = outputs.score_record(
-            cfg, uid, ev, t_ms, now_ms, trigger=trigger, key=key, model_version=version
+            cfg,
+            uid,
+            ev,
+            t_ms,
+            now_ms,
+            trigger=trigger,
+            key=key,
+            model_version=version,
+            explanation=why,
         )
         out = [Output(TOPIC_SCORES, uid, record)]
         counters = self.counters
@@ -398,8 +408,11 @@ class Scorer:
             state.segment, state.lifecycle = ev.segment, ev.lifecycle
         if state.alert.step(cfg.alerts, ev.churn, t_ms, state.features.purchases):
             reasons = models.churn_reasons(ev.churn_x)
+            why = why or explain(models, ev.churn_x)
             out.append(
-                outputs.churn_alert(cfg, uid, ev, t_ms, reasons=reasons, model_version=version)
+                outputs.churn_alert(
+                    cfg, uid, ev, t_ms, reasons=reasons, model_version=version, explanation=why
+                )
             )
             counters.alerts += 1
         return out

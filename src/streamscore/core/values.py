@@ -33,11 +33,12 @@ from streamscore.core.timeutil import DAY_MS
 
 @dataclass(slots=True)
 class Output:
-    """One record for an output topic, keyed by user."""
+    """One record for an output topic, keyed by user; ``value`` None is a tombstone (an
+    erased user's records retracted from a compacted topic)."""
 
     topic: str
     key: str
-    value: dict[str, Any]
+    value: dict[str, Any] | None
 
 
 class ChurnActivity(StrEnum):
@@ -59,6 +60,7 @@ class ScoringConfig:
     churn_activity: ChurnActivity = ChurnActivity.ANY
     at_risk_threshold: float = 0.6
     alerts: AlertPolicy = field(default_factory=AlertPolicy)
+    explain_scores: bool = False  # every score carries its contributions (alerts always do)
 
     @property
     def churn_horizon_ms(self) -> int:
