@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import GroupProgress, read_topic
+from streamscore.adapters.kafka import rekeyed_from
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings, load_settings
 from streamscore.ports import SourceRecord
@@ -161,7 +162,9 @@ def wait_until_settled(
 def input_records(topic: str, client: Mapping[str, Any] = SHARED) -> list[SourceRecord]:
     """The input topic as it is on the broker: each record with its partition and offset."""
     return [
-        SourceRecord(m.topic, m.partition, m.offset, m.value, m.timestamp)
+        SourceRecord(
+            m.topic, m.partition, m.offset, m.value, m.timestamp, m.key, rekeyed_from(m.headers)
+        )
         for m in read_topic(client, topic)
     ]
 
@@ -179,7 +182,8 @@ def scrape(port: int, metric: str) -> dict[str, float]:
 
 
 def last_positions(records: list[SourceRecord]) -> dict[str, tuple[int, int]]:
-    """Each user's last record on the broker, (partition, offset), read off the topic."""
+    """Each user's last record on the broker keyed by their user id (the records a state
+    applies: the others are dead-lettered or re-keyed), (partition, offset)."""
     import orjson
 
     out: dict[str, tuple[int, int]] = {}
@@ -188,7 +192,8 @@ def last_positions(records: list[SourceRecord]) -> dict[str, tuple[int, int]]:
             uid = str(orjson.loads(r.value)["user_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue  # not an event: dead-lettered, no state
-        out[uid] = max(out.get(uid, (r.partition, -1)), (r.partition, r.offset))
+        if r.key == uid.encode():
+            out[uid] = max(out.get(uid, (r.partition, -1)), (r.partition, r.offset))
     return out
 
 
@@ -197,15 +202,19 @@ def assert_same_as_uninterrupted(
     *,
     client: Mapping[str, Any] = SHARED,
     redis_url: str = REDIS_URL,
+    semantics: Mapping[str, object] | None = None,
 ) -> StoreView:
     """The whole state the scorers left in Redis equals an uninterrupted run's over the same
-    partitioned input (``tests/statecheck.py``), and every user's position is their last
-    record on the broker. Returns what was in Redis."""
+    partitioned input (``tests/statecheck.py``; ``semantics``: the scorers' settings that
+    change what an input means, such as on_key_mismatch), and every user's
+    position is their last record on the broker that keys them rightly. Returns what was in
+    Redis."""
     from devstack import consume
     from tests.statecheck import assert_same_state, reference_run
 
     records = input_records(names["input_topic"], client)
-    want, _ = reference_run(load_settings(metrics_port=0), records, 4)
+    reference = load_settings(metrics_port=0, **(semantics or {}))
+    want, _ = reference_run(reference, records, 4, keyed=True)
     settings = load_settings(redis_url=redis_url, redis_key_prefix=names["redis_key_prefix"])
     got = redis_view(settings, set(want.states))
     assert_same_state(
