@@ -27,7 +27,7 @@ from streamscore import key_contract
 from streamscore.core.events import Event, EventLimits, decode_event
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS, dead_letter
 from streamscore.core.scorer import Scorer
-from streamscore.core.state import UserState, id_hash
+from streamscore.core.state import UserState
 from streamscore.core.timeutil import iso
 from streamscore.core.values import Output
 from streamscore.core.watermark import Verdict, WatermarkRule
@@ -88,8 +88,6 @@ class _Batch:
     watermarks_before: dict[tuple[int, int], int] = field(default_factory=dict)
     # Where each re-keyed record came from (``key_contract``), by its own position.
     origins: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
-    # Records far ahead of their partition's stream (``core/watermark.py``), by position.
-    held: set[tuple[int, int]] = field(default_factory=set)
     states: dict[str, UserState] = field(default_factory=dict)
     # Due-queue entries to drop, by partition: users whose partition changed (the topic
     # grew) and queued users whose state has expired.
@@ -274,9 +272,7 @@ class Pipeline:
             if verdict is Verdict.LATE:
                 batch.late.append((rec, event, self._late(rec.partition, event.ts)))
                 continue
-            if verdict in {Verdict.HELD, Verdict.AGREED}:
-                batch.held.add(position)  # far ahead: applied where it arrived
-                stats.held_events += verdict is Verdict.HELD
+            stats.held_events += verdict is Verdict.HELD
             stats.events += 1
             stats.max_event_ms = max(stats.max_event_ms, event.ts)
             batch.groups.setdefault(event.user_id, []).append((rec.partition, rec.offset, event))
@@ -289,15 +285,29 @@ class Pipeline:
         An event behind the watermark that its user's state has already applied is a
         redelivery (the process died after saving a batch, before committing it) or a
         duplicate: ignored like any duplicate. Only the others are late, and dead-lettered.
-        Checked against the saved state here, and against this batch's ids after applying.
+        Checked against the saved state as the batch's events before it in the input would
+        have left it (``_probe``), so one batch judges it as one batch per record would.
         """
         late_only = [e.user_id for _, e, _ in batch.late if e.user_id not in batch.groups]
         states = self._load([*batch.groups, *dict.fromkeys(late_only)])
-        batch.late = [
-            (rec, event, why)
-            for rec, event, why in batch.late
-            if not self._duplicate(states[event.user_id], rec, event)
-        ]
+        probes: dict[str, tuple[UserState, list[tuple[int, int, Event]]]] = {}
+        kept = []
+        for rec, event, why in sorted(batch.late, key=lambda late: late[0].offset):
+            uid = event.user_id
+            if uid not in probes:
+                probes[uid] = (
+                    _probe(states[uid]),
+                    sorted(batch.groups.get(uid, []), key=lambda e: e[1]),
+                )
+            probe, before = probes[uid]
+            while before and before[0][1] < rec.offset:
+                p, o, e = before.pop(0)
+                origin = batch.origins.get((p, o))
+                if not probe.seen(p, o, e.event_id, origin):
+                    probe.mark(p, o, e.event_id, origin)
+            if not self._duplicate(probe, rec, event):
+                kept.append((rec, event, why))
+        batch.late = kept
         for uid in late_only:
             states.pop(uid, None)
         batch.states = states
@@ -314,24 +324,16 @@ class Pipeline:
                     now,
                     batch.watermarks_before,
                     origins=batch.origins,
-                    held=batch.held,
                 )
             )
         for uid, before in previous.items():
             if before >= 0 and before != states[uid].partition:
                 batch.dropped.setdefault(before, {})[uid] = None  # the topic grew
-        for rec, event, why in batch.late:
-            state = states.get(event.user_id)
-            if state is not None and (
-                id_hash(event.event_id) in state.recent_ids or state.copy_applied(rec.origin)
-            ):
-                # A copy of an event of this batch: a retry, or a second re-keyed copy.
-                self.scorer.counters.duplicates += 1
-            else:
-                # Valid input, only too late for its labels: a dead letter, but not invalid
-                # (counted apart, never held against the input by the dead-letter limit).
-                batch.outputs.append(self._letter(rec, why, now))
-                batch.stats.late_events += 1
+        for rec, _, why in batch.late:
+            # Valid input, only too late for its labels: a dead letter, but not invalid
+            # (counted apart, never held against the input by the dead-letter limit).
+            batch.outputs.append(self._letter(rec, why, now))
+            batch.stats.late_events += 1
         if self.dlq_guard is not None and batch.records:
             self.dlq_guard.observe(batch.stats.dead_letters, len(batch.records))
 
@@ -512,3 +514,15 @@ class Pipeline:
                 on_batch(stats)
             if stats.due_users == 0 and stats.due_expired == 0:
                 return
+
+
+def _probe(state: UserState) -> UserState:
+    """A copy of what tells a state's duplicates apart (positions, id ring, re-key origins)."""
+    return UserState(
+        state.user_id,
+        state.partition,
+        state.offset,
+        list(state.recent_ids),
+        offsets_elsewhere=dict(state.offsets_elsewhere),
+        rekeyed=dict(state.rekeyed),
+    )

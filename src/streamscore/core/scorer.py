@@ -11,7 +11,7 @@ at a snapshot, for the RFM population.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from streamscore.core import outputs
 from streamscore.core.drift import DriftLog, PopulationDrift
@@ -41,29 +41,6 @@ from streamscore.core.values import (
 
 _UNIT = float(1 << 64)
 _T, _T_X = MODEL_INPUTS.index("T"), MODEL_INPUTS.index("t_x")
-
-
-def _application_order(
-    fresh: list[tuple[int, int, Event]],
-    watermarks_before: Mapping[tuple[int, int], int],
-    held: Collection[tuple[int, int]],
-) -> list[tuple[int, int, Event, int]]:
-    """A user's new events (in offset order) in the order they are applied, each with the
-    watermark before it: runs of events in event-time order, and each far-ahead event
-    (``held``) where it arrived. A far-ahead event takes the user's snapshots up to its time,
-    so it must come after the events before it and before those after it, in one batch as
-    across two."""
-    out: list[tuple[int, int, Event, int]] = []
-    run: list[tuple[int, int, Event, int]] = []
-    for partition, offset, event in fresh:
-        wm = watermarks_before.get((partition, offset), 0)
-        if (partition, offset) in held:
-            out += sorted(run, key=lambda e: (e[2].ts, e[1]))
-            run = []
-            out.append((partition, offset, event, wm))
-        else:
-            run.append((partition, offset, event, wm))
-    return out + sorted(run, key=lambda e: (e[2].ts, e[1]))
 
 
 def _version(snap: Snapshot) -> str | None:
@@ -104,23 +81,24 @@ class Scorer:
         watermarks_before: Mapping[tuple[int, int], int] | None = None,
         *,
         origins: Mapping[tuple[int, int], tuple[int, int]] | None = None,
-        held: Collection[tuple[int, int]] = (),
     ) -> list[Output]:
         """Apply a user's new events (partition, offset, event), then score once as of the last.
 
         Duplicates are weeded out in offset order first (replayed offsets on any partition,
         second copies of re-keyed records, whose origin ``origins`` gives by position, and
-        repeated ids), and only then are the new events applied in event-time order: sorting
-        first would make an earlier offset with a later timestamp look replayed.
+        repeated ids), then the new events are applied in that order, the order their
+        partition holds them in. Not in event-time order: a batch would then apply an event
+        before a later-read one it precedes in time, where one batch per record applies it
+        after, and the snapshot a grid time between them takes would see it or not; a late
+        re-keyed copy or a record far ahead of its stream makes that common. In offset order
+        the state depends on the input alone, however it is cut into batches or replayed.
 
         ``watermarks_before`` maps (partition, offset) to the partition's watermark just before
         that record was read. Silences and label horizons the watermark had passed by then are
         settled before the event is applied, as if every record were a batch of its own: the
         state then does not depend on where batch boundaries fell (a batch holding both a
         user's return and the records that carried the watermark past one of their silence
-        points would otherwise skip that silence). ``held``: the positions of events far
-        ahead of their partition's stream (``core/watermark.py``), applied where they arrived
-        (``_application_order``).
+        points would otherwise skip that silence).
         """
         cfg = self.config
         fresh: list[tuple[int, int, Event]] = []
@@ -136,8 +114,8 @@ class Scorer:
         returning = state.lifecycle == Lifecycle.CHURNED
         f = state.features
         out: list[Output] = []
-        ordered = _application_order(fresh, watermarks_before or {}, held)
-        for _, _, event, wm in ordered:
+        for partition, offset, event in fresh:
+            wm = watermarks_before.get((partition, offset), 0) if watermarks_before else 0
             if wm and (settled := self.advance(state, wm, now_ms)):
                 out.extend(settled)
                 returning = state.lifecycle == Lifecycle.CHURNED
@@ -152,7 +130,7 @@ class Scorer:
                 state.next_snapshot_ms = self._next_snapshot(state, event.ts)
             self._observe_activity(state, event)
         self._observe_customer(state)
-        last_event = ordered[-1][2]
+        last_event = fresh[-1][2]
         last = max(last_event.ts, f.last_seen_ms)
         out.extend(self._score(state, last, now_ms, trigger="event", key=last_event.event_id))
         return out
