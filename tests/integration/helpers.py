@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from devstack import GroupProgress, read_topic
 from streamscore.adapters.kafka import rekeyed_from
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings, load_settings
+from streamscore.core.records import TOPIC_DLQ
 from streamscore.ports import SourceRecord
 from tests.statecheck import StoreView, settled, store_view
 
@@ -181,18 +182,27 @@ def scrape(port: int, metric: str) -> dict[str, float]:
     return out
 
 
-def last_positions(records: list[SourceRecord]) -> dict[str, tuple[int, int]]:
-    """Each user's last record on the broker keyed by their user id (the records a state
-    applies: the others are dead-lettered or re-keyed), (partition, offset)."""
+def last_positions(
+    records: list[SourceRecord], dead: Collection[tuple[int, int]] = ()
+) -> dict[str, tuple[int, int]]:
+    """Each user's last record on the broker that their state applies, (partition, offset):
+    keyed by their user id (the others are dead-lettered or re-keyed), not at a position in
+    ``dead`` (dead-lettered, late for instance), and not a second re-keyed copy of a record
+    (records are in offset order per partition, and a copy follows its original's)."""
     import orjson
 
     out: dict[str, tuple[int, int]] = {}
+    origins: set[tuple[int, int]] = set()
     for r in records:
         try:
             uid = str(orjson.loads(r.value)["user_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue  # not an event: dead-lettered, no state
-        if r.key == uid.encode():
+        if r.origin is not None:
+            if r.origin in origins:
+                continue
+            origins.add(r.origin)
+        if r.key == uid.encode() and (r.partition, r.offset) not in dead:
             out[uid] = max(out.get(uid, (r.partition, -1)), (r.partition, r.offset))
     return out
 
@@ -214,7 +224,7 @@ def assert_same_as_uninterrupted(
 
     records = input_records(names["input_topic"], client)
     reference = load_settings(metrics_port=0, **(semantics or {}))
-    want, _ = reference_run(reference, records, 4, keyed=True)
+    want, sink = reference_run(reference, records, 4, keyed=True)
     settings = load_settings(redis_url=redis_url, redis_key_prefix=names["redis_key_prefix"])
     got = redis_view(settings, set(want.states))
     assert_same_state(
@@ -224,6 +234,13 @@ def assert_same_as_uninterrupted(
         alerts=consume(client, names["alerts_topic"]),
     )
     positions = {u: (s.partition, s.offset) for u, s in got.states.items()}
-    on_broker = last_positions(records)
+    letters = sink.records.get(TOPIC_DLQ, [])
+    dead = {_source(letter) for letter in letters}
+    on_broker = last_positions(records, dead)
     assert positions == {u: on_broker[u] for u in positions}
     return got
+
+
+def _source(letter: Mapping[str, Any]) -> tuple[int, int]:
+    """A dead letter's source position."""
+    return int(letter["source"]["partition"]), int(letter["source"]["offset"])
