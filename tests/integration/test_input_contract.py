@@ -1,6 +1,6 @@
 """Historical and badly keyed input on the real broker and Redis (issue 10, items 2 and 3).
 
-- A 20k-event backfill behind the watermark, sent to a running scorer whose input also
+- A 35k-event backfill behind the watermark, sent to a running scorer whose input also
   holds a device a day ahead and records not keyed by their user_id: the service stays up,
   the backfill is counted as late (not invalid, so the dead-letter limit is not tripped), the
   far-ahead device makes no good event late and the log says so, the badly keyed records are
