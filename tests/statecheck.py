@@ -52,6 +52,8 @@ FACTS = (
     "reactivated_ms",
     "rescore_step",
     "next_snapshot_ms",
+    "offsets_elsewhere",
+    "rekeyed",
     "carried",  # what a newer writer stored that this version does not know
     "carried_features",
 )
@@ -112,12 +114,19 @@ def memory_pipeline(
     *,
     batch: int = 500,
     store: MemoryStateStore | None = None,
+    keyed: bool = False,
     **options: Any,
 ) -> tuple[Pipeline, MemoryStateStore, ListSink]:
-    """The service's pipeline over a list of records, on memory adapters (``options`` go to
-    ``Pipeline``: due limits, clock, dead-letter guard)."""
+    """The service's pipeline over a list of records, on memory adapters: the settings' late
+    policy and watermark rule, their key contract when the records are ``keyed`` (as Kafka's
+    are), and ``options`` for ``Pipeline`` (due limits, clock, dead-letter guard...)."""
     store = store if store is not None else MemoryStateStore()
     sink = ListSink()
+    semantics: dict[str, Any] = {
+        "max_lead_ms": round(settings.watermark_max_lead_seconds * 1000) or None,
+        "agreeing": settings.watermark_agreeing_users,
+        "on_key_mismatch": settings.on_key_mismatch if keyed else None,
+    }
     pipeline = Pipeline(
         ListSource(records),
         store,
@@ -126,7 +135,7 @@ def memory_pipeline(
         limits=settings.event_limits(),
         batch_size=batch,
         poll_timeout_s=0.0,
-        **options,
+        **{**semantics, **options},
     )
     return pipeline, store, sink
 

@@ -150,6 +150,13 @@ class Settings(BaseSettings):
         "it and the broker's error; 'log' logs it with its source and skips it. Either way "
         "the batch goes on, and the broker's error is logged",
     )
+    on_key_mismatch: Literal["dead_letter", "rekey"] = Field(
+        default="dead_letter",
+        description="what to do with an input record whose key is not its user_id (or is "
+        "null): 'dead_letter' sends a key_mismatch dead letter; 'rekey' produces it again to "
+        "the input topic keyed by its user_id (the scorer then needs write access to it), and "
+        "applies that copy exactly once",
+    )
     idle_partition_seconds: float = Field(
         default=120.0,
         ge=0,
@@ -232,6 +239,22 @@ class Settings(BaseSettings):
         default=300.0,
         ge=0,
         description="watermark = newest event time minus this; older events are late",
+    )
+    watermark_max_lead_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="an event further than this ahead of its partition's stream is applied "
+        "but moves the watermark only when far-ahead events in a row come from "
+        "watermark_agreeing_users users, so one wrong clock cannot make the events after it "
+        "late (0, the default: every event moves it; 3600 is a sound value for a stream of many "
+        "users)",
+    )
+    watermark_agreeing_users: int = Field(
+        default=2,
+        ge=2,
+        le=1000,
+        description="users whose far-ahead events (see watermark_max_lead_seconds), in a row, "
+        "move the watermark, to the earliest of them",
     )
     max_future_skew_seconds: float = Field(
         default=300.0,

@@ -42,6 +42,8 @@ class RunSummary:
     events: int = 0
     seconds: float = 0.0
     dead_letters: Counter[str] = field(default_factory=Counter)
+    late_events: int = 0
+    held_events: int = 0
     outputs: Counter[str] = field(default_factory=Counter)
     last_event_ms: int = 0
     users: int = 0
@@ -51,6 +53,8 @@ class RunSummary:
         self.records += stats.records
         self.events += stats.events
         self.dead_letters.update(stats.dead_letters)
+        self.late_events += stats.late_events
+        self.held_events += stats.held_events
         self.outputs.update(stats.outputs)
         self.last_event_ms = max(self.last_event_ms, stats.max_event_ms)
 
@@ -115,6 +119,10 @@ def report(scorer: Scorer, trainer: Trainer, summary: RunSummary) -> dict[str, A
         "seconds": round(summary.seconds, 3),
         "events_per_second": round(summary.events_per_second, 1),
         "dead_letters": dict(summary.dead_letters),
+        # Valid events behind the watermark (dead-lettered, but not invalid), and
+        # events too far ahead to move it alone: input the stream's time disagrees with.
+        "late_events": summary.late_events,
+        "watermark_held_events": summary.held_events,
         "outputs": dict(summary.outputs),
         "churn": trainer.quality.churn.report(),
         "value": trainer.quality.value.report(),

@@ -4,7 +4,9 @@
   retried with exponential backoff (logged, counted through ``on_retry``); a stop request
   turns the next failure into ``RetryAbandoned``, so SIGTERM during an outage ends at once.
 - ``DeadLetterGuard``: most of the recent input invalid means a wrong topic or a broken
-  producer, not bad luck: stop and say so instead of dead-lettering the whole topic.
+  producer, not bad luck: stop and say so instead of dead-lettering the whole topic. Only
+  invalid records count: late events are valid input (a backfill is mostly late), and the
+  runtime counts them apart.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -68,6 +71,10 @@ FILE_ADVICE = (
     "is the input a JSONL file of user events? Inspect the dead letters "
     "(user-events-dlq.jsonl), fix the input, or raise STREAMSCORE_DLQ_MAX_RATIO."
 )
+KEY_ADVICE = (
+    "most records are not keyed by their user_id: key them so in the producer, or set "
+    "STREAMSCORE_ON_KEY_MISMATCH=rekey to have the scorer re-key them."
+)
 
 
 class DeadLetterGuard:
@@ -81,31 +88,37 @@ class DeadLetterGuard:
         self.max_ratio = max_ratio
         self.window = window
         self.advice = advice
-        self._bad = 0
+        self._bad: Counter[str] = Counter()
         self._total = 0
-        self._bad_ever = 0
+        self._bad_ever: Counter[str] = Counter()
         self._total_ever = 0
 
-    def observe(self, bad: int, total: int) -> None:
-        """Count a batch; raise ``DeadLetterLimitExceeded`` once a full window is mostly bad."""
-        self._bad += bad
+    def observe(self, invalid: Mapping[str, int], total: int) -> None:
+        """Count a batch (its invalid records by error type, out of ``total``); raise
+        ``DeadLetterLimitExceeded`` once a full window is mostly invalid."""
+        self._bad.update(invalid)
         self._total += total
-        self._bad_ever += bad
+        self._bad_ever.update(invalid)
         self._total_ever += total
         if self._total >= self.window:
-            ratio = self._bad / self._total
-            self._bad = self._total = 0
+            bad, self._bad = self._bad, Counter()
+            ratio = bad.total() / self._total
+            self._total = 0
             if ratio > self.max_ratio:
-                self._refuse(f"{ratio:.0%} of the last {self.window}+ records")
+                self._refuse(f"{ratio:.0%} of the last {self.window}+ records", bad)
 
     def finish(self) -> None:
         """The input has ended: raise if it was mostly bad as a whole and never judged."""
         if 0 < self._total_ever < self.window:
-            ratio = self._bad_ever / self._total_ever
+            ratio = self._bad_ever.total() / self._total_ever
             if ratio > self.max_ratio:
-                self._refuse(f"{ratio:.0%} of all {self._total_ever} records")
+                self._refuse(f"{ratio:.0%} of all {self._total_ever} records", self._bad_ever)
 
-    def _refuse(self, share: str) -> None:
+    def _refuse(self, share: str, bad: Counter[str]) -> None:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in bad.most_common(3))
+        advice = self.advice
+        if bad.most_common(1)[0][0] == "key_mismatch":
+            advice = KEY_ADVICE
         raise DeadLetterLimitExceeded(
-            f"{share} were invalid (limit {self.max_ratio:.0%}); {self.advice}"
+            f"{share} were invalid (limit {self.max_ratio:.0%}); {advice} (Most of them: {kinds}.)"
         )

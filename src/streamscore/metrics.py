@@ -27,8 +27,26 @@ RECORDS = Counter("streamscore_records_consumed_total", "Input records polled", 
 EVENTS = Counter("streamscore_events_processed_total", "Valid events applied", registry=REGISTRY)
 DEAD_LETTERS = Counter(
     "streamscore_dead_letters_total",
-    "Invalid input records by error type",
+    "Invalid input records by error type (late events are counted apart)",
     ["error_type"],
+    registry=REGISTRY,
+)
+LATE_EVENTS = Counter(
+    "streamscore_late_events_total",
+    "Valid events behind their partition's watermark, dead-lettered as late_event (not "
+    "counted as invalid input)",
+    registry=REGISTRY,
+)
+HELD_EVENTS = Counter(
+    "streamscore_watermark_held_events_total",
+    "Events too far ahead of their partition's stream to move its watermark alone "
+    "(watermark_max_lead_seconds)",
+    registry=REGISTRY,
+)
+REKEYED = Counter(
+    "streamscore_rekeyed_records_total",
+    "Input records whose key was not their user_id, produced again keyed by it "
+    "(on_key_mismatch=rekey)",
     registry=REGISTRY,
 )
 OUTPUTS = Counter(
@@ -263,6 +281,9 @@ def observe_batch(stats: BatchStats, now_s: float) -> None:
     BATCH_SIZE.observe(stats.records)
     for error_type, n in stats.dead_letters.items():
         DEAD_LETTERS.labels(error_type).inc(n)
+    LATE_EVENTS.inc(stats.late_events)
+    HELD_EVENTS.inc(stats.held_events)
+    REKEYED.inc(stats.rekeyed)
     for topic, n in stats.outputs.items():
         OUTPUTS.labels(topic).inc(n)
     for stage, seconds in stats.seconds.items():

@@ -18,14 +18,20 @@ from streamscore.core.values import Output
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
-    """One input record and where it came from."""
+    """One input record and where it came from.
+
+    ``key`` is the record's key as the producer sent it (None: no key, or a source without
+    keys, such as a file). ``origin`` is where the scorer re-keyed the record from (partition,
+    offset), read from its ``REKEYED_FROM_HEADER``; None for a record as its producer sent it.
+    """
 
     topic: str
     partition: int
     offset: int
     value: bytes
     timestamp_ms: int | None = None
-    key: bytes | None = None  # set where the reader needs it (erasure requests)
+    key: bytes | None = None  # the Kafka key (the key contract, erasure requests)
+    origin: tuple[int, int] | None = None
 
 
 RebalanceHook = Callable[[set[int]], None]

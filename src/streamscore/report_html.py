@@ -58,6 +58,7 @@ def _facts(rep: dict[str, Any]) -> list[tuple[str, str]]:
     facts.append(("outputs", ", ".join(f"{k} {v:,}" for k, v in outputs.items()) or "none"))
     dead = rep.get("dead_letters", {})
     facts.append(("dead letters", ", ".join(f"{k} {v:,}" for k, v in dead.items()) or "none"))
+    facts.append(("late events", f"{rep.get('late_events', 0):,} (behind the watermark)"))
     return facts
 
 

@@ -29,14 +29,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from streamscore import key_contract
 from streamscore.core.events import Event, EventLimits, decode_event
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES, TOPIC_SEGMENTS, dead_letter
 from streamscore.core.scorer import Scorer
-from streamscore.core.state import UserState, id_hash
+from streamscore.core.state import UserState
 from streamscore.core.timeutil import iso
 from streamscore.core.values import Output
+from streamscore.core.watermark import Verdict, WatermarkRule
 from streamscore.errors import InvalidEvent
+from streamscore.event_clock import EventClock, blob_name
 from streamscore.guards import DeadLetterGuard, OnRetry, RetryPolicy
+from streamscore.key_contract import KeyPolicy
 from streamscore.logging_setup import batch_context, end_batch
 from streamscore.ports import Sink, Source, SourceRecord, StateStore
 
@@ -77,7 +81,10 @@ class BatchStats:
 
     records: int = 0
     events: int = 0
-    dead_letters: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)  # invalid input, by error type
+    late_events: int = 0  # valid events behind their watermark (dead-lettered apart)
+    held_events: int = 0  # too far ahead of their partition to move its watermark alone
+    rekeyed: int = 0  # records produced again, keyed by their user id (key_contract)
     outputs: dict[str, int] = field(default_factory=dict)
     users: int = 0
     due_users: int = 0  # loaded without events of theirs: a label or a silence fell due
@@ -106,6 +113,8 @@ class _Batch:
     # Each admitted record's partition watermark just before it was read (see
     # ``Scorer.apply_events``): what makes a state independent of batch boundaries.
     watermarks_before: dict[tuple[int, int], int] = field(default_factory=dict)
+    # Where each re-keyed record came from (``key_contract``), by its own position.
+    origins: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     states: dict[str, UserState] = field(default_factory=dict)
     # Due-queue entries to drop, by partition: users whose partition changed (the topic
     # grew) and queued users whose state has expired.
@@ -147,7 +156,13 @@ class Pipeline:
         dlq_guard: DeadLetterGuard | None = None,
         on_retry: OnRetry | None = None,
         erasures: Erasures | None = None,
+        on_key_mismatch: KeyPolicy | None = None,
+        max_lead_ms: int | None = None,
+        agreeing: int = 2,
     ) -> None:
+        """``on_key_mismatch`` None: the source has no keys to check (files, the demo).
+        ``max_lead_ms`` None: every event may move its partition's watermark (see
+        ``core/watermark.py``)."""
         self.source = source
         self.erasures = erasures  # the user-erasures step (``erasures.py``), when wired
         self.store = store
@@ -168,8 +183,11 @@ class Pipeline:
         self.retry = retry or RetryPolicy()
         self.dlq_guard = dlq_guard
         self.on_retry = on_retry
-        self.watermarks: dict[int, int] = {}
+        self.on_key_mismatch = on_key_mismatch
         self.lateness_ms = scorer.config.allowed_lateness_ms
+        self.event_clock = EventClock(WatermarkRule(self.lateness_ms, max_lead_ms, agreeing))
+        self.watermarks = self.event_clock.watermarks
+        self._learning_unsaved = False
         source.on_rebalance(self._assigned, self._revoked)
 
     # -- rebalancing ----------------------------------------------------------------------
@@ -177,9 +195,12 @@ class Pipeline:
     def _assigned(self, partitions: set[int]) -> None:
         """Pick up where the previous owner of these partitions saved its watermarks."""
         saved = self.retry.run("load watermarks", lambda: self.store.watermarks(partitions))
+        held = self.retry.run(
+            "load watermarks", lambda: {p: self.store.get_blob(blob_name(p)) for p in partitions}
+        )
+        self.event_clock.assigned(saved, held)
         now = self.clock()
         for p in partitions:
-            self.watermarks[p] = saved.get(p, self.watermarks.get(p, 0))
             self._last_input_ms[p] = now
         if self.erasures is not None:
             self.erasures.assigned(partitions)
@@ -187,8 +208,8 @@ class Pipeline:
 
     def _revoked(self, partitions: set[int]) -> None:
         """Forget partitions another process now owns; their state is already saved."""
+        self.event_clock.revoked(partitions)
         for p in partitions:
-            self.watermarks.pop(p, None)
             self._last_input_ms.pop(p, None)
             self._following.discard(p)
         if self.erasures is not None:
@@ -270,14 +291,22 @@ class Pipeline:
             if self.erasures is not None and self.erasures.blocks(event.user_id, event.ts):
                 stats.erased_events += 1
                 continue
-            batch.watermarks_before[rec.partition, rec.offset] = self.watermarks.get(
-                rec.partition, 0
-            )
-            try:
-                self._admit(rec.partition, event.ts)
-            except InvalidEvent as exc:
-                batch.late.append((rec, event, exc))
+            if self.on_key_mismatch is not None and (why := key_contract.mismatch(rec, event)):
+                if self.on_key_mismatch == "rekey":
+                    batch.outputs.append(key_contract.rekeyed_copy(rec, event))
+                    stats.rekeyed += 1
+                else:
+                    batch.outputs.append(self._dead_letter(rec, why, now, stats))
                 continue
+            position = (rec.partition, rec.offset)
+            batch.watermarks_before[position] = self.watermarks.get(rec.partition, 0)
+            if rec.origin is not None:
+                batch.origins[position] = rec.origin
+            verdict = self.event_clock.admit(rec.partition, rec.offset, event.ts, event.user_id)
+            if verdict is Verdict.LATE:
+                batch.late.append((rec, event, self._late(rec.partition, event.ts)))
+                continue
+            stats.held_events += verdict is Verdict.HELD
             stats.events += 1
             stats.max_event_ms = max(stats.max_event_ms, event.ts)
             batch.groups.setdefault(event.user_id, []).append((rec.partition, rec.offset, event))
@@ -290,15 +319,29 @@ class Pipeline:
         An event behind the watermark that its user's state has already applied is a
         redelivery (the process died after saving a batch, before committing it) or a
         duplicate: ignored like any duplicate. Only the others are late, and dead-lettered.
-        Checked against the saved state here, and against this batch's ids after applying.
+        Checked against the saved state as the batch's events before it in the input would
+        have left it (``_probe``), so one batch judges it as one batch per record would.
         """
         late_only = [e.user_id for _, e, _ in batch.late if e.user_id not in batch.groups]
         states = self._load([*batch.groups, *dict.fromkeys(late_only)])
-        batch.late = [
-            (rec, event, why)
-            for rec, event, why in batch.late
-            if not self._duplicate(states[event.user_id], rec, event)
-        ]
+        probes: dict[str, tuple[UserState, list[tuple[int, int, Event]]]] = {}
+        kept = []
+        for rec, event, why in sorted(batch.late, key=lambda late: late[0].offset):
+            uid = event.user_id
+            if uid not in probes:
+                probes[uid] = (
+                    _probe(states[uid]),
+                    sorted(batch.groups.get(uid, []), key=lambda e: e[1]),
+                )
+            probe, before = probes[uid]
+            while before and before[0][1] < rec.offset:
+                p, o, e = before.pop(0)
+                origin = batch.origins.get((p, o))
+                if not probe.seen(p, o, e.event_id, origin):
+                    probe.mark(p, o, e.event_id, origin)
+            if not self._duplicate(probe, rec, event):
+                kept.append((rec, event, why))
+        batch.late = kept
         for uid in late_only:
             states.pop(uid, None)
         batch.states = states
@@ -309,19 +352,24 @@ class Pipeline:
         previous = {u: s.partition for u, s in states.items()}
         for uid, events in batch.groups.items():
             batch.outputs.extend(
-                self.scorer.apply_events(states[uid], events, now, batch.watermarks_before)
+                self.scorer.apply_events(
+                    states[uid],
+                    events,
+                    now,
+                    batch.watermarks_before,
+                    origins=batch.origins,
+                )
             )
         for uid, before in previous.items():
             if before >= 0 and before != states[uid].partition:
                 batch.dropped.setdefault(before, {})[uid] = None  # the topic grew
-        for rec, event, why in batch.late:
-            state = states.get(event.user_id)
-            if state is not None and id_hash(event.event_id) in state.recent_ids:
-                self.scorer.counters.duplicates += 1  # a copy of an event of this batch
-            else:
-                batch.outputs.append(self._dead_letter(rec, why, now, batch.stats))
+        for rec, _, why in batch.late:
+            # Valid input, only too late for its labels: a dead letter, but not invalid
+            # (counted apart, never held against the input by the dead-letter limit).
+            batch.outputs.append(dead_letter_of(rec, why, now))
+            batch.stats.late_events += 1
         if self.dlq_guard is not None and batch.records:
-            self.dlq_guard.observe(sum(batch.stats.dead_letters.values()), len(batch.records))
+            self.dlq_guard.observe(batch.stats.dead_letters, len(batch.records))
 
     def _advance_due_users(self, batch: _Batch) -> None:
         """Resolve labels and rescore silences up to the watermarks, for the batch's users
@@ -381,7 +429,7 @@ class Pipeline:
                         (now - self._last_input_ms[p]) / 1000,
                         iso(target),
                     )
-                self.watermarks[p] = target
+                self.event_clock.follow(p, target)
 
     def _due_limit(self, records: int, partitions: int) -> int:
         """Due users per partition for this batch.
@@ -397,7 +445,7 @@ class Pipeline:
         return min(self.due_limit, max(DUE_FLOOR_PER_PARTITION, share))
 
     def _duplicate(self, state: UserState, rec: SourceRecord, event: Event) -> bool:
-        if state.seen(rec.partition, rec.offset, event.event_id):
+        if state.seen(rec.partition, rec.offset, event.event_id, rec.origin):
             self.scorer.counters.duplicates += 1
             return True
         return False
@@ -405,28 +453,19 @@ class Pipeline:
     def _dead_letter(
         self, rec: SourceRecord, exc: InvalidEvent, now: int, stats: BatchStats
     ) -> Output:
+        """The dead letter of an invalid record, counted as such."""
         stats.dead_letters[exc.error_type] = stats.dead_letters.get(exc.error_type, 0) + 1
         return dead_letter_of(rec, exc, now)
 
-    def _admit(self, partition: int, ts: int) -> None:
-        """Advance the partition's watermark, or refuse an event at or before it.
-
-        The watermark promises that every event at or before it has been seen: labels and
-        silences up to it are final. So it trails the newest event by the lateness plus one
-        millisecond, and an event exactly at the lateness bound is still on time.
-        """
-        wm = self.watermarks.get(partition, 0)
-        if ts <= wm:
-            behind = (wm - ts) / 1000
-            raise InvalidEvent(
-                "late_event",
-                f"event time is {behind:.0f}s behind partition {partition}'s watermark "
-                f"(allowed lateness {self.lateness_ms / 1000:.0f}s); labels up to the watermark "
-                "are already final",
-            )
-        candidate = ts - self.lateness_ms - 1
-        if candidate > wm:
-            self.watermarks[partition] = candidate
+    def _late(self, partition: int, ts: int) -> InvalidEvent:
+        """Why an event at or before its partition's watermark (``core/watermark.py``) is late."""
+        behind = (self.watermarks[partition] - ts) / 1000
+        return InvalidEvent(
+            "late_event",
+            f"event time is {behind:.0f}s behind partition {partition}'s watermark (allowed "
+            f"lateness {self.lateness_ms / 1000:.0f}s); labels up to the watermark are already "
+            "final",
+        )
 
     def _load(
         self, user_ids: Iterable[str], *, missing: Literal["new", "skip"] = "new"
@@ -459,7 +498,15 @@ class Pipeline:
         for u, s in states.items():
             due.setdefault(s.partition, {})[u] = self.scorer.due_ms(s)
         wms = dict(self.watermarks)
-        self.retry.run("save states", lambda: self.store.save(blobs, due, wms), self.on_retry)
+        held = self.event_clock.blobs()
+
+        def save() -> None:
+            self.store.save(blobs, due, wms)
+            for name, data in held.items():  # after the states: never ahead of them
+                self.store.put_blob(name, data)
+
+        self.retry.run("save states", save, self.on_retry)
+        self.event_clock.saved()
 
     # -- driving --------------------------------------------------------------------------
 
@@ -485,3 +532,15 @@ class Pipeline:
                 on_batch(stats)
             if stats.due_users == 0 and stats.due_expired == 0:
                 return
+
+
+def _probe(state: UserState) -> UserState:
+    """A copy of what tells a state's duplicates apart (positions, id ring, re-key origins)."""
+    return UserState(
+        state.user_id,
+        state.partition,
+        state.offset,
+        list(state.recent_ids),
+        offsets_elsewhere=dict(state.offsets_elsewhere),
+        rekeyed=dict(state.rekeyed),
+    )

@@ -97,9 +97,11 @@ def build_pipeline(
 
     ``live``: a service that waits ``poll_timeout_ms`` for input and, after
     ``idle_partition_seconds`` of wall clock without any, lets a partition's watermark follow
-    the others. ``stop`` makes a failing step give up instead of retrying (SIGTERM).
+    the others; its input has keys, held to the key contract (``key_contract``). ``stop``
+    makes a failing step give up instead of retrying (SIGTERM).
     """
     idle_ms = round(settings.idle_partition_seconds * 1000)
+    lead_ms = round(settings.watermark_max_lead_seconds * 1000)
     return Pipeline(
         source,
         store,
@@ -117,4 +119,7 @@ def build_pipeline(
         retry=RetryPolicy(stop=stop),
         on_retry=on_retry,
         erasures=erasures,
+        on_key_mismatch=settings.on_key_mismatch if live else None,
+        max_lead_ms=lead_ms or None,
+        agreeing=settings.watermark_agreeing_users,
     )

@@ -9,13 +9,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from devstack import GroupProgress, read_topic
+from streamscore.adapters.kafka import rekeyed_from
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings, load_settings
+from streamscore.core.records import TOPIC_DLQ
 from streamscore.core.trainer import Trainer
 from streamscore.model_checkpoints import Head, Published
 from streamscore.ports import SourceRecord
@@ -165,7 +167,9 @@ def wait_until_settled(
 def input_records(topic: str, client: Mapping[str, Any] = SHARED) -> list[SourceRecord]:
     """The input topic as it is on the broker: each record with its partition and offset."""
     return [
-        SourceRecord(m.topic, m.partition, m.offset, m.value, m.timestamp)
+        SourceRecord(
+            m.topic, m.partition, m.offset, m.value, m.timestamp, m.key, rekeyed_from(m.headers)
+        )
         for m in read_topic(client, topic)
     ]
 
@@ -182,17 +186,28 @@ def scrape(port: int, metric: str) -> dict[str, float]:
     return out
 
 
-def last_positions(records: list[SourceRecord]) -> dict[str, tuple[int, int]]:
-    """Each user's last record on the broker, (partition, offset), read off the topic."""
+def last_positions(
+    records: list[SourceRecord], dead: Collection[tuple[int, int]] = ()
+) -> dict[str, tuple[int, int]]:
+    """Each user's last record on the broker that their state applies, (partition, offset):
+    keyed by their user id (the others are dead-lettered or re-keyed), not at a position in
+    ``dead`` (dead-lettered, late for instance), and not a second re-keyed copy of a record
+    (records are in offset order per partition, and a copy follows its original's)."""
     import orjson
 
     out: dict[str, tuple[int, int]] = {}
+    origins: set[tuple[int, int]] = set()
     for r in records:
         try:
             uid = str(orjson.loads(r.value)["user_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue  # not an event: dead-lettered, no state
-        out[uid] = max(out.get(uid, (r.partition, -1)), (r.partition, r.offset))
+        if r.origin is not None:
+            if r.origin in origins:
+                continue
+            origins.add(r.origin)
+        if r.key == uid.encode() and (r.partition, r.offset) not in dead:
+            out[uid] = max(out.get(uid, (r.partition, -1)), (r.partition, r.offset))
     return out
 
 
@@ -201,15 +216,19 @@ def assert_same_as_uninterrupted(
     *,
     client: Mapping[str, Any] = SHARED,
     redis_url: str = REDIS_URL,
+    semantics: Mapping[str, object] | None = None,
 ) -> StoreView:
     """The whole state the scorers left in Redis equals an uninterrupted run's over the same
-    partitioned input (``tests/statecheck.py``), and every user's position is their last
-    record on the broker. Returns what was in Redis."""
+    partitioned input (``tests/statecheck.py``; ``semantics``: the scorers' settings that
+    change what an input means, such as on_key_mismatch), and every user's
+    position is their last record on the broker that keys them rightly. Returns what was in
+    Redis."""
     from devstack import consume
     from tests.statecheck import assert_same_state, reference_run
 
     records = input_records(names["input_topic"], client)
-    want, _ = reference_run(load_settings(metrics_port=0), records, 4)
+    reference = load_settings(metrics_port=0, **(semantics or {}))
+    want, sink = reference_run(reference, records, 4, keyed=True)
     settings = load_settings(redis_url=redis_url, redis_key_prefix=names["redis_key_prefix"])
     got = redis_view(settings, set(want.states))
     assert_same_state(
@@ -219,7 +238,9 @@ def assert_same_as_uninterrupted(
         alerts=consume(client, names["alerts_topic"]),
     )
     positions = {u: (s.partition, s.offset) for u, s in got.states.items()}
-    on_broker = last_positions(records)
+    letters = sink.records.get(TOPIC_DLQ, [])
+    dead = {_source(letter) for letter in letters}
+    on_broker = last_positions(records, dead)
     assert positions == {u: on_broker[u] for u in positions}
     return got
 
@@ -271,3 +292,8 @@ def assert_learnt_once(settings: Settings, names: Mapping[str, str]) -> Publishe
     print(f"{len(records)} training records, {repeats} repeated labels dropped; "
           f"lineage version {published.version}")  # fmt: skip
     return published
+
+
+def _source(letter: Mapping[str, Any]) -> tuple[int, int]:
+    """A dead letter's source position."""
+    return int(letter["source"]["partition"]), int(letter["source"]["offset"])

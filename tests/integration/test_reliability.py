@@ -463,7 +463,7 @@ def test_mostly_garbage_input_stops_the_service_with_a_clear_message(
 ) -> None:
     """A wrong topic (or a broken producer): the service stops instead of draining it."""
     garbage = [(None, b"\x00not an event %d" % i) for i in range(290)]
-    good = [(b"u1", encode_event(e)) for e in _sim_sample(10)]
+    good = [(str(e["user_id"]).encode(), encode_event(e)) for e in _sim_sample(10)]
     produce(SHARED, names["input_topic"], garbage + good)
     log = tmp_path / "scorer.log"
     proc = start_scorer(env_for(names, dlq_window=100), log)

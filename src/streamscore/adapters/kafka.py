@@ -6,6 +6,9 @@ are flushed and its states saved. Cooperative-sticky assignment (KIP-429) moves 
 partitions that must move; the rebalance listener runs on the client's I/O thread, so it only
 queues what changed and the runtime applies it between batches, on its own thread.
 
+Records come with their key and, for a record a scorer re-keyed, the origin its header names
+(``SourceRecord``); the runtime checks the key contract (``key_contract``).
+
 Tombstones (records whose value is null) carry no event: they are counted, logged, and
 committed past like any processed record, so they can neither stall a partition nor be read
 again after a restart.
@@ -41,12 +44,24 @@ from streamscore.adapters.kafka_client import (
     watch_auth_failures,
 )
 from streamscore.config import Settings
+from streamscore.core.records import REKEYED_FROM_HEADER
 from streamscore.errors import ConfigError, TransientError
 from streamscore.ports import CommitStatus, RebalanceHook, SourceHealth, SourceRecord
 
 log = logging.getLogger("streamscore.kafka")
 # After the first tombstone is logged, further ones are summed up at most this often.
 TOMBSTONE_LOG_EVERY_S = 60.0
+
+
+def rekeyed_from(headers: Iterable[tuple[str, bytes | None]]) -> tuple[int, int] | None:
+    """The (partition, offset) a record re-keyed by a scorer names in its header; None when
+    the header is absent or malformed (``key_contract`` explains re-keying)."""
+    for name, value in headers:
+        if name == REKEYED_FROM_HEADER and value:
+            p, sep, o = value.partition(b":")
+            if sep and p.isdigit() and o.isdigit():
+                return int(p), int(o)
+    return None
 
 
 class _QueueingListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -253,7 +268,12 @@ class KafkaSource:
                 if m.value is None:
                     self._tombstone(tp.partition, m.offset)
                     continue
-                out.append(SourceRecord(tp.topic, tp.partition, m.offset, m.value, m.timestamp))
+                origin = rekeyed_from(m.headers) if m.headers else None
+                out.append(
+                    SourceRecord(
+                        tp.topic, tp.partition, m.offset, m.value, m.timestamp, m.key, origin
+                    )
+                )
         return out
 
     def seek(self, partition: int, offset: int) -> None:

@@ -66,6 +66,7 @@ from streamscore.core.records import (
     TOPIC_ALERTS,
     TOPIC_CONFIRMATIONS,
     TOPIC_DLQ,
+    TOPIC_EVENTS,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
     TOPIC_TRAINING,
@@ -153,6 +154,11 @@ class _Pending:
     result: Any
     notice: bool = False  # an undeliverable_output letter: never replaced by another
 
+    @property
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        """The record's headers as kafka-python takes them."""
+        return list(self.output.headers) if self.output.headers else None
+
     def error(self) -> BaseException | None:
         """None once delivered; the failure once failed; raises nothing."""
         if isinstance(self.result, BaseException):
@@ -181,6 +187,7 @@ class KafkaSink:
             TOPIC_DLQ: settings.dlq_topic,
             TOPIC_TRAINING: settings.training_topic,
             TOPIC_CONFIRMATIONS: settings.confirmations_topic,
+            TOPIC_EVENTS: settings.input_topic,  # records re-keyed by their user id
         }
         self.settings = settings
         self.watch = watch or BrokerWatch(settings.kafka_bootstrap_servers)
@@ -219,18 +226,22 @@ class KafkaSink:
         for o in outputs:
             topic = self.topics[o.topic]
             key = o.key.encode() if o.key else None
-            value = None if o.value is None else orjson.dumps(o.value)
+            if o.raw is not None:
+                value: bytes | None = o.raw
+            else:
+                value = None if o.value is None else orjson.dumps(o.value)
+            pending = _Pending(o, topic, key, value, None)
             # A send blocks while the topic's metadata is unknown; once one has waited the
             # full BROKER_WAIT_S in an outage, the rest of the batch fails at once.
-            result = stuck or self._send(self.producer, topic, key, value)
-            if isinstance(result, KafkaTimeoutError):
-                stuck = result
-            self._pending.append(_Pending(o, topic, key, value, result))
+            pending.result = stuck or self._send(self.producer, pending)
+            if isinstance(pending.result, KafkaTimeoutError):
+                stuck = pending.result
+            self._pending.append(pending)
 
     @staticmethod
-    def _send(producer: KafkaProducer, topic: str, key: bytes | None, value: bytes | None) -> Any:
+    def _send(producer: KafkaProducer, p: _Pending) -> Any:
         try:
-            return producer.send(topic, key=key, value=value)
+            return producer.send(p.topic, key=p.key, value=p.value, headers=p.headers)
         except KafkaError as exc:  # MessageSizeTooLargeError (max_request_size), timeouts
             return exc
 
@@ -305,7 +316,7 @@ class KafkaSink:
         return [self._resend(p) for p in retry] + self._give_up(refused)
 
     def _resend(self, p: _Pending) -> _Pending:
-        p.result = self._send(self.producer, p.topic, p.key, p.value)
+        p.result = self._send(self.producer, p)
         return p
 
     def _poisoned(self) -> bool:
@@ -330,7 +341,7 @@ class KafkaSink:
         """Send suspects through a plain producer: (refused there too, delivered, retry)."""
         if self._second is None:
             self._second = self._new_producer(idempotent=False)
-        trial = [(p, self._send(self._second, p.topic, p.key, p.value)) for p in suspects]
+        trial = [(p, self._send(self._second, p)) for p in suspects]
         try:
             self._await(self._second)
         except TransientError:
@@ -379,9 +390,9 @@ class KafkaSink:
                 )
                 out = Output(TOPIC_DLQ, p.output.key, notice)
                 topic = self.topics[TOPIC_DLQ]
-                key, value = p.key, orjson.dumps(notice)
-                result = self._send(self.producer, topic, key, value)
-                letters.append(_Pending(out, topic, key, value, result, notice=True))
+                letter_out = _Pending(out, topic, p.key, orjson.dumps(notice), None, notice=True)
+                letter_out.result = self._send(self.producer, letter_out)
+                letters.append(letter_out)
         if len(refused) > LOGGED_PER_FLUSH:
             log.error(
                 "... and %d more records refused for good in this flush (%s)",

@@ -30,6 +30,9 @@ OUTPUT_TOPICS = (TOPIC_SCORES, TOPIC_ALERTS, TOPIC_SEGMENTS, TOPIC_DLQ)
 ERASURE_TOPICS = (TOPIC_ERASURES, TOPIC_CONFIRMATIONS)  # only where erasures are wired (run)
 # The topics keyed by user whose records an erasure retracts with a null-value tombstone.
 USER_KEYED_TOPICS = (TOPIC_SCORES, TOPIC_ALERTS, TOPIC_SEGMENTS)
+# The header of an input record the scorer re-keyed by its user_id (on_key_mismatch=rekey):
+# "<partition>:<offset>" of the record it copies, which is how a second copy is recognised.
+REKEYED_FROM_HEADER = "streamscore-rekeyed-from"
 
 # A dead letter keeps at most this much of the record it is about: the default
 # max_event_bytes, so a record refused for anything but its size is kept whole, and the

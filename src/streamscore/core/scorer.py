@@ -80,12 +80,19 @@ class Scorer:
         events: Iterable[tuple[int, int, Event]],
         now_ms: int,
         watermarks_before: Mapping[tuple[int, int], int] | None = None,
+        *,
+        origins: Mapping[tuple[int, int], tuple[int, int]] | None = None,
     ) -> list[Output]:
         """Apply a user's new events (partition, offset, event), then score once as of the last.
 
-        Duplicates are weeded out in offset order first (replayed offsets, repeated ids), and
-        only then are the new events applied in event-time order: sorting first would make an
-        earlier offset with a later timestamp look replayed.
+        Duplicates are weeded out in offset order first (replayed offsets on any partition,
+        second copies of re-keyed records, whose origin ``origins`` gives by position, and
+        repeated ids), then the new events are applied in that order, the order their
+        partition holds them in. Not in event-time order: a batch would then apply an event
+        before a later-read one it precedes in time, where one batch per record applies it
+        after, and the snapshot a grid time between them takes would see it or not; a late
+        re-keyed copy or a record far ahead of its stream makes that common. In offset order
+        the state depends on the input alone, however it is cut into batches or replayed.
 
         ``watermarks_before`` maps (partition, offset) to the partition's watermark just before
         that record was read. Silences and label horizons the watermark had passed by then are
@@ -97,14 +104,14 @@ class Scorer:
         cfg = self.config
         fresh: list[tuple[int, int, Event]] = []
         for partition, offset, event in sorted(events, key=lambda e: e[1]):
-            if state.seen(partition, offset, event.event_id):
+            origin = origins.get((partition, offset)) if origins else None
+            if state.seen(partition, offset, event.event_id, origin):
                 self.counters.duplicates += 1
                 continue
-            state.mark(partition, offset, event.event_id)
+            state.mark(partition, offset, event.event_id, origin)
             fresh.append((partition, offset, event))
         if not fresh:
             return []
-        fresh.sort(key=lambda e: (e[2].ts, e[1]))
         returning = state.lifecycle == Lifecycle.CHURNED
         f = state.features
         out: list[Output] = []

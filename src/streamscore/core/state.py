@@ -1,14 +1,20 @@
 """Everything streamscore remembers about one user, and its stored form (versioned, by name).
 
-The state carries its own position in the input (partition, last applied offset) and a ring
-of recent event ids: that is what makes a replayed or duplicated event a no-op, whatever the
-consumer committed before it died.
+The state carries its own position in the input and a ring of recent event ids: that is
+what makes a replayed or duplicated event a no-op, whatever the consumer committed before it
+died. The position is the highest applied offset of every partition the user's records came
+from (normally one: the user's own, ``partition``), and, for records the scorer re-keyed
+onto the user's partition, the highest applied offset of each partition they were re-keyed
+from (``rekeyed``): a redelivery on any partition, and a second copy of a re-keyed record,
+are both recognised, however many records lie between them.
 
-Stored form (state format v4): one JSON object with short keys (Redis memory is the bill),
+Stored form (state format v5): one JSON object with short keys (Redis memory is the bill),
 fields at their default left out:
 
     v   format it was written with      r    oldest reader format that can read it (absent: v)
     p   partition  o  offset            ids  the id ring (8 characters per event id)
+    oe  [[partition, offset], ...] of partitions other than ``p`` (v5)
+    rk  [[partition, offset], ...] of the partitions re-keyed records came from (v5)
     f   the features' values, named by the format's layout (``features.STORED_FIELDS``)
     sn  the snapshot block, which names its layout and input set (``core/snapshots.py``)
     ls  last snapshot time   aa/at  alert armed / last alert time   sg/lc  segment / stage
@@ -62,14 +68,18 @@ from streamscore.core.snapshots import (
 )
 from streamscore.errors import NewerFormatError, StoredFormatError
 
-STATE_FORMAT = 4  # what this version writes
+STATE_FORMAT = 5  # what this version writes
 # The oldest format whose reader can read what this version writes. v4 changed the snapshot
-# layout and the model inputs, so a v3 reader cannot read it.
+# layout and the model inputs, so a v3 reader cannot read it; v5 only added ``oe`` and
+# ``rk``, which a v4 reader carries along.
 MIN_READER = 4
 RECENT_IDS = 16
 ID_HASH_CHARS = 8  # base64 of a 6-byte (48-bit) hash
 _STATE_KEYS = frozenset(
-    {"v", "r", "p", "o", "ids", "f", "sn", "ls", "aa", "at", "sg", "lc", "ra", "rs", "sc", "ns"}
+    {
+        *("v", "r", "p", "o", "ids", "f", "sn", "ls", "aa", "at", "sg", "lc", "ra", "rs"),
+        *("sc", "ns", "oe", "rk"),
+    }
 )
 
 
@@ -101,20 +111,51 @@ class UserState:
     rescore_step: int = 0
     last_score: tuple[float, float] = (0.0, 0.0)
     next_snapshot_ms: int = 0  # 0: not on the snapshot grid yet (new, or upgraded from v3)
+    # Highest applied offset of each partition other than ``partition`` the user's records
+    # came from (v5): the topic grew, or records reached the user from another partition.
+    offsets_elsewhere: dict[int, int] = field(default_factory=dict)
+    # Highest applied offset, per partition of origin, of the records the scorer re-keyed
+    # onto the user's partition (v5; see ``key_contract``).
+    rekeyed: dict[int, int] = field(default_factory=dict)
     # Fields a newer writer stored that this version does not know: kept, written back.
     carried: dict[str, Any] = field(default_factory=dict)
     carried_features: list[Any] = field(default_factory=list)
 
-    def seen(self, partition: int, offset: int, event_id: str) -> bool:
-        """True when this event was already applied: replayed offset or duplicate id."""
-        if partition == self.partition and offset <= self.offset:
+    def seen(
+        self, partition: int, offset: int, event_id: str, origin: tuple[int, int] | None = None
+    ) -> bool:
+        """True when this event was already applied: a replayed offset on any partition, a
+        second copy of a re-keyed record (``origin``: where it was re-keyed from), or an id
+        in the ring (a producer's retry)."""
+        if offset <= self.applied_offset(partition):
+            return True
+        if self.copy_applied(origin):
             return True
         return id_hash(event_id) in self.recent_ids
 
-    def mark(self, partition: int, offset: int, event_id: str) -> None:
-        """Remember an applied event's position and id."""
-        self.offset = max(self.offset, offset) if partition == self.partition else offset
-        self.partition = partition
+    def copy_applied(self, origin: tuple[int, int] | None) -> bool:
+        """True when a re-keyed copy of the record at ``origin`` was applied already."""
+        return origin is not None and origin[1] <= self.rekeyed.get(origin[0], -1)
+
+    def applied_offset(self, partition: int) -> int:
+        """The highest offset of ``partition`` applied to this state (-1: none)."""
+        if partition == self.partition:
+            return self.offset
+        return self.offsets_elsewhere.get(partition, -1)
+
+    def mark(
+        self, partition: int, offset: int, event_id: str, origin: tuple[int, int] | None = None
+    ) -> None:
+        """Remember an applied event's position (and origin) and id; the state's partition
+        becomes the event's, the position on the previous one is kept."""
+        if partition != self.partition:
+            if self.partition >= 0:
+                self.offsets_elsewhere[self.partition] = self.offset
+            self.offset = self.offsets_elsewhere.pop(partition, -1)
+            self.partition = partition
+        self.offset = max(self.offset, offset)
+        if origin is not None:
+            self.rekeyed[origin[0]] = max(self.rekeyed.get(origin[0], -1), origin[1])
         self.recent_ids.append(id_hash(event_id))
         if len(self.recent_ids) > RECENT_IDS:
             del self.recent_ids[0]
@@ -126,6 +167,10 @@ class UserState:
             d["r"] = MIN_READER
         if self.recent_ids:
             d["ids"] = "".join(self.recent_ids)
+        if self.offsets_elsewhere:
+            d["oe"] = sorted(self.offsets_elsewhere.items())
+        if self.rekeyed:
+            d["rk"] = sorted(self.rekeyed.items())
         features = self.features.to_stored()
         d["f"] = [*features, *self.carried_features] if self.carried_features else features
         if self.snapshots:
@@ -205,6 +250,8 @@ class UserState:
             rescore_step=d.get("rs", 0),
             last_score=(score[0], score[1]) if score else (0.0, 0.0),
             next_snapshot_ms=d.get("ns", 0),
+            offsets_elsewhere={int(p): int(o) for p, o in d.get("oe", ())},
+            rekeyed={int(p): int(o) for p, o in d.get("rk", ())},
             carried={k: d[k] for k in extra} if extra else {},
             carried_features=carried_features,
         )
@@ -274,7 +321,20 @@ def _v3_to_v4(d: Any) -> dict[str, Any]:
     return out
 
 
-UPGRADES: dict[int, Callable[[Any], dict[str, Any]]] = {2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(d: Any) -> dict[str, Any]:
+    """v5 adds the positions on other partitions (``oe``) and of re-keyed records (``rk``).
+
+    A v4 state knew one position, its partition's: that is all it has applied, so both start
+    empty (absent). A v4 reader that carried a v5 writer's ``oe``/``rk`` back keeps them.
+    """
+    return {**d, "v": 5}
+
+
+UPGRADES: dict[int, Callable[[Any], dict[str, Any]]] = {
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+}
 
 
 def stored_version(d: Any) -> tuple[int, int]:

@@ -33,12 +33,18 @@ from streamscore.core.timeutil import DAY_MS
 
 @dataclass(slots=True)
 class Output:
-    """One record for an output topic, keyed by user; ``value`` None is a tombstone (an
-    erased user's records retracted from a compacted topic)."""
+    """One record for an output topic, keyed by user.
+
+    ``value`` None is a tombstone (an erased user's records retracted from a compacted
+    topic). ``raw``, when set, is sent byte for byte instead of ``value`` encoded (a re-keyed
+    input record, whose ``value`` then only describes it), with ``headers``.
+    """
 
     topic: str
     key: str
     value: dict[str, Any] | None
+    raw: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class ChurnActivity(StrEnum):
