@@ -1,16 +1,47 @@
-"""The Redis Cluster of the dev stack (``redis_cluster`` fixture): three real masters on
-loopback that a cluster client writes through, every slot served."""
+"""``streamscore run`` on a real Redis Cluster: three masters on loopback, the shared Kafka.
+
+- a cluster client writes keys to all three masters (the ``redis_cluster`` fixture works);
+- a run on the cluster leaves the whole state of an uninterrupted in-memory run over the
+  same partitioned input (``tests/statecheck.py``);
+- slots resharded between masters (``redis-cli --cluster reshard``) while the scorer works:
+  it follows the redirects (the masters count the MOVED and ASK they answered) and ends
+  with the same state;
+- a master killed with SIGKILL mid-stream in a cluster with a replica per master and
+  ``redis_wait_replicas=1``: the scorer retries while the replica takes over, nothing
+  committed is lost, and it ends with the same state.
+
+The last two change the cluster's topology, so they run on private clusters.
+"""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
-from devstack import RedisCluster
+from devstack import GroupProgress, RedisCluster, produce
+from streamscore.config import load_settings
+from tests.conftest import MakeCluster
+
+from .conftest import SHARED
+from .helpers import (
+    assert_same_as_uninterrupted,
+    env_for,
+    simulated_events,
+    start_scorer,
+    stop,
+    tail,
+    wait_for,
+    wait_until_committed,
+    wait_until_settled,
+)
 
 pytestmark = pytest.mark.integration
+SLOTS_PER_MOVE = 400
 
 
 def test_a_cluster_client_writes_keys_to_all_three_masters(redis_cluster: RedisCluster) -> None:
@@ -36,3 +67,158 @@ def test_a_cluster_client_writes_keys_to_all_three_masters(redis_cluster: RedisC
         for key in keys:
             client.delete(key)
         client.close()
+
+
+@pytest.fixture
+def on_cluster(names: dict[str, str], redis_cluster: RedisCluster) -> Iterator[dict[str, str]]:
+    """The test's names, its keys deleted from the shared cluster afterwards."""
+    yield names
+    redis_cluster.delete_keys(names["redis_key_prefix"])
+
+
+Procs = dict[Path, "subprocess.Popen[bytes]"]
+
+
+def _run_to_the_end(
+    names: dict[str, str],
+    url: str,
+    log: Path,
+    *,
+    during: Callable[[GroupProgress, Procs], None] | None = None,
+    **env: object,
+) -> str:
+    """Start a scorer on ``url``, let ``during(progress, procs)`` act while it works, wait
+    until it has committed and settled everything, stop it; its log."""
+    group, topic = names["kafka_group_id"], names["input_topic"]
+    proc = start_scorer(env_for(names, redis_url=url, **env), log)
+    progress = GroupProgress(SHARED, group, topic)
+    try:
+        if during is not None:
+            during(progress, {log: proc})
+        wait_until_committed(group, topic, {log: proc}, timeout_s=240)
+        settings = load_settings(redis_url=url, redis_key_prefix=names["redis_key_prefix"])
+        wait_until_settled(settings, {log: proc}, timeout_s=120)
+    finally:
+        progress.close()
+        code = stop(proc)
+    text = log.read_text()
+    assert code == 0, tail(log)
+    assert "stopped cleanly" in text, tail(log)
+    return text
+
+
+def test_run_on_the_cluster_matches_an_uninterrupted_run(
+    on_cluster: dict[str, str], redis_cluster: RedisCluster, tmp_path: Path
+) -> None:
+    names = on_cluster
+    events = simulated_events(users=200, days=45)
+    produce(SHARED, names["input_topic"], [(u.encode(), v) for u, v in events])
+    log = _run_to_the_end(names, redis_cluster.url, tmp_path / "scorer.log")
+    assert f"state store: Redis Cluster at seed nodes {redis_cluster.seeds}" in log
+    got = assert_same_as_uninterrupted(names, redis_url=redis_cluster.url)
+    assert sum(s.features.events for s in got.states.values()) == len(events)
+    held = _keys_per_master(redis_cluster, names["redis_key_prefix"])
+    assert len(held) == 3 and all(held.values()), held  # the state is spread over the masters
+
+
+def _keys_per_master(cluster: RedisCluster, prefix: str) -> dict[int, int]:
+    out = {}
+    for node in cluster.masters():
+        client = node.client()
+        try:
+            out[node.port] = sum(1 for _ in client.scan_iter(match=f"{prefix}:*", count=1000))
+        finally:
+            client.close()
+    return out
+
+
+def _redirects(cluster: RedisCluster) -> dict[str, int]:
+    """MOVED and ASK answers the masters gave since their stats were reset."""
+    out = {"MOVED": 0, "ASK": 0}
+    for node in cluster.masters():
+        client = node.client()
+        try:
+            for name, value in client.info("errorstats").items():
+                kind = name.removeprefix("errorstat_")
+                if kind in out:
+                    out[kind] += int(value["count"])
+        finally:
+            client.close()
+    return out
+
+
+def _reset_stats(cluster: RedisCluster) -> None:
+    for node in cluster.masters():
+        client = node.client()
+        try:
+            client.config_resetstat()
+        finally:
+            client.close()
+
+
+@pytest.mark.slow
+def test_slots_resharded_mid_stream(
+    names: dict[str, str], make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """Slots moved from master to master, a few hundred at a time round the three, for as long as
+    the scorer works through the input (at least once while it is mid-stream)."""
+    cluster = make_cluster()
+    events = simulated_events(users=300, days=60, seed=12)
+    produce(SHARED, names["input_topic"], [(u.encode(), v) for u, v in events])
+    moves: list[tuple[float, float]] = []  # committed share when each reshard began and ended
+
+    def reshard_while_working(progress: GroupProgress, procs: Procs) -> None:
+        wait_for("a tenth committed", lambda: progress.fraction() >= 0.1, 90, procs)
+        _reset_stats(cluster)
+        masters = cluster.masters()
+        i = 0
+        while progress.fraction() < 1.0 and all(p.poll() is None for p in procs.values()):
+            began = progress.fraction()
+            cluster.reshard(SLOTS_PER_MOVE, masters[i % 3], masters[(i + 1) % 3])
+            moves.append((began, progress.fraction()))
+            i += 1
+
+    _run_to_the_end(
+        names, cluster.url, tmp_path / "scorer.log", during=reshard_while_working,
+        batch_max_records=100,
+    )  # fmt: skip
+    assert any(end < 1.0 for _, end in moves), moves  # a reshard ended mid-stream
+    redirects = _redirects(cluster)
+    assert redirects["MOVED"] > 0, redirects  # the scorer was told, and followed
+    print(f"reshards (committed share before, after): {moves}; redirects answered {redirects}")
+    assert_same_as_uninterrupted(names, redis_url=cluster.url)
+
+
+@pytest.mark.slow
+def test_a_master_killed_mid_stream_fails_over_and_loses_nothing(
+    names: dict[str, str], make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """SIGKILL of a master at 30 % committed; its replica takes over after the node timeout;
+    the killed node comes back as a replica. Saves wait for a replica (WAIT), so none that
+    was committed can be lost with the master."""
+    cluster = make_cluster(replicas=1, node_timeout_ms=2000)
+    events = simulated_events(users=300, days=60, seed=13)
+    produce(SHARED, names["input_topic"], [(u.encode(), v) for u, v in events])
+    victim = cluster.masters()[0]
+    seen: dict[str, object] = {}
+
+    def kill_a_master(progress: GroupProgress, procs: Procs) -> None:
+        wait_for("30% committed", lambda: progress.fraction() >= 0.3, 90, procs, interval_s=0.01)
+        victim.kill()
+        seen["share_at_kill"] = progress.fraction()
+        wait_for("a replica to take over", lambda: cluster.ok(running_only=True), 60, procs)
+        seen["masters_after"] = sorted(n.port for n in cluster.masters())
+        victim.start()  # back on its directory: it rejoins as the new master's replica
+        wait_for("the cluster whole again", cluster.replicas_in_sync, 60, procs)
+
+    log = _run_to_the_end(
+        names, cluster.url, tmp_path / "scorer.log", during=kill_a_master,
+        batch_max_records=200, redis_wait_replicas=1,
+    )  # fmt: skip
+    assert seen["share_at_kill"] < 1.0, seen  # type: ignore[operator]
+    assert victim.port not in seen["masters_after"], seen  # type: ignore[operator]
+    assert victim not in cluster.masters()  # it came back as a replica
+    retried = [ln for ln in log.splitlines() if "retrying in" in ln and "Redis Cluster" in ln]
+    assert retried, tail(tmp_path / "scorer.log")
+    print(f"failover: {len(retried)} retried steps, e.g. {retried[0][:400]}")
+    assert_same_as_uninterrupted(names, redis_url=cluster.url)
