@@ -60,6 +60,30 @@ def _merge_days(rows: Iterator[tuple[str, dt.date, float]]) -> list[Transaction]
     return [Transaction(c, d, round(a, 2)) for (c, d), a in sorted(by_day.items())]
 
 
+def from_csv(path: Path) -> PurchaseLog:
+    """A shop's own log: a CSV with a header naming ``user_id``, ``date`` and ``amount``.
+
+    ``date`` is an ISO date or timestamp (only the day is kept, as the baselines count
+    days); other columns are ignored, so an orders export usually works as it is.
+    """
+    import csv
+
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"user_id", "date", "amount"} - set(reader.fieldnames or ())
+        if missing:
+            raise SystemExit(
+                f"{path}: the header lacks {sorted(missing)}; it needs user_id,date,amount"
+            )
+        rows = [
+            (r["user_id"], dt.date.fromisoformat(r["date"][:10]), float(r["amount"]))
+            for r in reader
+        ]
+    if not rows:
+        raise SystemExit(f"{path}: no rows")
+    return PurchaseLog(path.stem, str(path), _merge_days(iter(rows)))
+
+
 def cdnow(which: str = "sample") -> PurchaseLog:
     """The CDNOW sample (2,357 customers) or master (23,570) log from ``lifetimes``."""
     name = {"sample": "CDNOW_sample.txt", "master": "CDNOW_master.txt"}[which]

@@ -41,6 +41,7 @@ from bench.purchase_logs import (
     PurchaseLog,
     Transaction,
     cdnow,
+    from_csv,
     simulated_cohort,
     simulated_purchase_only,
     write_events,
@@ -390,6 +391,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("cdnow-sample", "cdnow-master", "sim-purchase-only", "sim-cohort"),
         help="purchase log(s) to evaluate (default: cdnow-sample and both simulated shops)",
     )
+    p.add_argument(
+        "--csv",
+        action="append",
+        type=Path,
+        default=[],
+        help="your own purchase log: a CSV with user_id,date,amount columns (repeatable)",
+    )
     p.add_argument("--horizon-days", type=float, default=90.0, help="churn and value horizon")
     p.add_argument("--cutoffs", type=int, default=10, help="monthly cutoffs, the latest ones")
     p.add_argument("--out", default=None, help="JSON result path")
@@ -398,7 +406,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    chosen = args.log or ["cdnow-sample", "sim-purchase-only", "sim-cohort"]
+    chosen = args.log or ([] if args.csv else ["cdnow-sample", "sim-purchase-only", "sim-cohort"])
     loaders = {
         "cdnow-sample": lambda: cdnow("sample"),
         "cdnow-master": lambda: cdnow("master"),
@@ -407,10 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "logs": []}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        for name in chosen:
-            results["logs"].append(
-                evaluate(loaders[name](), args.horizon_days, args.cutoffs, Path(tmp))
-            )
+        logs = [loaders[name]() for name in chosen] + [from_csv(p) for p in args.csv]
+        for log in logs:
+            results["logs"].append(evaluate(log, args.horizon_days, args.cutoffs, Path(tmp)))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = Path(args.out or RESULTS_DIR / f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json")
     path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
