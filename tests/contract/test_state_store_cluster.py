@@ -26,6 +26,7 @@ from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.errors import ConfigError, TransientError
 from tests.conftest import MakeCluster
+from tests.required import skip_or_fail
 
 from .conftest import REDIS_URL, MakeRedisStore, RoundTrips
 
@@ -85,6 +86,47 @@ def test_one_batch_spans_every_master(
     assert cluster_store.load(users) == states
     assert sum(len(v) for v in cluster_store.due(dict.fromkeys(range(4), T0 + 300), 1000).values())
     assert cluster_store.watermarks(range(4)) == dict.fromkeys(range(4), T0)
+
+
+def test_a_users_whole_state_is_one_key_in_one_slot_whatever_the_prefix(
+    cluster_store: RedisStateStore, redis_cluster: RedisCluster
+) -> None:
+    """What keeps a user's update whole on a cluster: everything of one user is one key, its
+    slot chosen by the user id alone (the hash tag), on the master serving that slot. Odd ids
+    too: braces, non-ASCII, separators."""
+    users = ["u1", "用户", "a}b", "x{y}", "{z}", "user:42", "o'neil"] + [
+        f"u-{i}" for i in range(50)
+    ]
+    states = {u: f"state of {u}".encode() for u in users}
+    cluster_store.save(states, {1: dict.fromkeys(users, T0)}, {1: T0})
+
+    held = per_master(redis_cluster, cluster_store.prefix)
+    everything = {k for keys in held.values() for k in keys}
+    # Nothing per user but its one key: the rest is the one due queue and the watermarks.
+    user_keys = {cluster_store.user_key(u) for u in users}
+    assert everything - user_keys == {cluster_store.due_key(1), cluster_store._wm_key}
+    assert len(user_keys) == len(users)
+    owner_of = {}  # slot -> port of the master serving it, as the cluster says
+    for start, end, (_, port, *_) in (
+        (s[0], s[1], s[2]) for s in _on(redis_cluster.nodes[0], "CLUSTER SLOTS")
+    ):
+        owner_of.update(dict.fromkeys(range(start, end + 1), port))
+    # Another deployment's store on the same cluster (no I/O until used; never closed here,
+    # the client is the fixture's).
+    elsewhere = RedisStateStore(cluster_store._client, prefix="another-app")
+    for u in users:
+        key = cluster_store.user_key(u)
+        slot = _on(redis_cluster.nodes[0], "CLUSTER KEYSLOT", key)
+        # The same user under another deployment's prefix lands in the same slot.
+        other = elsewhere.user_key(u)
+        assert _on(redis_cluster.nodes[0], "CLUSTER KEYSLOT", other) == slot, (u, key, other)
+        assert key in held[owner_of[slot]], (u, slot)
+        owner = redis_cluster.node(owner_of[slot]).client()
+        try:
+            assert owner.hgetall(key) == {b"s": states[u]}
+        finally:
+            owner.close()
+    assert cluster_store.load(users) == states
 
 
 def test_batch_calls_cost_one_pipeline_per_master(
@@ -417,7 +459,7 @@ def test_a_cluster_url_on_a_single_redis_is_a_config_error() -> None:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
     except redis.RedisError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
+        skip_or_fail(f"no Redis at {REDIS_URL}")
     with pytest.raises(ConfigError, match=r"a single Redis, not a cluster node.*redis://"):
         RedisStateStore.from_settings(Settings(redis_url=f"redis+cluster://{host_port}"))
 
