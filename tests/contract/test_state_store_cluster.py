@@ -21,6 +21,7 @@ import redis
 from pydantic import SecretStr
 
 from devstack import RedisCluster, RedisServer, TlsFiles
+from streamscore.adapters import redis_connect
 from streamscore.adapters.redis_connect import client_from_url
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
@@ -251,6 +252,13 @@ def test_a_slot_migrating_under_the_store_is_followed(
         store.close()
 
 
+@pytest.fixture
+def short_socket_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung node times out after 1 s instead of streamscore's 5 s."""
+    monkeypatch.setattr(redis_connect, "SOCKET_TIMEOUT_S", 1.0)
+
+
+@pytest.mark.usefixtures("short_socket_timeout")
 def test_watermarks_never_move_past_states_a_master_did_not_take(
     make_cluster: MakeCluster,
 ) -> None:
@@ -275,6 +283,7 @@ def test_watermarks_never_move_past_states_a_master_did_not_take(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("short_socket_timeout")
 def test_a_master_down_or_hung_is_transient_and_passes(make_cluster: MakeCluster) -> None:
     cluster = make_cluster(node_timeout_ms=2000)
     store = store_on(cluster)
