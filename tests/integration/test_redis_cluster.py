@@ -1,8 +1,10 @@
 """``streamscore run`` on a real Redis Cluster: three masters on loopback, the shared Kafka.
 
 - a cluster client writes keys to all three masters (the ``redis_cluster`` fixture works);
-- a run on the cluster leaves the whole state of an uninterrupted in-memory run over the
-  same partitioned input (``tests/statecheck.py``);
+- two scorers in one group on the cluster, one killed with SIGKILL mid-stream, its
+  partitions taken over by the other, then restarted: they leave the whole state of an
+  uninterrupted in-memory run over the same partitioned input (``tests/statecheck.py``),
+  spread over the three masters;
 - slots resharded between masters (``redis-cli --cluster reshard``) while the scorer works:
   it follows the redirects (the masters count the MOVED and ASK they answered) and ends
   with the same state;
@@ -30,8 +32,10 @@ from tests.conftest import MakeCluster
 
 from .conftest import SHARED
 from .helpers import (
+    ASSIGNED,
     assert_same_as_uninterrupted,
     env_for,
+    joined,
     kill,
     simulated_events,
     start_scorer,
@@ -123,14 +127,46 @@ def _run_to_the_end(
     return text
 
 
-def test_run_on_the_cluster_matches_an_uninterrupted_run(
+def test_two_scorers_on_the_cluster_one_killed_and_restarted_match_one_run(
     on_cluster: dict[str, str], redis_cluster: RedisCluster, tmp_path: Path
 ) -> None:
+    """Two scorers in one group share the partitions and the cluster; one is killed with
+    SIGKILL at 30 % committed, the other takes its partitions over (picking up from the
+    cluster what the dead one saved), then the dead one is started again and gets some back.
+    The state is one uninterrupted run's."""
     names = on_cluster
-    events = simulated_events(users=200, days=45)
-    produce(SHARED, names["input_topic"], [(u.encode(), v) for u, v in events])
-    log = _run_to_the_end(names, redis_cluster.url, tmp_path / "scorer.log")
-    assert f"state store: Redis Cluster at seed nodes {redis_cluster.seeds}" in log
+    group, topic = names["kafka_group_id"], names["input_topic"]
+    env = env_for(names, redis_url=redis_cluster.url, batch_max_records=200)
+    env["STREAMSCORE_SESSION_TIMEOUT_MS"] = "6000"  # the dead member is noticed in 6 s
+    logs = [tmp_path / f"scorer{i}.log" for i in range(2)]
+    procs = {log: start_scorer(env, log) for log in logs}
+    survivor, victim = logs
+    progress = GroupProgress(SHARED, group, topic)
+    try:
+        wait_for("both scorers to get partitions", lambda: all(map(joined, logs)), 60, procs)
+        events = simulated_events(users=150, days=40, seed=14)
+        produce(SHARED, topic, [(u.encode(), v) for u, v in events])
+        wait_for("30% committed", lambda: progress.fraction() >= 0.3, 90, procs, interval_s=0.01)
+        kill(procs[victim])
+        share_at_kill = progress.fraction()
+        del procs[victim]
+        before = len(ASSIGNED.findall(survivor.read_text()))
+        wait_for("the survivor to take over", lambda: joined(survivor, before), 60, procs)
+        share_at_takeover = progress.fraction()
+        again = len(ASSIGNED.findall(victim.read_text()))
+        procs[victim] = start_scorer(env, victim)
+        wait_for("the restarted scorer to get partitions", lambda: joined(victim, again), 60, procs)
+        wait_until_committed(group, topic, procs, timeout_s=240)
+        settings = load_settings(
+            redis_url=redis_cluster.url, redis_key_prefix=names["redis_key_prefix"]
+        )
+        wait_until_settled(settings, procs, timeout_s=120)
+    finally:
+        progress.close()
+        codes = [stop(p) for p in procs.values()]
+    assert codes == [0, 0], [tail(log) for log in logs]
+    assert f"state store: Redis Cluster at seed nodes {redis_cluster.seeds}" in survivor.read_text()
+    assert share_at_kill < 1.0 and share_at_takeover < 1.0, (share_at_kill, share_at_takeover)
     got = assert_same_as_uninterrupted(names, redis_url=redis_cluster.url)
     assert sum(s.features.events for s in got.states.values()) == len(events)
     held = _keys_per_master(redis_cluster, names["redis_key_prefix"])
