@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         help="full: run again on a 3-master Redis Cluster (BENCH_REDIS_CLUSTER, else the "
         "stack's, else a private one), same data",
     )
+    p.add_argument(
+        "--equal-outputs",
+        type=float,
+        default=None,
+        help="with bare: also run the loop producing this many records per event (the full "
+        "scorer's ratio; `all` measures it)",
+    )
     p.add_argument("--out", default=None, help="JSON result path (default bench/results/...)")
     return p
 
@@ -133,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
                     results["full_cluster"] = sr.run_on_cluster(ctx)
                 if not args.no_profile:
                     results["profile"] = sr.profile_scorer(ctx)
+            if cmd == "all" or (cmd == "bare" and args.equal_outputs):
+                # The bare loop again, producing as many records per event as the scorer
+                # (measured by the full run, or --equal-outputs): the fair denominator.
+                ratio = (results.get("full") or {}).get("outputs_per_event", args.equal_outputs)
+                if ratio:
+                    results["bare_equal"] = sr.run_bare(
+                        ctx, label="bare-equal", outputs_per_event=ratio
+                    )
             if cmd in {"all", "naive"}:
                 naive = sr.run_scorer(ctx, label="naive", naive=True, timeout_s=args.naive_seconds)
                 full = results.get("full")

@@ -112,6 +112,28 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if bare and full:
         ratio = full["events_per_s"] / bare["events_per_s"]
         rows.append(("full ÷ bare", f"{ratio:.1%}", "≥ 50%", _verdict(ratio >= 0.5)))
+    equal = results.get("bare_equal")
+    if equal:
+        rows.append(
+            (
+                f"(a′) bare loop producing {equal['outputs_per_event']:.3f} records per event "
+                "(the scorer's)",
+                f"{_rate(equal)}; {equal['cpu_us_per_event']} µs CPU/event{_noise(equal)}",
+                "",
+                "",
+            )
+        )
+    if equal and full:
+        ratio = full["events_per_s"] / equal["events_per_s"]
+        cpu = equal["cpu_us_per_event"] / full["cpu_us_per_event"]
+        rows.append(
+            (
+                "full ÷ equal-output bare",
+                f"{ratio:.1%} of its events/s; {cpu:.1%} of its CPU per event",
+                "≥ 40%",
+                _verdict(ratio >= 0.4),
+            )
+        )
     if naive:
         extra = ""
         if full and naive.get("full_same_events_per_s"):

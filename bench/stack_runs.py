@@ -183,23 +183,41 @@ def watch(
 # -- the variants -------------------------------------------------------------------------------
 
 
-def run_bare(ctx: Context, *, partitions: int = 4, label: str = "bare") -> dict[str, Any]:
-    """(a) The kafka-python consume → produce loop with no work."""
+def run_bare(
+    ctx: Context, *, partitions: int = 4, label: str = "bare", outputs_per_event: float = 1.0
+) -> dict[str, Any]:
+    """(a) The kafka-python consume → produce loop with no work; ``outputs_per_event`` below
+    1 produces as few records as the scorer does (its cost per event falls with them)."""
     stack = ctx.stack
     topic = ctx.input_topic(partitions)
     out = stack.create_topic(stack.name(f"{label}-out"), 4)
     group = stack.group(label)
     argv = [sys.executable, "-m", "bench.workers", "bare", "--bootstrap", BOOTSTRAP]
     argv += ["--input", topic, "--output", out, "--group", group, "--batch", "2000"]
+    argv += ["--outputs-per-event", f"{outputs_per_event:.6f}"]
     quiet = wait_quiet()
-    log(f"{label}: kafka-python consume → produce → commit, no work")
+    log(
+        f"{label}: kafka-python consume → produce → commit, no work, "
+        f"{outputs_per_event:.3f} outputs per event"
+    )
     proc = stack.start(argv, stack.scorer_env({}), label)
     try:
         result = watch(stack, [proc], group, topic, len(ctx.data), timeout_s=300, label=label)
     finally:
         stack.stop(proc)
     result["other_load_before"] = quiet
+    result["outputs_per_event"] = outputs_per_event
     return result
+
+
+def outputs_per_event(stack: Stack, topics: list[str], events: int) -> float:
+    """Records a scorer run wrote to its output topics, per input event."""
+    written = sum(sum(stack.end_offsets(topic).values()) for topic in topics)
+    return written / events if events else 0.0
+
+
+def _output_names(names: dict[str, str]) -> list[str]:
+    return [v for k, v in names.items() if k.endswith("_topic") and k != "input_topic"]
 
 
 def _scorer_names(stack: Stack, label: str, topic: str) -> tuple[dict[str, str], str]:
@@ -259,6 +277,10 @@ def run_scorer(
             f"per event: {stats['round_trips']}")  # fmt: skip
     if measure_redis:
         result["redis"] = redis_memory(stack, prefix, redis_url)
+    if not naive:
+        result["outputs_per_event"] = round(
+            outputs_per_event(stack, _output_names(names), result["events_committed"]), 4
+        )
     return result
 
 

@@ -62,6 +62,10 @@ def bare(args: argparse.Namespace) -> int:
     consumer.subscribe([args.input])
     out = args.output
     records = 0
+    # Outputs owed: each input adds ``outputs_per_event`` and a record is sent per whole one,
+    # so the loop produces as many records per event as the scorer it is compared with.
+    owed = 0.0
+    ratio = args.outputs_per_event
     try:
         while not stop.is_set():
             batches = consumer.poll(timeout_ms=200, max_records=args.batch)
@@ -70,7 +74,10 @@ def bare(args: argparse.Namespace) -> int:
             offsets = {}
             for tp, messages in batches.items():
                 for m in messages:
-                    producer.send(out, key=m.key, value=m.value)
+                    owed += ratio
+                    if owed >= 1.0:
+                        owed -= 1.0
+                        producer.send(out, key=m.key, value=m.value)
                 offsets[TopicPartition(tp.topic, tp.partition)] = OffsetAndMetadata(
                     messages[-1].offset + 1, "", -1
                 )
@@ -213,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--output", required=True)
     b.add_argument("--group", required=True)
     b.add_argument("--batch", type=int, default=2000)
+    b.add_argument(
+        "--outputs-per-event",
+        type=float,
+        default=1.0,
+        help="records produced per record consumed (1: each input copied; the scorer's ratio "
+        "for a loop with the same output volume)",
+    )
     sub.add_parser("naive", help="streamscore run with a user-by-user Redis store (env config)")
     sub.add_parser("counted", help="streamscore run, counting Redis round trips (env config)")
     pr = sub.add_parser("produce", help="a slice of the data set at a fixed rate")

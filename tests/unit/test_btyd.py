@@ -24,6 +24,8 @@ from streamscore.core.btyd import (
     fit_bgnbd,
     fit_gamma_gamma,
     fit_pareto,
+    pareto_log_likelihood,
+    pareto_log_likelihood_one,
 )
 
 CALIBRATION_END = dt.date(1997, 9, 30)
@@ -177,3 +179,19 @@ def test_shapes_that_any_fit_must_have() -> None:
     assert math.isclose(gg.expected_order_value(0, 0.0), pop)
     one, many = gg.expected_order_value(1, 100.0), gg.expected_order_value(20, 100.0)
     assert pop < one < many < 100.0
+
+
+@pytest.mark.parametrize("params", [(0.55, 10.58, 0.61, 11.67), (2.0, 1.0, 0.5, 40.0)])
+def test_shared_pairs_give_each_row_its_own_likelihood(
+    cdnow: dict[str, np.ndarray], params: tuple[float, float, float, float]
+) -> None:
+    """The vectorised likelihood evaluates each distinct (x, t) once and spreads it back:
+    every customer still gets the value computed from their own row alone (both branches,
+    alpha >= beta and alpha < beta). Rows are shuffled so shared pairs are not adjacent."""
+    order = np.random.default_rng(5).permutation(len(cdnow["x"]))
+    x, t_x, big_t = cdnow["x"][order], cdnow["t_x"][order], cdnow["T"][order]
+    together = pareto_log_likelihood(params, x, t_x, big_t)
+    alone = [
+        pareto_log_likelihood_one(params, a, b, c) for a, b, c in zip(x, t_x, big_t, strict=True)
+    ]
+    np.testing.assert_allclose(together, alone, rtol=1e-12, atol=0)

@@ -82,11 +82,28 @@ class OffsetGLM:
         return out
 
     def link(self, x: Mapping[str, float], offset: float) -> float:
-        """The linear predictor for inputs ``x`` on top of ``offset``."""
-        z = self._standardised(x)
+        """The linear predictor for inputs ``x`` on top of ``offset``.
+
+        Every score computes this: the standardising and the weighted sum run in one loop
+        without building the standardised inputs (same operations in the same order as
+        ``_standardised`` then ``_predictor``, so the same value).
+        """
+        moments, weights = self.moments.get, self.weights.get
+        c = self.intercept["intercept"]
+        for k, v in x.items():
+            m = moments(k)
+            c += weights(k, 0.0) * (m.scale(v) if m is not None else 0.0)
+        return self._bounded(c, offset)
+
+    def _predictor(self, z: Mapping[str, float], offset: float) -> float:
+        weights = self.weights.get
         c = self.intercept["intercept"]
         for k, v in z.items():
-            c += self.weights.get(k, 0.0) * v
+            c += weights(k, 0.0) * v
+        return self._bounded(c, offset)
+
+    @staticmethod
+    def _bounded(c: float, offset: float) -> float:
         c = min(max(c, -MAX_CORRECTION), MAX_CORRECTION)
         return min(max(offset + c, -MAX_LINK), MAX_LINK)
 
@@ -103,7 +120,7 @@ class OffsetGLM:
                 m = self.moments[k] = _Moments()
             m.update(v, weight)
         z = self._standardised(x)
-        eta = self.link(x, offset)
+        eta = self._predictor(z, offset)
         g = self.loss.gradient(y, eta) * weight
         g = min(max(g, -self.clip), self.clip)
         grad: dict[Hashable, float] = {

@@ -119,10 +119,15 @@ class Models:
         x, t_x, big_t, px, pt_x, orders, mean_order = raw[:7]
         pop = self.population
         p = self.params
+        activity, purchases = pop.activity, pop.purchases
+        alive = activity.p_alive(x, t_x, big_t)  # the costly part: computed once when shared
+        same = purchases is activity and px == x and pt_x == t_x
         return Baseline(
-            p_alive=pop.activity.p_alive(x, t_x, big_t),
-            p_churn=pop.activity.p_none(x, t_x, big_t, p.churn_horizon_days),
-            orders=pop.purchases.expected_transactions(px, pt_x, big_t, p.value_horizon_days),
+            p_alive=alive,
+            p_churn=activity.p_none(x, t_x, big_t, p.churn_horizon_days, alive),
+            orders=purchases.expected_transactions(
+                px, pt_x, big_t, p.value_horizon_days, alive if same else None
+            ),
             order_value=pop.order_value(orders, mean_order),
         )
 

@@ -207,17 +207,22 @@ class Scorer:
 
     def due_ms(self, state: UserState) -> int | None:
         """The next event time at which this user needs attention without new events."""
-        candidates: list[int] = []
-        if state.rescore_step < len(self._points) and not state.features.empty:
-            candidates.append(state.features.last_seen_ms + self._points[state.rescore_step])
-        if state.next_snapshot_ms:
-            candidates.append(state.next_snapshot_ms)
-        for snap in state.snapshots:
-            if not snap.churn_learnt:
-                candidates.append(snap.t_ms + self.config.churn_horizon_ms)
-            if not snap.value_learnt:
-                candidates.append(snap.t_ms + self.config.value_horizon_ms)
-        return min(candidates) if candidates else None
+        # Called at every step of ``advance``: a running minimum, no list.
+        due: int | None = None
+        step = state.rescore_step
+        if step < len(self._points) and not state.features.empty:
+            due = state.features.last_seen_ms + self._points[step]
+        nxt = state.next_snapshot_ms
+        if nxt and (due is None or nxt < due):
+            due = nxt
+        if state.snapshots:
+            churn_h, value_h = self.config.churn_horizon_ms, self.config.value_horizon_ms
+            for snap in state.snapshots:
+                if not snap.churn_learnt and (due is None or snap.t_ms + churn_h < due):
+                    due = snap.t_ms + churn_h
+                if not snap.value_learnt and (due is None or snap.t_ms + value_h < due):
+                    due = snap.t_ms + value_h
+        return due
 
     def advance(self, state: UserState, watermark_ms: int, now_ms: int) -> list[Output]:
         """Resolve labels and rescore silences whose time the watermark has passed."""
