@@ -5,7 +5,8 @@ replay`` at monthly cutoffs and compares the scores with buy-till-you-die baseli
 options: ``python -m bench quality --help`` (``bench/quality.py``).
 
 Everything but ``core`` runs against the local stack (``scripts/stack up``): Kafka on
-127.0.0.1:9092 and Redis on :6379 (``BENCH_KAFKA`` / ``BENCH_REDIS`` to change). Each run uses
+127.0.0.1:9092 and Redis on :6379 (``BENCH_KAFKA`` / ``BENCH_REDIS`` to change); ``full
+--redis-cluster`` also runs the full scorer on a Redis Cluster (``bench/cluster.py``). Each run uses
 its own topics, consumer groups and Redis key prefix and deletes them at the end. Results go
 to ``bench/results/bench-<time>.json`` and a Markdown summary beside it.
 
@@ -55,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         "--naive-seconds", type=float, default=45.0, help="time cap of the naive variant"
     )
     p.add_argument("--no-profile", action="store_true", help="skip the profiled runs")
+    p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="full: run again on a 3-master Redis Cluster (BENCH_REDIS_CLUSTER, else the "
+        "stack's, else a private one), same data",
+    )
     p.add_argument(
         "--equal-outputs",
         type=float,
@@ -129,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["bare"] = sr.run_bare(ctx)
             if cmd in {"all", "full"}:
                 results["full"] = sr.run_scorer(ctx, label="full", measure_redis=True)
+                if args.redis_cluster:
+                    results["full_cluster"] = sr.run_on_cluster(ctx)
                 if not args.no_profile:
                     results["profile"] = sr.profile_scorer(ctx)
             if cmd == "all" or (cmd == "bare" and args.equal_outputs):

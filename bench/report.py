@@ -26,6 +26,11 @@ def _noise(run: dict[str, Any] | None) -> str:
     return f" ⚠ other processes used {other:.1f} cores meanwhile"
 
 
+def _trips(run: dict[str, Any]) -> str:
+    per_event = run.get("redis_round_trips_per_event")
+    return f"; {per_event} Redis round trips/event" if per_event is not None else ""
+
+
 def _other(run: dict[str, Any]) -> float:
     return float((run.get("machine") or {}).get("other_busy_cores") or 0.0)
 
@@ -87,9 +92,21 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "(b) full scorer, 1 `streamscore run` process",
                 f"{_rate(full)}; {full['cpu_us_per_event']} µs CPU/event "
                 f"({full['cpu_cores_used']} cores); peak RSS {full['peak_rss_mib']} MiB"
-                f"{_noise(full)}",
+                f"{_trips(full)}{_noise(full)}",
                 "≥ 10,000 events/s",
                 _verdict(full["events_per_s"] >= 10_000),
+            )
+        )
+    on_cluster = results.get("full_cluster")
+    if on_cluster:
+        vs = f"; {on_cluster['events_per_s'] / full['events_per_s']:.0%} of (b)" if full else ""
+        rows.append(
+            (
+                "(b) on a 3-master Redis Cluster",
+                f"{_rate(on_cluster)}{vs}; {on_cluster['cpu_us_per_event']} µs CPU/event"
+                f"{_trips(on_cluster)}{_noise(on_cluster)}",
+                "",
+                "",
             )
         )
     if bare and full:

@@ -100,9 +100,11 @@ def watch(
     *,
     timeout_s: float,
     label: str,
+    infra_pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Poll committed offsets until the group has committed ``total`` records (or time runs out)."""
-    infra = stack_pids()
+    """Poll committed offsets until the group has committed ``total`` records (or time runs
+    out); ``infra_pids`` are servers whose CPU counts too (the stack's Kafka and Redis do)."""
+    infra = {**stack_pids(), **(infra_pids or {})}
     pids = [p.pid for p in procs]
     started = time.monotonic()
     first: dict[str, Any] | None = None
@@ -242,19 +244,20 @@ def run_scorer(
     timeout_s: float = 600.0,
     measure_redis: bool = False,
     lineage: bool = False,
+    redis_url: str = REDIS_URL,
+    infra_pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """(b) ``streamscore run`` (or (c), the naive variant) over the whole data set; with
-    ``lineage``, also the published model lineage once the trainer has learnt everything."""
+    """(b) ``streamscore run`` (or (c), the naive variant) over the whole data set, its Redis
+    round trips counted (``bench.workers counted``), on the Redis (or cluster) of
+    ``redis_url``; with ``lineage``, also the published model lineage once the trainer has
+    learnt everything."""
     stack = ctx.stack
     topic = ctx.input_topic(partitions)
     names, prefix = _scorer_names(stack, label, topic)
-    env = stack.scorer_env(names)
+    env = stack.scorer_env(names, redis_url=redis_url)
     stats_file = stack.log_dir / f"{label}-stats.json"
-    if naive:
-        env["BENCH_STATS_FILE"] = str(stats_file)
-        argv = [sys.executable, "-m", "bench.workers", "naive"]
-    else:
-        argv = stack.scorer_argv()
+    env["BENCH_STATS_FILE"] = str(stats_file)
+    argv = [sys.executable, "-m", "bench.workers", "naive" if naive else "counted"]
     what = "naive scorer (user-by-user Redis)" if naive else "streamscore run"
     quiet = wait_quiet()
     log(f"{label}: {processes} × {what} on {partitions} partitions")
@@ -262,7 +265,7 @@ def run_scorer(
     try:
         result = watch(
             stack, procs, names["kafka_group_id"], topic, len(ctx.data),
-            timeout_s=timeout_s, label=label,
+            timeout_s=timeout_s, label=label, infra_pids=infra_pids,
         )  # fmt: skip
         if lineage:
             result["lineage"] = lineage_figures(stack, names, label)
@@ -271,13 +274,16 @@ def run_scorer(
     result["exit_codes"] = codes
     result["other_load_before"] = quiet
     result["partitions"] = partitions
-    if naive and stats_file.exists():
+    result["redis_url"] = redis_url
+    if stats_file.exists():  # one process: its counts cover the whole run
         stats = orjson.loads(stats_file.read_bytes())
         trips = sum(stats["round_trips"].values())
         result["redis_round_trips"] = stats["round_trips"]
-        result["redis_round_trips_per_event"] = round(trips / result["events_committed"], 3)
+        result["redis_round_trips_per_event"] = round(trips / result["events_committed"], 4)
+        log(f"{label}: {trips:,} Redis round trips, {trips / result['events_committed']:.4f} "
+            f"per event: {stats['round_trips']}")  # fmt: skip
     if measure_redis:
-        result["redis"] = redis_memory(stack, prefix)
+        result["redis"] = redis_memory(stack, prefix, redis_url)
     if not naive:
         result["outputs_per_event"] = round(
             outputs_per_event(stack, _output_names(names), result["events_committed"]), 4
@@ -285,16 +291,37 @@ def run_scorer(
     return result
 
 
-def redis_memory(stack: Stack, prefix: str) -> dict[str, Any]:
-    """Bytes per user: ``RedisStateStore.bytes_per_user`` and every key of the prefix."""
-    from streamscore.adapters.redis_store import RedisStateStore, client_from_url
+def run_on_cluster(ctx: Context, *, label: str = "full-cluster") -> dict[str, Any]:
+    """(b) again, on a 3-master Redis Cluster (``bench/cluster.py`` says which)."""
+    from bench.cluster import BenchCluster
 
-    store = RedisStateStore(client_from_url(REDIS_URL), prefix=prefix)
+    cluster = BenchCluster(ctx.stack.log_dir)
+    try:
+        return run_scorer(
+            ctx, label=label, measure_redis=True, redis_url=cluster.url,
+            infra_pids=cluster.pids(),
+        )  # fmt: skip
+    finally:
+        deleted = cluster.cleanup(p for p in ctx.stack.prefixes if label in p)
+        log(f"{label}: deleted {deleted:,} keys from the Redis Cluster")
+
+
+def redis_memory(stack: Stack, prefix: str, redis_url: str = REDIS_URL) -> dict[str, Any]:
+    """Bytes per user: ``RedisStateStore.bytes_per_user``, and on one Redis every key of the
+    prefix (a cluster's keys are spread over its masters: only the sample there)."""
+    from streamscore.adapters.redis_cluster import is_cluster_url
+    from streamscore.adapters.redis_store import RedisStateStore
+    from streamscore.config import Settings
+
+    store = RedisStateStore.from_settings(Settings(redis_url=redis_url, redis_key_prefix=prefix))
     try:
         per_user = store.bytes_per_user(sample=2000)
     finally:
         store.close()
     out: dict[str, Any] = {"bytes_per_user": round(per_user, 1)}
+    if is_cluster_url(redis_url):
+        log(f"redis cluster: {per_user:.0f} bytes per user key (MEMORY USAGE of 2,000)")
+        return out
     out.update({k: round(v, 1) for k, v in stack.redis_prefix_bytes(prefix).items()})
     log(
         f"redis: {out['bytes_per_user']:.0f} bytes per user key (MEMORY USAGE, "

@@ -4,6 +4,10 @@
 ``KafkaSource``/``KafkaSink``, polling the same batches, producing each record's bytes
 unchanged to one output topic, flushing and committing per batch. No decoding, no state.
 
+``counted`` is ``streamscore run`` unchanged but for a counter of Redis round trips (requests
+written to a Redis socket: one per command, one per pipeline and node), by store call; the
+counts go to ``BENCH_STATS_FILE`` at exit. The counter costs a Python call per round trip.
+
 ``naive`` is ``streamscore run`` itself (the same ``run_service``, scorer and Kafka adapters)
 with one change: its Redis state store goes user by user. Every user of a batch costs one
 round trip to load and one to save, instead of one pipelined round trip for the whole batch;
@@ -154,6 +158,45 @@ def naive(args: argparse.Namespace) -> int:
                 fp.write(orjson.dumps(data))
 
 
+def counted(args: argparse.Namespace) -> int:
+    """``streamscore run``, counting Redis round trips per store call."""
+    from redis.connection import AbstractConnection
+
+    from streamscore import cli
+    from streamscore.adapters.redis_store import RedisStateStore
+
+    trips: dict[str, int] = {}
+    step = ["start"]  # the store call under way (the loop is one thread)
+    send = AbstractConnection.send_packed_command
+
+    def counting(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        trips[step[0]] = trips.get(step[0], 0) + 1
+        send(conn, command, check_health)
+
+    def attributed(name: str) -> Any:
+        method = getattr(RedisStateStore, name)
+
+        def call(self: Any, *a: Any, **kw: Any) -> Any:
+            outer, step[0] = step[0], name
+            try:
+                return method(self, *a, **kw)
+            finally:
+                step[0] = outer
+
+        return call
+
+    AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+    for name in ("load", "save", "due", "watermarks", "get_blob", "put_blob"):
+        setattr(RedisStateStore, name, attributed(name))
+    try:
+        return cli.main(["run"])
+    finally:
+        path = os.environ.get("BENCH_STATS_FILE")
+        if path:
+            with open(path, "wb") as fp:
+                fp.write(orjson.dumps({"round_trips": trips}))
+
+
 def produce(args: argparse.Namespace) -> int:
     """Paced production of a slice of the benchmark data set (outside the measured process)."""
     from bench.common import DatasetSpec, make_dataset
@@ -185,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "for a loop with the same output volume)",
     )
     sub.add_parser("naive", help="streamscore run with a user-by-user Redis store (env config)")
+    sub.add_parser("counted", help="streamscore run, counting Redis round trips (env config)")
     pr = sub.add_parser("produce", help="a slice of the data set at a fixed rate")
     pr.add_argument("--topic", required=True)
     pr.add_argument("--rate", type=int, required=True)
@@ -195,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--seed", type=int, required=True)
     pr.add_argument("--events", type=int, required=True)
     args = p.parse_args(argv)
-    return {"bare": bare, "naive": naive, "produce": produce}[args.kind](args)
+    kinds = {"bare": bare, "naive": naive, "counted": counted, "produce": produce}
+    return kinds[args.kind](args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
   the test's temporary directory, started, and stopped (by pid) when the test ends, so a test
   may stop, kill, pause or lock them with credentials and TLS;
 - ``redis_cluster``: a real 3-master Redis Cluster for the session: the stack's
-  (``scripts/stack up --with-redis-cluster``) when it runs, else a private one.
+  (``scripts/stack up --with-redis-cluster``) when it runs, else a private one; tests share
+  it and must not change its topology;
+- ``make_cluster``: private Redis Clusters (replicas, credentials, TLS) a test may reshard,
+  fail over, stop or kill; stopped when the test ends.
 
 Each skips without its servers, and fails instead under ``STREAMSCORE_STACK=1``.
 """
@@ -29,14 +32,15 @@ from devstack import (
     RedisServer,
     StackConfig,
     TlsFiles,
+    free_cluster_ports,
     free_port,
     make_tls_files,
-    port_open,
 )
 from tests.required import skip_or_fail
 
 MakeBroker = Callable[..., KafkaBroker]
 MakeRedis = Callable[..., RedisServer]
+MakeCluster = Callable[..., RedisCluster]
 
 
 @pytest.fixture(scope="session")
@@ -109,16 +113,6 @@ def make_redis(redis_installed: None, tmp_path: Path) -> Iterator[MakeRedis]:
         server.stop()
 
 
-def _cluster_ports() -> list[int]:
-    """Three free ports whose cluster bus ports (+10000) are free too."""
-    ports: list[int] = []
-    while len(ports) < 3:
-        port = free_port()
-        if port + 10000 <= 65535 and not port_open(port + 10000) and port not in ports:
-            ports.append(port)
-    return ports
-
-
 @pytest.fixture(scope="session")
 def redis_cluster(
     redis_installed: None, stack_config: StackConfig, tmp_path_factory: pytest.TempPathFactory
@@ -129,7 +123,7 @@ def redis_cluster(
     if all(shared.running()) and shared.ok():
         yield shared
         return
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), _cluster_ports())
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), free_cluster_ports())
     try:
         cluster.start()
     except DevstackError as exc:
@@ -138,6 +132,27 @@ def redis_cluster(
     try:
         yield cluster
     finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def make_cluster(redis_installed: None, tmp_path: Path) -> Iterator[MakeCluster]:
+    """Start private clusters: ``make_cluster(replicas=1, node_timeout_ms=..., tls=...)``."""
+    started: list[RedisCluster] = []
+
+    def make(*, replicas: int = 0, **options: Any) -> RedisCluster:
+        ports = free_cluster_ports(3 * (1 + replicas))
+        root = tmp_path / f"cluster{len(started)}"
+        cluster = RedisCluster(root, ports, replicas=replicas, **options)
+        started.append(cluster)
+        try:
+            cluster.start()
+        except DevstackError as exc:
+            skip_or_fail(f"could not start a Redis Cluster: {exc}")
+        return cluster
+
+    yield make
+    for cluster in started:
         cluster.stop()
 
 

@@ -18,7 +18,7 @@ from devstack.clients import GroupProgress, consume, produce, read_topic
 from devstack.jars import KafkaJars
 from devstack.kafka import BROKER_ADMIN, KafkaBroker
 from devstack.procs import DevstackError, free_port, port_open, wait_until
-from devstack.redis import RedisCluster, RedisServer, require_redis_server
+from devstack.redis import RedisCluster, RedisServer, free_cluster_ports, require_redis_server
 from devstack.stack import LocalStack, StackConfig
 from devstack.tls import TlsFiles, make_tls_files
 from devstack.topics import (
@@ -46,6 +46,7 @@ __all__ = [
     "consume",
     "create_topics",
     "delete_topics",
+    "free_cluster_ports",
     "free_port",
     "make_tls_files",
     "port_open",

@@ -3,7 +3,9 @@
 Every server runs in the foreground of its own session (``--daemonize no``) with a pid file
 and its data in its own directory; AOF persistence is on and RDB snapshots are off, so a
 stop and start on the same directory keeps the data. Variants: ``requirepass``, ACL users,
-TLS only (the plain port closed, optionally mutual), and cluster mode.
+TLS only (the plain port closed, optionally mutual), and cluster mode. A cluster has three
+masters and optionally a replica each (so a master can fail over), can move slots between
+masters while clients work (``reshard``), and takes the same credentials and TLS.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devstack.procs import DevstackError, Process, Server, listener, port_open, wait_until
+from devstack.procs import (
+    DevstackError,
+    Process,
+    Server,
+    free_port,
+    listener,
+    port_open,
+    wait_until,
+)
 from devstack.tls import TlsFiles
 
 if TYPE_CHECKING:
@@ -23,6 +33,7 @@ if TYPE_CHECKING:
     from redis.cluster import RedisCluster as ClusterClient
 
 CLUSTER_SLOTS = 16384
+CLUSTER_MASTERS = 3
 CLUSTER_BUS_OFFSET = 10000  # a cluster node also listens on port + 10000
 
 
@@ -50,6 +61,7 @@ class RedisServer(Server):
         client_certs: bool = False,
         appendfsync: str = "always",
         cluster: bool = False,
+        node_timeout_ms: int = 5000,
     ) -> None:
         self.root = root
         self.port = port
@@ -59,6 +71,7 @@ class RedisServer(Server):
         self.client_certs = client_certs  # TLS clients must present a certificate it trusts
         self.appendfsync = appendfsync
         self.cluster = cluster
+        self.node_timeout_ms = node_timeout_ms  # a cluster node unreachable this long fails
         self.log = root / "redis.log"
         self.process = Process(root / "redis.pid", f"redis-server 127.0.0.1:{port}")
 
@@ -105,9 +118,13 @@ class RedisServer(Server):
         argv += ["--maxmemory-policy", "noeviction"]
         if self.cluster:
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            argv += ["--cluster-node-timeout", "5000"]
+            argv += ["--cluster-node-timeout", str(self.node_timeout_ms)]
+            if self.tls:  # the cluster bus and replication over TLS too
+                argv += ["--tls-cluster", "yes", "--tls-replication", "yes"]
         if self.password is not None:
             argv += ["--requirepass", self.password]
+            if self.cluster:  # a replica authenticates to its master as the default user
+                argv += ["--masterauth", self.password]
         for rule in self.acl_users:
             argv += ["--user", *rule.split()]
         return argv
@@ -189,10 +206,25 @@ class RedisServer(Server):
             client.close()
 
 
-def check_cluster_ports(ports: Sequence[int]) -> None:
-    """Three distinct ports whose cluster bus ports (port + 10000) exist too."""
-    if len(set(ports)) != 3:
-        raise DevstackError(f"a Redis Cluster here has 3 masters on 3 ports, got {list(ports)}")
+def free_cluster_ports(count: int = CLUSTER_MASTERS) -> list[int]:
+    """Free loopback ports whose cluster bus ports (+10000) are free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        bus = port + CLUSTER_BUS_OFFSET
+        if bus <= 65535 and not port_open(bus) and port not in ports:
+            ports.append(port)
+    return ports
+
+
+def check_cluster_ports(ports: Sequence[int], replicas: int = 0) -> None:
+    """Distinct ports, three masters and their replicas, whose bus ports (+10000) exist too."""
+    want = CLUSTER_MASTERS * (1 + replicas)
+    if len(set(ports)) != want or len(ports) != want:
+        raise DevstackError(
+            f"a Redis Cluster here has {CLUSTER_MASTERS} masters with {replicas} replica(s) "
+            f"each on {want} ports, got {list(ports)}"
+        )
     for port in ports:
         if not 0 < port <= 65535 - CLUSTER_BUS_OFFSET:
             raise DevstackError(
@@ -202,36 +234,85 @@ def check_cluster_ports(ports: Sequence[int]) -> None:
 
 
 class RedisCluster(Server):
-    """A real Redis Cluster of three masters on loopback (no replicas), one dir per node."""
+    """A real Redis Cluster on loopback: three masters, ``replicas`` replicas of each (0 or
+    more), one directory per node. ``password``, ``acl_users`` and ``tls`` apply to every
+    node, as on ``RedisServer``; ``node_timeout_ms`` is how soon a dead master fails over."""
 
-    def __init__(self, root: Path, ports: Sequence[int], *, appendfsync: str = "everysec") -> None:
-        check_cluster_ports(ports)
+    def __init__(
+        self,
+        root: Path,
+        ports: Sequence[int],
+        *,
+        appendfsync: str = "everysec",
+        replicas: int = 0,
+        node_timeout_ms: int = 5000,
+        password: str | None = None,
+        acl_users: Iterable[str] = (),
+        tls: TlsFiles | None = None,
+    ) -> None:
+        check_cluster_ports(ports, replicas)
         self.root = root
+        self.replicas = replicas
+        self.password = password
+        self.tls = tls
+        rules = list(acl_users)
         self.nodes = [
-            RedisServer(root / f"node-{p}", p, appendfsync=appendfsync, cluster=True) for p in ports
+            RedisServer(
+                root / f"node-{p}",
+                p,
+                appendfsync=appendfsync,
+                cluster=True,
+                node_timeout_ms=node_timeout_ms,
+                password=password,
+                acl_users=rules,
+                tls=tls,
+            )
+            for p in ports
         ]
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """(host, port) of every master, the startup nodes of a cluster client."""
+        """(host, port) of every node, the startup nodes of a cluster client."""
         return [n.address for n in self.nodes]
 
     @property
+    def seeds(self) -> str:
+        """Every node as ``host:port,host:port``."""
+        return ",".join(f"{h}:{p}" for h, p in self.addresses)
+
+    @property
     def url(self) -> str:
-        """A redis:// URL of the first node (a cluster client discovers the others)."""
-        return self.nodes[0].url
+        """The URL streamscore takes for this cluster (``redis+cluster://``, ``rediss+`` with
+        TLS), every node a seed, without credentials."""
+        return f"{'rediss' if self.tls else 'redis'}+cluster://{self.seeds}"
 
     def client(self, **options: Any) -> ClusterClient:
-        """A redis-py cluster client."""
+        """A redis-py cluster client (the default user; ``options`` override)."""
         from redis.cluster import ClusterNode
         from redis.cluster import RedisCluster as Client
 
+        defaults = {
+            k: v for k, v in self.nodes[0].client_options().items() if k not in ("host", "port")
+        }
         startup = [ClusterNode(host, port) for host, port in self.addresses]  # type: ignore[no-untyped-call]
-        return Client(startup_nodes=startup, **options)
+        return Client(startup_nodes=startup, **{**defaults, **options})
 
     def running(self) -> list[int | None]:
         """Each node's pid (None where it is not running)."""
         return [n.pid() for n in self.nodes]
+
+    def delete_keys(self, prefix: str) -> int:
+        """Delete every key under ``prefix:`` on every master; how many there were."""
+        client = self.client()
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            return sum(int(client.delete(key)) for key in keys)
+        finally:
+            client.close()
+
+    def node(self, port: int) -> RedisServer:
+        """The node on ``port``."""
+        return next(n for n in self.nodes if n.port == port)
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Start the nodes; the first time, create the cluster; wait for ``cluster_state:ok``."""
@@ -248,40 +329,46 @@ class RedisCluster(Server):
         if self._assigned_slots() < CLUSTER_SLOTS:
             self._create()
         wait_until("cluster_state:ok on every node", self.ok, timeout_s, interval_s=0.2)
+        wait_until("every replica in sync", self.replicas_in_sync, timeout_s, interval_s=0.2)
+
+    def _cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        """``redis-cli`` with this cluster's TLS and password options."""
+        argv = ["redis-cli"]
+        if self.tls:
+            argv += ["--tls", "--cacert", str(self.tls.cert)]
+        if self.password is not None:
+            argv += ["-a", self.password, "--no-auth-warning"]
+        return subprocess.run(
+            [*argv, *args], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
 
     def _create(self) -> None:
         hosts = [f"{h}:{p}" for h, p in self.addresses]
-        done = subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *hosts,
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        replicas = str(self.replicas)
+        done = self._cli("--cluster", "create", *hosts, "--cluster-replicas", replicas,
+                         "--cluster-yes")  # fmt: skip
         if done.returncode != 0:
             raise DevstackError(
                 f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}\n"
                 f"(node logs under {self.root}; 'scripts/stack down --wipe' starts over)"
             )
 
-    def _cluster_info(self, node: RedisServer) -> dict[str, str]:
+    def _query(self, node: RedisServer, *command: str) -> Any:
+        """One command on one node, or None when it does not answer."""
         import redis
 
         try:
-            client = node.client(socket_timeout=3)
+            client = node.client(socket_timeout=3, socket_connect_timeout=1)
             try:
-                text = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+                return client.execute_command(*command)  # type: ignore[no-untyped-call]
             finally:
                 client.close()
         except redis.RedisError:
+            return None
+
+    def _cluster_info(self, node: RedisServer) -> dict[str, str]:
+        text = self._query(node, "CLUSTER INFO")
+        if text is None:
             return {}
         if isinstance(text, bytes):
             text = text.decode()
@@ -292,10 +379,11 @@ class RedisCluster(Server):
     def _assigned_slots(self) -> int:
         return max(int(self._cluster_info(n).get("cluster_slots_assigned", 0)) for n in self.nodes)
 
-    def ok(self) -> bool:
-        """True when every node says ``cluster_state:ok`` with all slots assigned and knows
-        all three masters."""
-        for node in self.nodes:
+    def ok(self, *, running_only: bool = False) -> bool:
+        """True when every node (every running one, with ``running_only``) says
+        ``cluster_state:ok`` with all slots assigned and knows every node of the cluster."""
+        nodes = [n for n in self.nodes if not running_only or n.pid() is not None]
+        for node in nodes:
             info = self._cluster_info(node)
             if (
                 info.get("cluster_state") != "ok"
@@ -303,7 +391,59 @@ class RedisCluster(Server):
                 or int(info.get("cluster_known_nodes", 0)) != len(self.nodes)
             ):
                 return False
-        return True
+        return bool(nodes)
+
+    def masters(self) -> list[RedisServer]:
+        """The running nodes that are masters now (replicas take over after a failover)."""
+        out = []
+        for node in self.nodes:
+            role = self._query(node, "ROLE")
+            if role and (role[0] == b"master" or role[0] == "master"):
+                out.append(node)
+        return out
+
+    def replicas_in_sync(self) -> bool:
+        """True when every running replica's link to its master is up (synced) and every
+        master has ``replicas`` of them."""
+        masters = 0
+        for node in self.nodes:
+            if node.pid() is None:
+                continue
+            role = self._query(node, "ROLE")
+            if not role:
+                return False
+            if role[0] in (b"master", "master"):
+                masters += 1
+                if len(role[2]) < self.replicas:
+                    return False
+            elif role[3] not in (b"connected", "connected"):
+                return False
+        return masters == CLUSTER_MASTERS
+
+    def node_id(self, node: RedisServer) -> str:
+        """The cluster's id of a running node."""
+        answer = self._query(node, "CLUSTER MYID")
+        if answer is None:
+            raise DevstackError(f"node 127.0.0.1:{node.port} does not answer CLUSTER MYID")
+        return answer.decode() if isinstance(answer, bytes) else str(answer)
+
+    def slot_count(self, node: RedisServer) -> int:
+        """How many slots a master serves, as it says itself."""
+        shards = self._query(node, "CLUSTER SLOTS") or []
+        port = node.port
+        return sum(int(s[1]) - int(s[0]) + 1 for s in shards if int(s[2][1]) == port)
+
+    def reshard(self, slots: int, source: RedisServer, target: RedisServer) -> str:
+        """Move ``slots`` slots and their keys from one master to another, as an operator
+        would (``redis-cli --cluster reshard``), while clients keep working; its output."""
+        done = self._cli(
+            "--cluster", "reshard", f"127.0.0.1:{source.port}",
+            "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
+            "--cluster-slots", str(slots), "--cluster-yes", timeout_s=600,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise DevstackError(f"redis-cli --cluster reshard failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop every node; False when none was running."""

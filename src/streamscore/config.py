@@ -167,7 +167,9 @@ class Settings(BaseSettings):
     # Redis
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="redis:// or, for TLS, rediss:// URL of the state store",
+        description="redis:// or, for TLS, rediss:// URL of the state store; for a Redis "
+        "Cluster redis+cluster://host:port,host:port,... (rediss+cluster:// for TLS): some of "
+        "its nodes, any one of which answering is enough to start",
     )
     redis_username: str | None = Field(default=None, description="Redis ACL user name")
     redis_password: SecretStr | None = Field(default=None, description="Redis password")
@@ -180,6 +182,14 @@ class Settings(BaseSettings):
     )
     redis_ssl_keyfile: Path | None = Field(
         default=None, description="private key (PEM) of the Redis client certificate"
+    )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="replicas of each Redis master that must hold a save before its offsets "
+        "are committed (WAIT, in the same round trip); 1 with a replica per master: a "
+        "failover loses no committed state, and saves are retried while a master has no "
+        "live replica",
     )
     redis_key_prefix: str = Field(
         default="ss", description="prefix of every Redis key (no braces); one per deployment"
@@ -440,9 +450,10 @@ class Settings(BaseSettings):
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise ValueError(f"{self.kafka_security_protocol} needs kafka_sasl_mechanism")
         redis_tls = (self.redis_ssl_ca_certs, self.redis_ssl_certfile, self.redis_ssl_keyfile)
-        if any(redis_tls) and not self.redis_url.startswith("rediss://"):
+        if any(redis_tls) and not self.redis_url.startswith(("rediss://", "rediss+cluster://")):
             raise ValueError(
-                "redis_ssl_* settings need a TLS URL: set redis_url to rediss://host:port/db"
+                "redis_ssl_* settings need a TLS URL: set redis_url to rediss://host:port/db "
+                "(rediss+cluster://host:port,host:port for a Redis Cluster)"
             )
         for name, path in (
             ("kafka_ssl_cafile", self.kafka_ssl_cafile),

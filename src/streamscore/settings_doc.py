@@ -94,7 +94,7 @@ def rows(
     overrides: Mapping[str, Any] | None = None,
 ) -> Iterator[SettingRow]:
     """Every setting with its value and source, in the model's order."""
-    from streamscore.adapters.redis_store import redact_url
+    from streamscore.adapters.redis_connect import redact_url
 
     where = sources(config_file, overrides or {}, os.environ)
     for name, field in Settings.model_fields.items():

@@ -1,13 +1,16 @@
 """Fixtures for the contract suites: the same tests run on every adapter of a port.
 
-State stores: memory and Redis. Sources: memory, files and Kafka. Sinks: memory, files and
-Kafka (the Kafka ones on fresh topics and groups of the test broker, deleted afterwards).
+State stores: memory, Redis and a Redis Cluster. Sources: memory, files and Kafka. Sinks:
+memory, files and Kafka (the Kafka ones on fresh topics and groups of the test broker,
+deleted afterwards).
 
 The Redis store needs a real Redis at ``STREAMSCORE_REDIS_URL`` (default
-``redis://127.0.0.1:6379/0``, started by ``scripts/stack up``). When it does not answer, its
-tests are skipped with the reason, unless ``STREAMSCORE_STACK=1`` is set: then they fail, so CI
-cannot pass by silently skipping them. Each Redis test gets its own random key prefix and
-deletes its keys afterwards, so tests never see each other's (or anyone else's) data.
+``redis://127.0.0.1:6379/0``, started by ``scripts/stack up``), the cluster store the 3-master
+cluster of the ``redis_cluster`` fixture (the stack's, or a private one). When they do not
+answer, their tests are skipped with the reason, unless ``STREAMSCORE_STACK=1`` is set: then
+they fail, so CI cannot pass by silently skipping them. Each Redis test gets its own random
+key prefix and deletes its keys afterwards, so tests never see each other's (or anyone
+else's) data.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError
+from redis.connection import AbstractConnection
 
+from devstack import RedisCluster
 from streamscore.adapters.files import JsonlSink, JsonlSource
 from streamscore.adapters.kafka import KafkaSource
 from streamscore.adapters.kafka_sink import KafkaSink
@@ -113,13 +118,70 @@ def redis_store(make_redis_store: MakeRedisStore) -> RedisStateStore:
     return make_redis_store()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture
+def make_cluster_store(redis_cluster: RedisCluster) -> Iterator[MakeRedisStore]:
+    """A factory of stores on the Redis Cluster under one fresh prefix; its keys go after."""
+    prefix = f"sstest-{uuid.uuid4().hex[:12]}"
+    stores: list[RedisStateStore] = []
+
+    def make(**overrides: Any) -> RedisStateStore:
+        settings = Settings(redis_url=redis_cluster.url, redis_key_prefix=prefix, **overrides)
+        store = RedisStateStore.from_settings(settings)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+    redis_cluster.delete_keys(prefix)
+
+
+@pytest.fixture
+def cluster_store(make_cluster_store: MakeRedisStore) -> RedisStateStore:
+    """A store on the 3-master Redis Cluster with default settings under a fresh prefix."""
+    return make_cluster_store()
+
+
+REDIS_STORES = ["redis", "redis-cluster"]
+
+
+@pytest.fixture(params=REDIS_STORES)
+def any_redis_store(request: pytest.FixtureRequest) -> RedisStateStore:
+    """The Redis store on one Redis, then on the Redis Cluster."""
+    fixture = "redis_store" if request.param == "redis" else "cluster_store"
+    chosen: RedisStateStore = request.getfixturevalue(fixture)
+    return chosen
+
+
+@pytest.fixture(
+    params=["memory", *(pytest.param(k, marks=pytest.mark.integration) for k in REDIS_STORES)]
+)
 def store(request: pytest.FixtureRequest) -> ContractStore:
-    """Each implementation of the port in turn."""
+    """Each implementation of the port in turn: memory, one Redis, a Redis Cluster."""
     if request.param == "memory":
         return MemoryStateStore()
-    redis_store: RedisStateStore = request.getfixturevalue("redis_store")
-    return redis_store
+    fixture = "redis_store" if request.param == "redis" else "cluster_store"
+    chosen: RedisStateStore = request.getfixturevalue(fixture)
+    return chosen
+
+
+class RoundTrips:
+    """Counts writes of requests to Redis sockets: one per command, one per pipeline."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = AbstractConnection.send_packed_command
+
+        def counting(conn: AbstractConnection, command: object, check_health: bool = True) -> None:
+            self.count += 1
+            original(conn, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+
+    def take(self) -> int:
+        """The count so far, reset to zero."""
+        n, self.count = self.count, 0
+        return n
 
 
 # -- sources and sinks: memory, files and Kafka through one harness each ------------------------

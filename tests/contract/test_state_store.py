@@ -10,14 +10,10 @@ import os
 import pytest
 import redis
 from pydantic import SecretStr
-from redis.connection import AbstractConnection
 from redis.crc import key_slot
 
-from streamscore.adapters.redis_store import (
-    RedisStateStore,
-    client_from_url,
-    redact_url,
-)
+from streamscore.adapters.redis_connect import client_from_url, redact_url
+from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.alerts import AlertState
 from streamscore.core.events import Event, EventType
@@ -28,7 +24,7 @@ from streamscore.core.timeutil import DAY_MS
 from streamscore.errors import ConfigError, TransientError
 from tests.conftest import MakeRedis
 
-from .conftest import ContractStore, MakeRedisStore, redis_settings
+from .conftest import ContractStore, MakeRedisStore, RoundTrips, redis_settings
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 ODD_IDS = ["plain", "üser-ß", "用户-7", "with space", "a:b:c", "{braced}", "a}b", "x" * 128]
@@ -224,25 +220,6 @@ def test_blobs_round_trip(store: ContractStore) -> None:
 
 
 # -- Redis only --------------------------------------------------------------------------
-
-
-class RoundTrips:
-    """Counts writes of requests to Redis sockets: one per command, one per pipeline."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        original = AbstractConnection.send_packed_command
-
-        def counting(conn: AbstractConnection, command: object, check_health: bool = True) -> None:
-            self.count += 1
-            original(conn, command, check_health)
-
-        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
-
-    def take(self) -> int:
-        """The count so far, reset to zero."""
-        n, self.count = self.count, 0
-        return n
 
 
 @pytest.mark.integration

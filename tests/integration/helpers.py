@@ -21,6 +21,7 @@ from streamscore.core.records import TOPIC_DLQ
 from streamscore.core.trainer import Trainer
 from streamscore.model_checkpoints import Head, Published
 from streamscore.ports import SourceRecord
+from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 from tests.statecheck import StoreView, settled, store_view
 
 from .conftest import BOOTSTRAP, REDIS_URL, SHARED
@@ -31,9 +32,8 @@ ASSIGNED = re.compile(r"assigned partitions \[\d")
 
 def settings_for(names: dict[str, str], **extra: object) -> Settings:
     """Settings of a test's scorer: its own topics, group and key prefix."""
-    return load_settings(
-        kafka_bootstrap_servers=BOOTSTRAP, redis_url=REDIS_URL, metrics_port=0, **names, **extra
-    )
+    values = {"kafka_bootstrap_servers": BOOTSTRAP, "redis_url": REDIS_URL, "metrics_port": 0}
+    return load_settings(**{**values, **names, **extra})
 
 
 def env_for(names: Mapping[str, object], **extra: object) -> dict[str, str]:
@@ -162,6 +162,12 @@ def wait_until_settled(
                  timeout_s, procs)  # fmt: skip
     finally:
         store.close()
+
+
+def simulated_events(users: int, days: float, seed: int = 11) -> list[tuple[str, bytes]]:
+    """A simulated shop's events, as (user id, encoded event), in the simulator's order."""
+    sim = ShopSimulator(SimulationConfig(users=users, days=days, seed=seed))
+    return [(str(e["user_id"]), encode_event(e)) for e in sim.events() if isinstance(e, dict)]
 
 
 def input_records(topic: str, client: Mapping[str, Any] = SHARED) -> list[SourceRecord]:

@@ -1,40 +1,51 @@
-"""Redis state store: per-user states, per-partition due queues, watermarks and blobs.
+"""Redis state store: per-user states, per-partition due queues, watermarks and blobs, on one
+Redis or a Redis Cluster (``redis_connect.py`` says which from ``redis_url``).
 
-Every batch costs one round trip per call: ``load`` and ``save`` pipeline all their commands
-(``transaction=False``, so the keys may live in different Redis Cluster slots), and the
-watermark "never go back" rule runs server-side in a Lua script inside the same pipeline.
+Every command the store sends has exactly one key, so none can span Redis Cluster slots, and
+every batch call pipelines its commands (``transaction=False``): one round trip on a single
+Redis, one pipeline per master it touches on a cluster (``redis_cluster.ClusterBatches``).
+The watermark "never go back" rule runs server-side in a Lua script on the one watermarks key.
 
 Retrying a failed ``save`` is safe: every command in it is idempotent (HSET of the same bytes,
-EXPIRE, ZADD/ZREM of the same entries, max of the same watermarks). redis-py may re-send a
-pipeline after a dropped connection for the same reason. Watermarks are written last, so a
-pipeline cut short by a lost connection never advances a watermark past states it did not
-save. (Without MULTI, which Redis Cluster refuses across slots, a command Redis *refuses*
-mid-pipeline, e.g. OOM, does not stop the later ones; ``save`` then raises and is retried.)
+EXPIRE, ZADD/ZREM of the same entries, max of the same watermarks). Watermarks are written
+after the states they cover, so a save cut short never leaves a watermark ahead of states it
+did not save (a replayed batch would call their events late): on one Redis they come last in
+the same pipeline, on a cluster (where pipelines to different masters apply in no order) in a
+second round trip, once every master has acknowledged the states. (Without MULTI, which Redis
+Cluster refuses across slots, a command Redis *refuses* mid-pipeline, e.g. OOM, does not stop
+the later ones; ``save`` then raises and is retried.) With ``redis_wait_replicas`` every write
+pipeline ends with ``WAIT``, so a save counts only once replicas hold it: a failover then
+cannot lose a save whose offsets were committed.
 
-Errors are translated once, here: connection trouble becomes ``TransientError`` (the runtime
-retries the batch), refused credentials or permissions become ``ConfigError``.
+Errors are translated once, here: connection trouble, a failover or moving slots become
+``TransientError`` (the runtime retries the batch), refused credentials or permissions become
+``ConfigError``; messages say "Redis" or "Redis Cluster" and where.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit
 
 import redis
 from redis import exceptions as rex
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
+from redis.cluster import RedisCluster
 
+from streamscore.adapters.redis_cluster import ClusterBatches, Command, node_name
+from streamscore.adapters.redis_connect import (
+    CREDENTIALS_HINT,
+    RedisClient,
+    connect,
+    is_auth_error,
+    redis_cause,
+    start_errors,
+)
 from streamscore.errors import ConfigError, StreamscoreError, TransientError
 
 if TYPE_CHECKING:
-    from redis.client import Pipeline
-
     from streamscore.config import Settings
 
 log = logging.getLogger("streamscore.redis")
@@ -72,81 +83,10 @@ return changed
 """
 WATERMARK_MAX_SHA = hashlib.sha1(WATERMARK_MAX_LUA.encode()).hexdigest()
 
-# -- connection settings -------------------------------------------------------------------
-SOCKET_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 3.0
-HEALTH_CHECK_INTERVAL_S = 30
-# redis-py's own retry (reconnect and re-send) before an error reaches us; kept short because
-# the runtime retries whole steps with its own backoff and logging.
-CLIENT_RETRIES = 2
-CLIENT_BACKOFF_BASE_S = 0.05
-CLIENT_BACKOFF_CAP_S = 0.5
-LOADING_WAIT_S = 120.0  # how long ``from_settings`` waits for a Redis that loads its dataset
 DAY_S = 86_400
-
-CREDENTIALS_HINT = "check STREAMSCORE_REDIS_USERNAME/STREAMSCORE_REDIS_PASSWORD"
-_AUTH_CODES = ("NOAUTH", "WRONGPASS")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]
-        return parts._replace(netloc=f"{user}:***@{host}").geturl()
-    except ValueError:
-        if "@" not in url:
-            return url
-        scheme = url.partition("://")[0]
-        return f"{scheme}://***@{url.rpartition('@')[2]}"
-
-
-def client_from_url(
-    url: str,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    tls: dict[str, str] | None = None,
-) -> redis.Redis:
-    """A redis-py client with streamscore's timeouts; ``rediss://`` gives TLS.
-
-    ``tls`` holds redis-py's ``ssl_*`` file options (CA, client certificate and key); the
-    server's certificate is always verified, hostname included. No I/O happens here.
-    Raises ``ValueError`` for a URL redis-py cannot use.
-    """
-    kwargs: dict[str, Any] = {
-        "socket_timeout": SOCKET_TIMEOUT_S,
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
-        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
-        "retry": Retry(
-            ExponentialWithJitterBackoff(cap=CLIENT_BACKOFF_CAP_S, base=CLIENT_BACKOFF_BASE_S),
-            retries=CLIENT_RETRIES,
-        ),
-        "decode_responses": False,
-    }
-    if username:
-        kwargs["username"] = username
-    if password is not None:
-        kwargs["password"] = password
-    if url.startswith("rediss://"):
-        kwargs.update(tls or {})
-    return redis.Redis.from_url(url, **kwargs)
-
-
-def tls_options(settings: Settings) -> dict[str, str]:
-    """redis-py's ``ssl_*`` keyword arguments from the ``redis_ssl_*`` settings."""
-    return {
-        option: str(path)
-        for option, path in (
-            ("ssl_ca_certs", settings.redis_ssl_ca_certs),
-            ("ssl_certfile", settings.redis_ssl_certfile),
-            ("ssl_keyfile", settings.redis_ssl_keyfile),
-        )
-        if path is not None
-    }
+WAIT_TIMEOUT_MS = 1000  # how long a write waits for its replicas (below the socket timeout)
+# Errors of a cluster's topology that pass: no seed answered a refresh, a slot unserved.
+_PASSING_TOPOLOGY = ("Redis Cluster cannot be connected", "slots are not covered")
 
 
 def _glob_escape(text: str) -> str:
@@ -154,21 +94,31 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _is_auth_error(exc: BaseException) -> bool:
-    if isinstance(
-        exc,
-        rex.AuthenticationError | rex.AuthorizationError | rex.AuthenticationWrongNumberOfArgsError,
-    ):
-        return True
-    text = str(exc)
-    return isinstance(exc, rex.ResponseError) and any(code in text for code in _AUTH_CODES)
-
-
-def _describe(client: redis.Redis) -> str:
+def _describe(client: RedisClient) -> str:
+    if isinstance(client, RedisCluster):
+        return "seed nodes " + ",".join(n.name for n in client.startup_nodes)
     kw = client.get_connection_kwargs()
     if kw.get("path"):
         return f"unix:{kw['path']}"
     return f"{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+
+
+class SingleBatches:
+    """Runs a batch of commands on one Redis: one pipeline, in order, one round trip."""
+
+    ordered = True  # one connection: later commands apply after earlier ones
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def run(self, commands: Sequence[Command], trailer: tuple[Any, ...] | None = None) -> list[Any]:
+        """Each command's result or error, then the trailer's (e.g. ``WAIT``)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for _, args in commands:
+                pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+            if trailer is not None:
+                pipe.execute_command(*trailer)  # type: ignore[no-untyped-call]
+            return pipe.execute(raise_on_error=False)
 
 
 class RedisStateStore:
@@ -176,13 +126,15 @@ class RedisStateStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         prefix: str = DEFAULT_PREFIX,
         retention_days: float = 400.0,
         where: str | None = None,
+        wait_replicas: int = 0,
     ) -> None:
-        """Wrap a client (no I/O happens here); ``where`` names the server in messages."""
+        """Wrap a client (no I/O happens here); ``where`` names the server in messages;
+        ``wait_replicas``: replicas that must hold every write before it counts."""
         if not prefix or "{" in prefix or "}" in prefix:
             raise ConfigError(
                 f"redis_key_prefix {prefix!r} must be non-empty and contain no braces (they "
@@ -192,81 +144,40 @@ class RedisStateStore:
         if not retention_days > 0:
             raise ConfigError("state_retention_days must be > 0 (STREAMSCORE_STATE_RETENTION_DAYS)")
         self._client = client
+        self.cluster = isinstance(client, RedisCluster)
+        self._batches: SingleBatches | ClusterBatches = (
+            ClusterBatches(client) if isinstance(client, RedisCluster) else SingleBatches(client)
+        )
+        self.kind = "Redis Cluster" if self.cluster else "Redis"
         self.prefix = prefix
         self.ttl_s = max(1, round(retention_days * DAY_S))
         self.where = where or _describe(client)
+        self.wait_replicas = wait_replicas
+        self._wait = ("WAIT", wait_replicas, WAIT_TIMEOUT_MS) if wait_replicas else None
         self._wm_key = WATERMARKS_KEY.format(prefix=prefix)
         self._wm_sha = WATERMARK_MAX_SHA
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStateStore:
         """Connect as configured; ``ConfigError`` when Redis is unreachable or refuses us."""
-        shown = redact_url(settings.redis_url)
-        password = settings.redis_password
+        client, to = connect(settings)
         try:
-            client = client_from_url(
-                settings.redis_url,
-                username=settings.redis_username,
-                password=password.get_secret_value() if password is not None else None,
-                tls=tls_options(settings),
+            store = cls(
+                client,
+                prefix=settings.redis_key_prefix,
+                retention_days=settings.state_retention_days,
+                where=to.where,
+                wait_replicas=settings.redis_wait_replicas,
             )
-        except ValueError as exc:
-            raise ConfigError(
-                f"invalid STREAMSCORE_REDIS_URL {shown}: {exc} "
-                "(expected redis://host:port/db, rediss:// for TLS, or unix:///path)"
-            ) from None
-        store = cls(
-            client,
-            prefix=settings.redis_key_prefix,
-            retention_days=settings.state_retention_days,
-            where=shown,
-        )
-        try:
-            store._ping_waiting_for_load()
-            # Register the watermark script now, so the first save needs no reload.
-            store._wm_sha = client.script_load(WATERMARK_MAX_LUA)
-        except rex.RedisError as exc:
+        except ConfigError:
             client.close()
-            if _is_auth_error(exc) or isinstance(exc, rex.NoPermissionError):
-                raise ConfigError(
-                    f"Redis at {shown} refused to connect: {exc}; {CREDENTIALS_HINT} "
-                    "(and the user's ACL permissions)"
-                ) from None
-            if isinstance(exc, rex.ConnectionError | rex.TimeoutError):
-                reason = str(exc).rstrip(".")
-                # Over TLS, a server that answers but fails or drops the handshake (an
-                # unverifiable certificate, a client certificate it wanted) shows up as a
-                # certificate error, an SSL error or a bare EOF, depending on who gives up.
-                handshake = "refused" not in reason.lower() and not isinstance(
-                    exc, rex.TimeoutError
-                )
-                if settings.redis_url.startswith("rediss://") and handshake:
-                    raise ConfigError(
-                        f"TLS with Redis at {shown} failed: {reason}; check "
-                        "STREAMSCORE_REDIS_SSL_CA_CERTS (the CA that signed the server's "
-                        "certificate, which must name the host in the URL) and, if the server "
-                        "asks for client certificates, STREAMSCORE_REDIS_SSL_CERTFILE and "
-                        "STREAMSCORE_REDIS_SSL_KEYFILE"
-                    ) from None
-                raise ConfigError(
-                    f"cannot reach Redis at {shown}: {reason}; start it with scripts/stack up or "
-                    "set STREAMSCORE_REDIS_URL"
-                ) from None
-            raise ConfigError(f"Redis at {shown} does not work as expected: {exc}") from None
-        log.info("state store: Redis at %s, key prefix %r", shown, store.prefix)
+            raise
+        with start_errors(to, close=client):
+            # Register the watermark script now (on every master), so the first save needs
+            # no reload.
+            store._wm_sha = client.script_load(WATERMARK_MAX_LUA)
+        log.info("state store: %s at %s, key prefix %r", to.kind, to.where, store.prefix)
         return store
-
-    def _ping_waiting_for_load(self) -> None:
-        deadline = time.monotonic() + LOADING_WAIT_S
-        while True:
-            try:
-                self._client.ping()
-                return
-            except rex.BusyLoadingError:
-                if time.monotonic() > deadline:
-                    raise
-                log.info("Redis at %s is loading its dataset; waiting", self.where)
-                time.sleep(1.0)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -284,18 +195,37 @@ class RedisStateStore:
 
     # -- errors ----------------------------------------------------------------------------
 
-    def _translate(self, what: str, exc: rex.RedisError) -> StreamscoreError:
-        where = self.where
-        if _is_auth_error(exc):
-            return ConfigError(f"Redis at {where} refused {what}: {exc}; {CREDENTIALS_HINT}")
+    def _translate(self, what: str, exc: BaseException) -> StreamscoreError:
+        kind = self.kind
+        node = node_name(exc) if self.cluster else None
+        where = f"{self.where} (node {node})" if node else self.where
+        if isinstance(exc, rex.RedisClusterException):
+            if isinstance(exc, rex.SlotNotCoveredError) or any(
+                text in str(exc) for text in _PASSING_TOPOLOGY
+            ):
+                return TransientError(
+                    f"{kind} {what} failed at {where}: {exc}; a master is down or slots are "
+                    "moving; will be retried"
+                )
+            cause = redis_cause(exc)
+            if cause is None:
+                return StreamscoreError(f"{kind} {what} failed at {where}: {exc}")
+            exc = cause
+        if is_auth_error(exc):
+            return ConfigError(f"{kind} at {where} refused {what}: {exc}; {CREDENTIALS_HINT}")
         if isinstance(exc, rex.NoPermissionError):
             return ConfigError(
-                f"Redis at {where} refused {what}: {exc}; the Redis user lacks an ACL "
+                f"{kind} at {where} refused {what}: {exc}; the Redis user lacks an ACL "
                 f"permission ({CREDENTIALS_HINT} and the user's ACL rules)"
+            )
+        if isinstance(exc, rex.AskError) and not self.cluster:  # MOVED, or ASK
+            return ConfigError(
+                f"Redis at {where} answered {what} with a redirect ({exc}): it is a node of a "
+                "Redis Cluster; set STREAMSCORE_REDIS_URL to redis+cluster://host:port,host:port"
             )
         if isinstance(exc, rex.OutOfMemoryError):
             return TransientError(
-                f"Redis at {where} is out of memory during {what} ({exc}); will be retried. "
+                f"{kind} at {where} is out of memory during {what} ({exc}); will be retried. "
                 "Raise its maxmemory, or lower STREAMSCORE_STATE_RETENTION_DAYS"
             )
         if isinstance(
@@ -304,39 +234,73 @@ class RedisStateStore:
             | rex.TimeoutError
             | rex.ReadOnlyError
             | rex.TryAgainError
-            | rex.ClusterDownError
+            | rex.ClusterError  # CLUSTERDOWN (a failover under way), too many redirects
+            | rex.AskError  # slots still moving after the redirects a batch follows
             | rex.InvalidResponse,
         ):
-            return TransientError(f"Redis {what} failed at {where}: {exc}; will be retried")
+            return TransientError(f"{kind} {what} failed at {where}: {exc}; will be retried")
         if "WRONGTYPE" in str(exc):
             return ConfigError(
-                f"Redis {what} failed at {where}: {exc}; a key under prefix {self.prefix!r} "
+                f"{kind} {what} failed at {where}: {exc}; a key under prefix {self.prefix!r} "
                 "holds another type: is another application using this prefix? Set "
                 "STREAMSCORE_REDIS_KEY_PREFIX"
             )
-        return StreamscoreError(f"Redis {what} failed at {where}: {exc}")
+        return StreamscoreError(f"{kind} {what} failed at {where}: {exc}")
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
-        except rex.RedisError as exc:
+        except (rex.RedisError, rex.RedisClusterException) as exc:
             raise self._translate(what, exc) from exc
 
-    def _pipeline(self) -> Pipeline:
-        return self._client.pipeline(transaction=False)
+    def _send(
+        self,
+        what: str,
+        commands: Sequence[Command],
+        *,
+        write: bool = False,
+        script: int | None = None,
+    ) -> list[Any]:
+        """Run one batch of commands; their results. Raises the first refusal (translated),
+        or when a ``write`` reached fewer replicas than asked. ``script``: the index of a
+        watermark script call, run again after loading the script if Redis forgot it."""
+        with self._errors(what):
+            out = self._batches.run(commands, self._wait if write else None)
+        values, acks = out[: len(commands)], out[len(commands) :]
+        for i, result in enumerate([*values, *acks]):
+            if isinstance(result, Exception) and not (
+                i == script and isinstance(result, rex.NoScriptError)
+            ):
+                raise self._translate(what, result) from result
+        short = [n for n in acks if n < self.wait_replicas]
+        if short:
+            raise TransientError(
+                f"{self.kind} {what} at {self.where}: only {min(short)} of "
+                f"{self.wait_replicas} replicas acknowledged within {WAIT_TIMEOUT_MS} ms "
+                "(STREAMSCORE_REDIS_WAIT_REPLICAS); will be retried"
+            )
+        if script is not None and isinstance(values[script], rex.NoScriptError):
+            # Redis restarted, failed over or flushed its script cache: load it, redo the max.
+            log.info(
+                "watermark script missing in %s at %s; loading it again", self.kind, self.where
+            )
+            with self._errors(what):
+                self._wm_sha = self._client.script_load(WATERMARK_MAX_LUA)
+            key, args = commands[script]
+            again = (key, ("EVALSHA", self._wm_sha, *args[2:]))
+            values[script] = self._send(what, [again], write=write)[0]
+        return values
 
     # -- StateStore ------------------------------------------------------------------------
 
     def load(self, user_ids: Collection[str]) -> dict[str, bytes]:
-        """States of the users that have one: one pipelined HGET per user, one round trip."""
+        """States of the users that have one: one HGET per user, pipelined."""
         ids = list(user_ids)
         if not ids:
             return {}
-        with self._errors(f"loading {len(ids)} user states"), self._pipeline() as pipe:
-            for u in ids:
-                pipe.hget(self.user_key(u), USER_STATE_FIELD)
-            values = pipe.execute()
+        commands = [(k, ("HGET", k, USER_STATE_FIELD)) for k in map(self.user_key, ids)]
+        values = self._send(f"loading {len(ids)} user states", commands)
         return {u: v for u, v in zip(ids, values, strict=True) if v is not None}
 
     def save(
@@ -345,40 +309,33 @@ class RedisStateStore:
         due: Mapping[int, Mapping[str, int | None]],
         watermarks: Mapping[int, int],
     ) -> None:
-        """States (TTL refreshed), due entries (None removes) and then watermarks (never
-        lowered), in one round trip."""
+        """States (TTL refreshed), due entries (None removes), then watermarks (never lowered)."""
+        commands: list[Command] = []
+        for u, data in states.items():
+            key = self.user_key(u)
+            commands.append((key, ("HSET", key, USER_STATE_FIELD, data)))
+            commands.append((key, ("EXPIRE", key, self.ttl_s)))
+        for partition, entries in due.items():
+            key = self.due_key(partition)
+            add = [x for u, at in entries.items() if at is not None for x in (at, u)]
+            drop = [u for u, at in entries.items() if at is None]
+            if add:
+                commands.append((key, ("ZADD", key, *add)))
+            if drop:
+                commands.append((key, ("ZREM", key, *drop)))
+        wm_args = [x for p, wm in watermarks.items() for x in (str(p), str(int(wm)))]
         what = f"saving {len(states)} user states"
-        with self._errors(what), self._pipeline() as pipe:
-            for u, data in states.items():
-                key = self.user_key(u)
-                pipe.hset(key, USER_STATE_FIELD, data)
-                pipe.expire(key, self.ttl_s)
-            for partition, entries in due.items():
-                key = self.due_key(partition)
-                add = {u: at for u, at in entries.items() if at is not None}
-                drop = [u for u, at in entries.items() if at is None]
-                if add:
-                    pipe.zadd(key, add)
-                if drop:
-                    pipe.zrem(key, *drop)
-            wm_args = [x for p, wm in watermarks.items() for x in (str(p), str(int(wm)))]
-            if wm_args:  # last: never ahead of the states it covers
-                pipe.evalsha(self._wm_sha, 1, self._wm_key, *wm_args)
-            if not len(pipe):
-                return
-            results = pipe.execute(raise_on_error=False)
-        errors = [r for r in results if isinstance(r, rex.RedisError)]
-        if not errors:
+        if not wm_args:
+            if commands:
+                self._send(what, commands, write=True)
             return
-        if wm_args and isinstance(results[-1], rex.NoScriptError) and len(errors) == 1:
-            # Redis restarted or its script cache was flushed: load the script, redo the max.
-            log.info("watermark script missing in Redis at %s; loading it again", self.where)
-            with self._errors("saving watermarks"):
-                self._wm_sha = self._client.script_load(WATERMARK_MAX_LUA)
-                self._client.evalsha(self._wm_sha, 1, self._wm_key, *wm_args)
+        wm = (self._wm_key, ("EVALSHA", self._wm_sha, 1, self._wm_key, *wm_args))
+        if self._batches.ordered:  # last in the same pipeline
+            self._send(what, [*commands, wm], write=True, script=len(commands))
             return
-        first = errors[0]
-        raise self._translate(what, first) from first
+        if commands:  # every master holds the states before the watermarks move
+            self._send(what, commands, write=True)
+        self._send(what, [wm], write=True, script=0)
 
     def erase(
         self,
@@ -387,27 +344,37 @@ class RedisStateStore:
         offsets: Mapping[int, int],
     ) -> None:
         """Marks first (an erased user's events stay out even if the rest is cut short), then
-        the users' states and due entries, then the offsets: one round trip, idempotent."""
-        with self._errors(f"erasing {len(users)} users"), self._pipeline() as pipe:
-            for partition, entries in marks.items():
-                key = ERASURE_MARKS_KEY.format(prefix=self.prefix, partition=partition)
-                add = {fp: m for fp, m in entries.items() if m is not None}
-                drop = [fp for fp, m in entries.items() if m is None]
-                if add:
-                    pipe.hset(key, mapping=add)  # type: ignore[arg-type]
-                if drop:
-                    pipe.hdel(key, *drop)
-            for user, due_partition in users.items():
-                pipe.delete(self.user_key(user))
-                if due_partition is not None:
-                    pipe.zrem(self.due_key(due_partition), user)
-            if offsets:
-                pipe.hset(
-                    ERASURE_OFFSETS_KEY.format(prefix=self.prefix),
-                    mapping={str(p): o for p, o in offsets.items()},
-                )
-            if len(pipe):
-                pipe.execute()
+        the users' states and due entries, then the offsets; idempotent. One round trip on one
+        Redis; on a cluster one per step, so that each step is on every master before the next
+        begins (as ``save`` orders states before watermarks)."""
+        mark_cmds: list[Command] = []
+        for partition, entries in marks.items():
+            key = ERASURE_MARKS_KEY.format(prefix=self.prefix, partition=partition)
+            add = [v for fp, m in entries.items() if m is not None for v in (fp, m)]
+            drop = [fp for fp, m in entries.items() if m is None]
+            if add:
+                mark_cmds.append((key, ("HSET", key, *add)))
+            if drop:
+                mark_cmds.append((key, ("HDEL", key, *drop)))
+        user_cmds: list[Command] = []
+        for user, due_partition in users.items():
+            key = self.user_key(user)
+            user_cmds.append((key, ("DEL", key)))
+            if due_partition is not None:
+                due = self.due_key(due_partition)
+                user_cmds.append((due, ("ZREM", due, user)))
+        offset_cmds: list[Command] = []
+        if offsets:
+            key = ERASURE_OFFSETS_KEY.format(prefix=self.prefix)
+            pairs = [v for p, o in offsets.items() for v in (str(p), o)]
+            offset_cmds.append((key, ("HSET", key, *pairs)))
+        what = f"erasing {len(users)} users"
+        steps = [mark_cmds, user_cmds, offset_cmds]
+        if self._batches.ordered:
+            steps = [[c for step in steps for c in step]]
+        for step in steps:
+            if step:
+                self._send(what, step, write=True)
 
     def erasure_log(
         self, partitions: Iterable[int]
@@ -416,11 +383,12 @@ class RedisStateStore:
         parts = list(partitions)
         if not parts:
             return {}, {}
-        with self._errors("loading erasure offsets and marks"), self._pipeline() as pipe:
-            pipe.hmget(ERASURE_OFFSETS_KEY.format(prefix=self.prefix), [str(p) for p in parts])
-            for p in parts:
-                pipe.hgetall(ERASURE_MARKS_KEY.format(prefix=self.prefix, partition=p))
-            offsets_raw, *marks_raw = pipe.execute()
+        offsets_key = ERASURE_OFFSETS_KEY.format(prefix=self.prefix)
+        commands: list[Command] = [(offsets_key, ("HMGET", offsets_key, *(str(p) for p in parts)))]
+        for p in parts:
+            key = ERASURE_MARKS_KEY.format(prefix=self.prefix, partition=p)
+            commands.append((key, ("HGETALL", key)))
+        offsets_raw, *marks_raw = self._send("loading erasure offsets and marks", commands)
         offsets = {p: int(v) for p, v in zip(parts, offsets_raw, strict=True) if v is not None}
         marks = {
             p: {fp.decode(): m for fp, m in found.items()}
@@ -437,10 +405,11 @@ class RedisStateStore:
         parts = list(up_to.items())
         if not parts or limit <= 0:
             return {}
-        with self._errors("querying due users"), self._pipeline() as pipe:
-            for partition, wm in parts:
-                pipe.zrangebyscore(self.due_key(partition), "-inf", wm, start=0, num=limit)
-            results = pipe.execute()
+        commands = [
+            (k, ("ZRANGEBYSCORE", k, "-inf", wm, "LIMIT", 0, limit))
+            for k, wm in ((self.due_key(p), wm) for p, wm in parts)
+        ]
+        results = self._send("querying due users", commands)
         out: dict[int, list[str]] = {}
         for (partition, _), members in zip(parts, results, strict=True):
             if members:
@@ -465,8 +434,8 @@ class RedisStateStore:
 
     def put_blob(self, name: str, data: bytes) -> None:
         """Store a named blob; one SET, so readers see the old or the new bytes, never a mix."""
-        with self._errors(f"saving blob {name!r}"):
-            self._client.set(self.blob_key(name), data)
+        key = self.blob_key(name)
+        self._send(f"saving blob {name!r}", [(key, ("SET", key, data))], write=True)
 
     def close(self) -> None:
         """Release the connections."""
@@ -475,13 +444,14 @@ class RedisStateStore:
     # -- measurements ----------------------------------------------------------------------
 
     def _scan(self, glob: str, limit: int | None = None) -> list[bytes]:
+        """Keys matching ``glob`` (on every master of a cluster), each once."""
         pattern = glob.format(prefix=_glob_escape(self.prefix))
-        keys: list[bytes] = []
+        keys: dict[bytes, None] = {}  # a key a reshard moves mid-scan may show up twice
         for key in self._client.scan_iter(match=pattern, count=1000):
-            keys.append(key)
+            keys[key] = None
             if limit is not None and len(keys) >= limit:
                 break
-        return keys
+        return list(keys)
 
     def bytes_per_user(self, sample: int = 200) -> float:
         """Mean ``MEMORY USAGE`` of up to ``sample`` user keys (0.0 without users).
@@ -491,21 +461,15 @@ class RedisStateStore:
         """
         with self._errors("measuring memory per user"):
             keys = self._scan(USER_KEY_GLOB, sample)
-            if not keys:
-                return 0.0
-            with self._pipeline() as pipe:
-                for key in keys:
-                    pipe.memory_usage(key, samples=0)
-                sizes = [s for s in pipe.execute() if s is not None]
+        if not keys:
+            return 0.0
+        commands = [(k.decode(), ("MEMORY USAGE", k, "SAMPLES", 0)) for k in keys]
+        sizes = [s for s in self._send("measuring memory per user", commands) if s]
         return sum(sizes) / len(sizes) if sizes else 0.0
 
     def due_count(self) -> int:
         """How many users wait in due queues, over all partitions (for tests and metrics)."""
         with self._errors("counting due users"):
             keys = self._scan(DUE_KEY_GLOB)
-            if not keys:
-                return 0
-            with self._pipeline() as pipe:
-                for key in keys:
-                    pipe.zcard(key)
-                return sum(int(n) for n in pipe.execute())
+        commands = [(k.decode(), ("ZCARD", k)) for k in keys]
+        return sum(int(n) for n in self._send("counting due users", commands)) if keys else 0
