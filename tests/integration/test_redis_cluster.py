@@ -33,10 +33,13 @@ from tests.conftest import MakeCluster
 from .conftest import SHARED
 from .helpers import (
     ASSIGNED,
+    assert_learnt_once,
     assert_same_as_uninterrupted,
     env_for,
     joined,
     kill,
+    published_lineage,
+    settings_for,
     simulated_events,
     start_scorer,
     stop,
@@ -133,7 +136,8 @@ def test_two_scorers_on_the_cluster_one_killed_and_restarted_match_one_run(
     """Two scorers in one group share the partitions and the cluster; one is killed with
     SIGKILL at 30 % committed, the other takes its partitions over (picking up from the
     cluster what the dead one saved), then the dead one is started again and gets some back.
-    The state is one uninterrupted run's."""
+    The state is one uninterrupted run's, and the one model lineage learnt every label the
+    two resolved exactly once."""
     names = on_cluster
     group, topic = names["kafka_group_id"], names["input_topic"]
     env = env_for(names, redis_url=redis_cluster.url, batch_max_records=200)
@@ -142,6 +146,7 @@ def test_two_scorers_on_the_cluster_one_killed_and_restarted_match_one_run(
     procs = {log: start_scorer(env, log) for log in logs}
     survivor, victim = logs
     progress = GroupProgress(SHARED, group, topic)
+    training = GroupProgress(SHARED, f"{group}-trainer", names["training_topic"])
     try:
         wait_for("both scorers to get partitions", lambda: all(map(joined, logs)), 60, procs)
         events = simulated_events(users=150, days=40, seed=14)
@@ -157,14 +162,27 @@ def test_two_scorers_on_the_cluster_one_killed_and_restarted_match_one_run(
         procs[victim] = start_scorer(env, victim)
         wait_for("the restarted scorer to get partitions", lambda: joined(victim, again), 60, procs)
         wait_until_committed(group, topic, procs, timeout_s=240)
-        settings = load_settings(
-            redis_url=redis_cluster.url, redis_key_prefix=names["redis_key_prefix"]
+        settings = settings_for(
+            names, redis_url=redis_cluster.url, checkpoint_key="integration-test-key"
         )
         wait_until_settled(settings, procs, timeout_s=120)
+        # The one lineage (kept on the cluster too) has published a version of everything
+        # the two scorers sent to training-examples, the killed one's labels included.
+        wait_for(
+            "a published version reflecting all of training-examples",
+            lambda: (
+                (h := published_lineage(settings)[0]) is not None and h.offset == training.ends()[0]
+            ),
+            90,
+            procs,
+            interval_s=0.2,
+        )
     finally:
         progress.close()
+        training.close()
         codes = [stop(p) for p in procs.values()]
     assert codes == [0, 0], [tail(log) for log in logs]
+    assert_learnt_once(settings, names)  # each resolved label learnt exactly once
     assert f"state store: Redis Cluster at seed nodes {redis_cluster.seeds}" in survivor.read_text()
     assert share_at_kill < 1.0 and share_at_takeover < 1.0, (share_at_kill, share_at_takeover)
     got = assert_same_as_uninterrupted(names, redis_url=redis_cluster.url)
