@@ -234,15 +234,18 @@ class Stack:
         return name
 
     def output_topics(self, what: str, partitions: int = 4) -> dict[str, str]:
-        """The four output topics of one scorer run; scores carry the broker's append time."""
+        """The output topics of one scorer run (training-examples with its one partition);
+        scores carry the broker's append time."""
         names = {
             "scores_topic": self.name(f"{what}-scores"),
             "alerts_topic": self.name(f"{what}-alerts"),
             "segments_topic": self.name(f"{what}-segments"),
             "dlq_topic": self.name(f"{what}-dlq"),
+            "training_topic": self.name(f"{what}-training-examples"),
         }
         for key, topic in names.items():
-            self.create_topic(topic, partitions, log_append_time=key == "scores_topic")
+            n = 1 if key == "training_topic" else partitions
+            self.create_topic(topic, n, log_append_time=key == "scores_topic")
         return names
 
     def produce(

@@ -31,7 +31,14 @@ from typing import Any
 import orjson
 import redis
 
-from devstack import GroupProgress, create_topics, delete_topics, produce, topic_settings
+from devstack import (
+    GroupProgress,
+    create_topics,
+    delete_topics,
+    produce,
+    topic_partitions,
+    topic_settings,
+)
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import load_settings
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
@@ -69,7 +76,7 @@ def main() -> int:
     tag = f"soak{uuid.uuid4().hex[:6]}"
     topics = topic_settings(tag)
     client = {"bootstrap_servers": [BOOTSTRAP]}
-    create_topics(client, dict.fromkeys(topics.values(), 4))
+    create_topics(client, topic_partitions(topics, 4))
     r = redis.Redis.from_url(REDIS_URL)
     progress: GroupProgress | None = None
     proc: subprocess.Popen[bytes] | None = None

@@ -32,6 +32,7 @@ from kafka import KafkaProducer
 
 from bench.common import (
     BOOTSTRAP,
+    CHECKPOINT_KEY,
     REDIS_URL,
     ROOT,
     DatasetSpec,
@@ -220,6 +221,7 @@ def _output_names(names: dict[str, str]) -> list[str]:
 
 def _scorer_names(stack: Stack, label: str, topic: str) -> tuple[dict[str, str], str]:
     group = stack.group(label)
+    stack.groups.append(f"{group}-trainer")  # the trainers' group (deleted with the run's)
     prefix = stack.prefix(label)
     names = {
         "input_topic": topic,
@@ -239,8 +241,10 @@ def run_scorer(
     naive: bool = False,
     timeout_s: float = 600.0,
     measure_redis: bool = False,
+    lineage: bool = False,
 ) -> dict[str, Any]:
-    """(b) ``streamscore run`` (or (c), the naive variant) over the whole data set."""
+    """(b) ``streamscore run`` (or (c), the naive variant) over the whole data set; with
+    ``lineage``, also the published model lineage once the trainer has learnt everything."""
     stack = ctx.stack
     topic = ctx.input_topic(partitions)
     names, prefix = _scorer_names(stack, label, topic)
@@ -260,6 +264,8 @@ def run_scorer(
             stack, procs, names["kafka_group_id"], topic, len(ctx.data),
             timeout_s=timeout_s, label=label,
         )  # fmt: skip
+        if lineage:
+            result["lineage"] = lineage_figures(stack, names, label)
     finally:
         codes = [stack.stop(p) for p in procs]
     result["exit_codes"] = codes
@@ -529,10 +535,12 @@ def run_anatomy(
     count = int(rate * seconds)
     topic = stack.create_topic(stack.name(f"{label}-in"), partitions)
     names, _ = _scorer_names(stack, label, topic)
+    # No trainer thread: a diagnostic of the scoring loop (it scores with fresh models).
     settings = load_settings(
-        kafka_bootstrap_servers=BOOTSTRAP, redis_url=REDIS_URL, metrics_port=0, **names
-    )
-    pipeline, _ = build_service(settings)
+        kafka_bootstrap_servers=BOOTSTRAP, redis_url=REDIS_URL, metrics_port=0,
+        checkpoint_key=CHECKPOINT_KEY, run_trainer=False, **names,
+    )  # fmt: skip
+    pipeline = build_service(settings).pipeline
     source = pipeline.source
     freeze_startup_heap()  # as run_service does
     spec = ctx.spec
@@ -645,23 +653,78 @@ def run_anatomy(
 # -- scaling ------------------------------------------------------------------------------------
 
 
-def run_scaling(ctx: Context, partitions: Sequence[int] = (2, 4)) -> dict[str, Any]:
-    """1 and 2 ``streamscore run`` processes in one group, on 2- and 4-partition topics."""
+def lineage_figures(
+    stack: Stack, names: dict[str, str], label: str, timeout_s: float = 120.0
+) -> dict[str, Any]:
+    """Once the trainer has published a version reflecting all of training-examples: that
+    version's labels learnt and prequential quality (the one lineage of every process)."""
+    from streamscore.adapters.redis_store import RedisStateStore
+    from streamscore.config import load_settings
+    from streamscore.model_checkpoints import LineageStore
+
+    settings = load_settings(
+        redis_url=REDIS_URL, redis_key_prefix=names["redis_key_prefix"],
+        checkpoint_key=CHECKPOINT_KEY, metrics_port=0,
+    )  # fmt: skip
+    store = RedisStateStore.from_settings(settings)
+    try:
+        published = LineageStore(settings, store)
+        t0 = time.monotonic()
+        while True:
+            end = stack.end_offsets(names["training_topic"]).get(0, 0)
+            head = published.head()
+            if head is not None and head.offset >= end:
+                break
+            if time.monotonic() - t0 > timeout_s:
+                raise RuntimeError(f"{label}: the trainer did not catch up in {timeout_s:.0f}s")
+            time.sleep(0.2)
+        version = published.load()
+    finally:
+        store.close()
+    assert version is not None
+    summary = version.summary
+    out = {
+        "version": version.version,
+        "training_records": end,
+        "caught_up_after_s": round(time.monotonic() - t0, 2),
+        "labels_learnt": summary["labels_learnt"],
+        "churn_auc": summary["churn_auc"],
+        "churn_rolling_auc": summary["churn_rolling_auc"],
+        "churn_rolling_log_loss": summary["churn_rolling_log_loss"],
+        "value_rolling_mae": summary["value_rolling_mae"],
+    }
+    log(f"{label}: lineage version {out['version']} learnt {out['labels_learnt']} of "
+        f"{end:,} training records; churn AUC {out['churn_auc']}, rolling log loss "
+        f"{out['churn_rolling_log_loss']}")  # fmt: skip
+    return out
+
+
+def run_scaling(
+    ctx: Context, partitions: Sequence[int] = (2, 4), processes: Sequence[int] = (1, 2, 4)
+) -> dict[str, Any]:
+    """1, 2 and 4 ``streamscore run`` processes in one group (never more than partitions),
+    on 2- and 4-partition topics: events/s, and the quality of the one lineage they train."""
     out: dict[str, Any] = {}
     for p in partitions:
         runs = {}
-        for n in (1, 2):
-            runs[n] = run_scorer(ctx, label=f"scale-p{p}-n{n}", partitions=p, processes=n)
+        for n in (n for n in processes if n <= p):
+            runs[n] = run_scorer(
+                ctx, label=f"scale-p{p}-n{n}", partitions=p, processes=n, lineage=True
+            )
         one, two = runs[1]["events_per_s"], runs[2]["events_per_s"]
         out[f"p{p}"] = {
             "partitions": p,
             "partition_shares": ctx.partition_shares(p),
             "one": runs[1],
             "two": runs[2],
+            "runs": {str(n): run for n, run in runs.items()},
             "speedup": round(two / one, 2) if one else None,
-        }
-        log(f"scaling on {p} partitions: 1 process {one:,.0f}/s, 2 processes {two:,.0f}/s "
-            f"= {out[f'p{p}']['speedup']}×")  # fmt: skip
+            "speedups": {str(n): round(r["events_per_s"] / one, 2) if one else None
+                         for n, r in runs.items()},
+        }  # fmt: skip
+        log(f"scaling on {p} partitions: " + ", ".join(
+            f"{n} × {r['events_per_s']:,.0f}/s (churn AUC {r['lineage']['churn_auc']:.4f})"
+            for n, r in runs.items()))  # fmt: skip
     return out
 
 

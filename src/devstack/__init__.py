@@ -26,6 +26,7 @@ from devstack.topics import (
     TOPIC_SETTINGS,
     create_topics,
     delete_topics,
+    topic_partitions,
     topic_settings,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "produce",
     "read_topic",
     "require_redis_server",
+    "topic_partitions",
     "topic_settings",
     "wait_until",
 ]

@@ -373,7 +373,10 @@ class KafkaBroker(Server):
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def create_topics(self, names: Iterable[str], partitions: int | None = None) -> None:
-        """Create topics and wait until every partition has a leader."""
-        from devstack.topics import create_topics
+        """Create topics and wait until every partition has a leader (training-examples, by
+        whatever prefix, with one partition)."""
+        from devstack.topics import ONE_PARTITION, create_topics
 
-        create_topics(self.client_config(), dict.fromkeys(names, partitions or self.partitions))
+        n = partitions or self.partitions
+        wanted = {name: 1 if any(name.endswith(t) for t in ONE_PARTITION) else n for name in names}
+        create_topics(self.client_config(), wanted)

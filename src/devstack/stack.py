@@ -25,7 +25,13 @@ from devstack.jars import DEFAULT_KAFKA_VERSION, KafkaJars, check_kafka_version
 from devstack.kafka import KafkaBroker
 from devstack.procs import DevstackError
 from devstack.redis import RedisCluster, RedisServer, check_cluster_ports
-from devstack.topics import STANDARD_TOPICS, create_topics, list_topics
+from devstack.topics import (
+    STANDARD_TOPICS,
+    TOPIC_SETTINGS,
+    create_topics,
+    list_topics,
+    topic_partitions,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK_WAIT_S = 600
@@ -155,7 +161,7 @@ class LocalStack:
             t0 = time.monotonic()
             self.start_redis()
             self.start_kafka()
-            self.ensure_topics(dict.fromkeys(STANDARD_TOPICS, self.config.partitions))
+            self.ensure_topics(topic_partitions(TOPIC_SETTINGS, self.config.partitions))
             extra = ""
             if redis_cluster:
                 self.start_cluster()
@@ -317,7 +323,7 @@ class LocalStack:
         if self.kafka.pid() is None:
             raise DevstackError("kafka is not running; run 'scripts/stack up' first")
         if name is None:
-            self.ensure_topics(dict.fromkeys(STANDARD_TOPICS, self.config.partitions))
+            self.ensure_topics(topic_partitions(TOPIC_SETTINGS, self.config.partitions))
         else:
             self.ensure_topics({name: partitions or 1})
         return [f"{n} {p}" for n, p in sorted(list_topics(self.client).items())]

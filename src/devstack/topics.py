@@ -1,7 +1,8 @@
 """The standard topics, named once in ``streamscore.core.records``, and topic admin.
 
-``topic_settings(tag)`` gives one scorer its own copy of the five topics (``<tag>-<name>``),
-keyed by the settings that name them, so tests and benchmarks never spell a topic name.
+``topic_settings(tag)`` gives one scorer its own copy of the six topics (``<tag>-<name>``),
+keyed by the settings that name them, so tests and benchmarks never spell a topic name;
+``topic_partitions`` gives each its partition count (training-examples has exactly one).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from streamscore.core.records import (
     TOPIC_EVENTS,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
+    TOPIC_TRAINING,
 )
 
 # The settings field that names each topic (streamscore.config.Settings).
@@ -26,14 +28,26 @@ TOPIC_SETTINGS: dict[str, str] = {
     "alerts_topic": TOPIC_ALERTS,
     "segments_topic": TOPIC_SEGMENTS,
     "dlq_topic": TOPIC_DLQ,
+    "training_topic": TOPIC_TRAINING,
 }
 STANDARD_TOPICS: tuple[str, ...] = tuple(TOPIC_SETTINGS.values())
+# Topics whose partition count is part of their contract, not a choice of scale.
+ONE_PARTITION = frozenset({TOPIC_TRAINING})
 TOPIC_ALREADY_EXISTS = 36
 
 
 def topic_settings(tag: str) -> dict[str, str]:
-    """The five topic settings of one scorer, each name prefixed with ``tag``."""
+    """The six topic settings of one scorer, each name prefixed with ``tag``."""
     return {setting: f"{tag}-{topic}" for setting, topic in TOPIC_SETTINGS.items()}
+
+
+def topic_partitions(topics: Mapping[str, str], partitions: int) -> dict[str, int]:
+    """Topic name → partitions for topics named by their settings (``topic_settings``):
+    ``partitions`` each, but one for training-examples."""
+    return {
+        name: 1 if TOPIC_SETTINGS.get(setting) in ONE_PARTITION else partitions
+        for setting, name in topics.items()
+    }
 
 
 def _admin(client: Mapping[str, Any], timeout_ms: int) -> Any:

@@ -98,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
         "`streamscore config` lists all of them with their values, sources and meanings."
     )
 
+    tr = command(
+        "train",
+        "the trainer alone: learns training-examples for every scorer of the group and "
+        "publishes model versions (run does it too unless run_trainer=false)",
+    )
+    tr.epilog = (
+        "Joins the consumer group <kafka_group_id>-trainer; the member that owns the one "
+        "partition of training-examples trains, the others stand by. Same settings as run."
+    )
+
     sc = command("schemas", "write the JSON Schemas of every topic")
     sc.add_argument("--out", type=output_dir, default=Path("schemas"))
 
@@ -193,6 +203,12 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return run_service(settings)
 
 
+def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from streamscore.service import run_trainer
+
+    return run_trainer(settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamscore`` console script."""
     try:
@@ -223,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "simulate": _cmd_simulate,
             "schemas": _cmd_schemas,
             "run": _cmd_run,
+            "train": _cmd_train,
             "config": _cmd_config,
             "tail": _cmd_tail,
         }[args.command]

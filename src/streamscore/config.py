@@ -27,6 +27,7 @@ from streamscore.core.records import (
     TOPIC_EVENTS,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
+    TOPIC_TRAINING,
 )
 from streamscore.core.timeutil import parse_rfc3339
 from streamscore.core.values import ChurnActivity, ModelParams, ScoringConfig
@@ -94,6 +95,11 @@ class Settings(BaseSettings):
     dlq_topic: str = Field(
         default=TOPIC_DLQ,
         description="dead-letter topic for input that breaks the contract",
+    )
+    training_topic: str = Field(
+        default=TOPIC_TRAINING,
+        description="topic of what the models learn from (resolved labels, customers at "
+        "snapshots; no user ids): one partition, read by the one trainer",
     )
     batch_max_records: int = Field(
         default=2000, ge=1, le=100_000, description="records polled and processed per batch"
@@ -284,12 +290,36 @@ class Settings(BaseSettings):
         "a failing step for this many poll timeouts (150 × 200 ms = 30 s); keep it above "
         "15 s, since retries back off up to 10 s and a poll waits up to 10 s for a group join",
     )
+    run_trainer: bool = Field(
+        default=True,
+        description="run also joins the trainer's consumer group (<kafka_group_id>-trainer): "
+        "the one process that owns training-examples' partition trains the models for all. "
+        "false: this process only scores (run `streamscore train` elsewhere)",
+    )
     checkpoint_interval_seconds: float = Field(
-        default=60.0, gt=0, description="seconds between model checkpoints"
+        default=15.0,
+        gt=0,
+        description="seconds between the model versions the trainer publishes (signed "
+        "checkpoints of the lineage, with the training-examples offset they reflect)",
+    )
+    model_staleness_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="scorers look for a newer published model version this often (one small "
+        "Redis read) and score with it from the next batch",
+    )
+    training_dedupe_window: int = Field(
+        default=200_000,
+        ge=0,
+        description="labels and snapshots the trainer remembers the ids of, to drop a record "
+        "published twice (a scorer that crashed after flushing redoes its batch); part of "
+        "the lineage's checkpoint, 8 bytes each",
     )
     checkpoint_key: SecretStr | None = Field(
         default=None,
-        description="HMAC-SHA256 key that signs model checkpoints; unset: no checkpoints",
+        description="HMAC-SHA256 key that signs the published model versions; run and train "
+        "need it, the same in every process",
     )
     checkpoint_key_id: str = Field(
         default="k1", description="id stored with each checkpoint, naming the key that signed it"

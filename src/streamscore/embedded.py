@@ -155,7 +155,9 @@ def replay(
     store = store if store is not None else MemoryStateStore()
     sink = JsonlSink(out_dir)
     sink.ensure(OUTPUT_TOPICS)
-    scorer, trainer = in_process_scorer(settings.scoring(), settings.model_params())
+    scorer, trainer = in_process_scorer(
+        settings.scoring(), settings.model_params(), dedupe_window=settings.training_dedupe_window
+    )
     pipeline = build_pipeline(settings, source, store, sink, scorer)
     try:
         summary = drive(pipeline, Progress("replay") if show_progress else None)
@@ -244,7 +246,9 @@ def demo(
     store = MemoryStateStore()
     sink = JsonlSink(out_dir)
     sink.ensure(OUTPUT_TOPICS)
-    scorer, trainer = in_process_scorer(settings.scoring(), settings.model_params())
+    scorer, trainer = in_process_scorer(
+        settings.scoring(), settings.model_params(), dedupe_window=settings.training_dedupe_window
+    )
     outcomes: list[LabelOutcome] = []
     scorer.outcomes = outcomes
     source = ListSource(

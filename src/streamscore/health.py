@@ -35,6 +35,10 @@ STEP_SERVER = {
     "query due users": "redis",
     "save states": "redis",
     "load watermarks": "redis",
+    "poll training examples": "kafka",
+    "commit training offset": "kafka",
+    "restore model lineage": "redis",
+    "publish model version": "redis",
 }
 
 
@@ -163,8 +167,8 @@ class LoopStatus:
                 reasons.append("models are not loaded yet")
             if not self._partitions:
                 reasons.append(
-                    "no partition of the input topic is assigned to this process (joining the "
-                    "group, or more scorers than partitions)"
+                    "no partition of its topic is assigned to this process (joining the group, "
+                    "more scorers than partitions, or a trainer standing by)"
                 )
             servers: dict[str, Any] = {}
             for server in ("kafka", "redis"):

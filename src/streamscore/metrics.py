@@ -10,12 +10,15 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streamscore.core.drift import PSI_FEATURES
+from streamscore.core.drift import PSI_FEATURES, DriftEvent
+from streamscore.core.lineage import ServedLineage
 from streamscore.core.scorer import Scorer
 from streamscore.core.timeutil import iso
 from streamscore.core.trainer import Trainer
+from streamscore.core.training_records import TrainingOutbox
 from streamscore.errors import NewerFormatError
 from streamscore.runtime import BatchStats
+from streamscore.training import TrainerLoop, TrainerStats
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -91,7 +94,47 @@ DUE_USERS_LOADED = Counter(
     registry=REGISTRY,
 )
 LABELS = Counter(
-    "streamscore_labels_resolved_total", "Labels learnt by model", ["model"], registry=REGISTRY
+    "streamscore_labels_resolved_total",
+    "Labels this process resolved and published to training-examples, by model",
+    ["model"],
+    registry=REGISTRY,
+)
+LABELS_LEARNT = Counter(
+    "streamscore_labels_learnt_total",
+    "Labels the trainer in this process validated and learnt, by model (repeats dropped)",
+    ["model"],
+    registry=REGISTRY,
+)
+TRAINING_DUPLICATES = Counter(
+    "streamscore_training_duplicates_total",
+    "training-examples records the trainer dropped as repeats (a scorer redid a batch after "
+    "a crash)",
+    registry=REGISTRY,
+)
+TRAINING_UNREADABLE = Counter(
+    "streamscore_training_unreadable_total",
+    "training-examples records the trainer could not decode (another version's input set)",
+    registry=REGISTRY,
+)
+TRAINER_ACTIVE = Gauge(
+    "streamscore_trainer_active",
+    "1 in the process that trains (owns training-examples' partition), else 0",
+    registry=REGISTRY,
+)
+TRAINER_LAG = Gauge(
+    "streamscore_trainer_lag_records",
+    "training-examples records the trainer has not learnt yet (0 where it does not train)",
+    registry=REGISTRY,
+)
+MODEL_VERSION = Gauge(
+    "streamscore_model_version",
+    "Version of the published models this process scores with (0: none published yet)",
+    registry=REGISTRY,
+)
+MODEL_VERSION_AGE = Gauge(
+    "streamscore_model_version_age_seconds",
+    "Seconds since the model version this process scores with was published",
+    registry=REGISTRY,
 )
 CHURN_AUC = Gauge(
     "streamscore_churn_rolling_auc", "Churn ROC AUC over recent labels", registry=REGISTRY
@@ -113,7 +156,8 @@ SOURCE_CONNECTED = Gauge(
 )
 CHECKPOINT_AGE = Gauge(
     "streamscore_checkpoint_age_seconds",
-    "Seconds since the last model checkpoint",
+    "Seconds the trainer has held learning it has not published as a model version (0: all "
+    "published, or this process does not train)",
     registry=REGISTRY,
 )
 UP_SINCE = Gauge("streamscore_start_time_seconds", "Process start time (unix s)", registry=REGISTRY)
@@ -171,18 +215,23 @@ DRIFT_BIAS = Gauge(
 # rate() or increase(), so the first drift detection (or retry) would never alert, and the
 # dashboard panels would say "No data" instead of 0 until something happens.
 DRIFT_SIGNALS = ("churn_bias", "value_bias", *(f"psi_{name}" for name in PSI_FEATURES))
-RETRY_STEPS = (  # the steps runtime.Pipeline retries with on_retry
+RETRY_STEPS = (  # the steps runtime.Pipeline and training.TrainerLoop retry with on_retry
     "load states",
     "query due users",
     "send outputs",
     "flush producer",
     "save states",
     "commit offsets",
+    "poll training examples",
+    "publish model version",
 )
 for _signal in DRIFT_SIGNALS:
     DRIFT_DETECTIONS.labels(_signal)
 for _step in RETRY_STEPS:
     TRANSIENT_ERRORS.labels(_step)
+for _model in ("churn", "value"):
+    LABELS.labels(_model)
+    LABELS_LEARNT.labels(_model)
 
 
 def count_transient_error(step: str, error: Exception) -> None:
@@ -217,44 +266,101 @@ def observe_batch(stats: BatchStats, now_s: float) -> None:
 
 
 class ScorerWatch:
-    """Turns the scorer's and trainer's running figures into metrics; logs new drift detections."""
+    """Turns a scorer's running figures into metrics: what it resolved and published, the
+    model version it scores with and that version's quality, its population drift (logged)."""
 
-    def __init__(self, scorer: Scorer, trainer: Trainer, log: logging.Logger) -> None:
+    def __init__(
+        self, scorer: Scorer, outbox: TrainingOutbox, served: ServedLineage, log: logging.Logger
+    ) -> None:
         self.scorer = scorer
-        self.trainer = trainer
+        self.outbox = outbox
+        self.served = served
         self.log = log
         self._labels = {"churn": 0, "value": 0}
         self._events_seen = 0
 
-    def update(self) -> None:
-        """Refresh quality, drift and label metrics (a few ms: call every few seconds)."""
-        s = self.scorer
-        q = self.trainer.quality
-        for model, total in (("churn", q.churn.count), ("value", q.value.count)):
-            LABELS.labels(model).inc(total - self._labels[model])
-            self._labels[model] = total
-        PENDING_LABELS.set(s.counters.snapshots - q.value.count)
-        auc = q.churn.rolling_auc()
-        if auc is not None:
-            CHURN_AUC.set(auc)
-        loss = q.churn.rolling_log_loss()
-        if loss is not None:
-            CHURN_LOGLOSS.set(loss)
-        mae = q.value.rolling_mae()
-        if mae is not None:
-            VALUE_MAE.set(mae)
-        for row in q.churn.report()["calibration"]:
+    def update(self, now_s: float) -> None:
+        """Refresh label, version, quality and drift metrics (cheap: every few seconds)."""
+        s, published = self.scorer, self.outbox.published
+        for model in ("churn", "value"):
+            LABELS.labels(model).inc(published[model] - self._labels[model])
+            self._labels[model] = published[model]
+        PENDING_LABELS.set(s.counters.snapshots - published["value"])
+        served = self.served
+        MODEL_INFO.clear()
+        MODEL_INFO.labels(served.models.version).set(1)
+        MODEL_VERSION.set(served.version)
+        if served.created_unix:
+            MODEL_VERSION_AGE.set(max(now_s - served.created_unix, 0.0))
+        quality = served.summary
+        for gauge, key in (
+            (CHURN_AUC, "churn_rolling_auc"),
+            (CHURN_LOGLOSS, "churn_rolling_log_loss"),
+            (VALUE_MAE, "value_rolling_mae"),
+        ):
+            value = quality.get(key)
+            if isinstance(value, int | float):
+                gauge.set(value)
+        rows = quality.get("calibration")
+        for row in rows if isinstance(rows, list) else ():
             CALIBRATION.labels(row["bucket"], "observed").set(row["observed_rate"])
             CALIBRATION.labels(row["bucket"], "predicted").set(row["mean_predicted"])
-        labels = self.trainer.drift
-        DRIFT_BIAS.labels("churn").set(labels.churn_bias)
-        DRIFT_BIAS.labels("value").set(labels.value_bias)
+        bias = quality.get("bias")
+        if isinstance(bias, dict):
+            for model in ("churn", "value"):
+                DRIFT_BIAS.labels(model).set(float(bias.get(model, 0.0)))
         for signal, value in s.drift.psi.items():
             DRIFT_PSI.labels(signal).set(value)
-        events = labels.log.events
-        for event in events[self._events_seen :]:
-            DRIFT_DETECTIONS.labels(event.signal).inc()
-            self.log.warning(
-                "drift detected (%s) at %s: %s", event.signal, iso(event.t_ms), event.detail
-            )
-        self._events_seen = len(events)
+        events = s.drift.log.events
+        self._events_seen = _log_detections(self.log, events, self._events_seen)
+
+
+class TrainerWatch:
+    """The trainer's figures as metrics: labels learnt, repeats dropped, lag, whether this
+    process trains; label-drift detections are logged and counted where they are made."""
+
+    def __init__(self, loop: TrainerLoop, log: logging.Logger) -> None:
+        self.loop = loop
+        self.log = log
+        self._stats = TrainerStats()
+        self._trainer: Trainer | None = None
+        self._events_seen = 0
+        self._unpublished_since: float | None = None
+
+    def update(self, now_s: float, *, lag: bool = False) -> None:
+        """After each turn of the loop (cheap); ``lag`` also asks the broker for the lag."""
+        loop, stats, seen = self.loop, self.loop.stats, self._stats
+        for model in ("churn", "value"):
+            LABELS_LEARNT.labels(model).inc(stats.learnt[model] - seen.learnt[model])
+            seen.learnt[model] = stats.learnt[model]
+        TRAINING_DUPLICATES.inc(stats.duplicates - seen.duplicates)
+        TRAINING_UNREADABLE.inc(stats.unreadable - seen.unreadable)
+        seen.duplicates, seen.unreadable = stats.duplicates, stats.unreadable
+        trainer = loop.trainer
+        TRAINER_ACTIVE.set(1 if trainer is not None else 0)
+        if trainer is None:
+            TRAINER_LAG.set(0)
+        elif lag:
+            behind = loop.lag()
+            if behind is not None:
+                TRAINER_LAG.set(behind)
+        if loop.unpublished:
+            since = self._unpublished_since = self._unpublished_since or now_s
+            CHECKPOINT_AGE.set(now_s - since)
+        else:
+            self._unpublished_since = None
+            CHECKPOINT_AGE.set(0)
+        if trainer is not self._trainer:  # resumed a lineage: its past detections are old news
+            self._trainer = trainer
+            self._events_seen = len(trainer.drift.log.events) if trainer is not None else 0
+        if trainer is not None:
+            events = trainer.drift.log.events
+            self._events_seen = _log_detections(self.log, events, self._events_seen)
+
+
+def _log_detections(log: logging.Logger, events: list[DriftEvent], seen: int) -> int:
+    """Count and log the detections after the first ``seen``; returns how many there are."""
+    for event in events[seen:]:
+        DRIFT_DETECTIONS.labels(event.signal).inc()
+        log.warning("drift detected (%s) at %s: %s", event.signal, iso(event.t_ms), event.detail)
+    return len(events)

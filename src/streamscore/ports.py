@@ -111,6 +111,15 @@ class Source(Protocol):
         ...
 
 
+class SeekableSource(Source, Protocol):
+    """A source whose reader chooses where to start: the trainer's, on ``training-examples``."""
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Read the owned ``partition`` from ``offset`` on, from the next poll (from inside an
+        assignment hook: the records of the poll running the hook are dropped)."""
+        ...
+
+
 class StateStore(Protocol):
     """Per-user states, due queues and watermarks. Values are opaque bytes."""
 

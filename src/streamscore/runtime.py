@@ -11,8 +11,14 @@ if states were saved first and the process died before the flush, that batch's s
 never be sent; this order makes outputs at-least-once (ids let consumers deduplicate) and
 still commits nothing that is not saved.
 
+What the model lineage learns from (resolved labels, snapshots' customers) is not learnt
+here: the scorer's learner turns it into ``training-examples`` records, which go out with the
+batch's other outputs, so they are flushed before the states that resolved them are saved
+(``core/lineage.py``). A batch redone after a crash publishes the same record ids again; the
+trainer drops the repeats.
+
 Every step that crosses a process boundary retries ``TransientError`` with backoff; processing
-itself runs once per batch, so a retry never learns a label twice.
+itself runs once per batch.
 """
 
 from __future__ import annotations
@@ -138,18 +144,8 @@ class Pipeline:
         self.dlq_guard = dlq_guard
         self.on_retry = on_retry
         self.watermarks: dict[int, int] = {}
-        self._learning_unsaved = False
         self.lateness_ms = scorer.config.allowed_lateness_ms
         source.on_rebalance(self._assigned, self._revoked)
-
-    @property
-    def learning_saved(self) -> bool:
-        """False from the moment a batch touches the models until its states are saved.
-
-        A model checkpoint taken meanwhile would hold learning that a restart repeats (the
-        batch is read again), so the service skips the checkpoint of an abandoned batch.
-        """
-        return not self._learning_unsaved
 
     # -- rebalancing ----------------------------------------------------------------------
 
@@ -187,7 +183,6 @@ class Pipeline:
         t1 = time.perf_counter()
         self._load_event_users(batch)
         t2 = time.perf_counter()
-        self._learning_unsaved = True
         self._apply_events(batch)
         # The scores of this batch's events go to the producer now, ahead of the silent users'
         # work below, so a batch heavy with due users does not delay them. Safety is the same:
@@ -196,12 +191,14 @@ class Pipeline:
         sent = len(batch.outputs)
         self._follow_active_partitions(batch.now)
         self._advance_due_users(batch)
+        learner = self.scorer.learner
+        batch.outputs.extend(learner.take())  # training-examples records, flushed with the rest
         t4 = time.perf_counter()
         self.retry.run("send outputs", lambda: self.sink.send(batch.outputs[sent:]), self.on_retry)
         self.retry.run("flush producer", self.sink.flush, self.on_retry)
+        learner.delivered()
         t5 = time.perf_counter()
         self._save(batch.states, batch.dropped)
-        self._learning_unsaved = False
         t6 = time.perf_counter()
         offsets = batch.stats.next_offsets
         if offsets:

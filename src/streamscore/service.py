@@ -1,7 +1,8 @@
 """``streamscore run`` and ``simulate --rate``: the pipeline on Kafka and Redis.
 
 Shutdown on SIGTERM/SIGINT is graceful: the batch in hand finishes (flush, save, commit),
-the models are checkpointed, then the clients close. During an outage the batch in hand cannot
+the trainer thread (if this process trains) publishes what it learnt since the last version,
+then the clients close. During an outage the batch in hand cannot
 finish, so the stop abandons it uncommitted (see ``RetryAbandoned``) instead of waiting.
 """
 
@@ -11,6 +12,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 
 from streamscore import metrics
@@ -19,16 +22,28 @@ from streamscore.adapters.kafka_client import BrokerWatch
 from streamscore.adapters.kafka_sink import KafkaSink
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
+from streamscore.core.lineage import ServedLineage
+from streamscore.core.models import Models
 from streamscore.core.records import TOPIC_EVENTS
-from streamscore.errors import ConfigError, RetryAbandoned, TransientError
+from streamscore.core.scorer import Scorer
+from streamscore.core.segments import RfmScorer
+from streamscore.core.training_records import TrainingOutbox
+from streamscore.errors import ConfigError, RetryAbandoned
 from streamscore.gc_freeze import freeze_startup_heap, thaw_heap
 from streamscore.health import LoopStatus
 from streamscore.httpd import serve_http
-from streamscore.model_checkpoints import ModelCheckpoints
+from streamscore.model_checkpoints import LineageStore, ModelFollower
 from streamscore.progress import Progress
 from streamscore.runtime import Pipeline
 from streamscore.simulator import ShopSimulator, encode_event
-from streamscore.wiring import build_pipeline, in_process_scorer
+from streamscore.trainer_service import (
+    TrainerRunner,
+    TrainerThread,
+    check_one_partition,
+    require_key,
+    trainer_group,
+)
+from streamscore.wiring import build_pipeline
 
 log = logging.getLogger("streamscore.service")
 # How often the loop looks up consumer lag, which doubles as the liveness check of Kafka
@@ -54,26 +69,46 @@ class StopFlag:
         self.event.set()
 
 
-def build_service(
-    settings: Settings, stop: threading.Event | None = None
-) -> tuple[Pipeline, ModelCheckpoints]:
+@dataclass
+class Service:
+    """``streamscore run`` wired: the pipeline, the model version it scores with and how it
+    follows the published ones, its outbox of training records, and its trainer thread."""
+
+    pipeline: Pipeline
+    served: ServedLineage
+    follower: ModelFollower
+    outbox: TrainingOutbox
+    trainer: TrainerThread | None
+
+
+def build_service(settings: Settings, stop: threading.Event | None = None) -> Service:
     """Connect to Redis and Kafka (clear errors when they are not there) and wire the pipeline."""
+    require_key(settings, "streamscore run")
+    stop = stop or threading.Event()
     store = RedisStateStore.from_settings(settings)
-    scorer, trainer = in_process_scorer(settings.scoring(), settings.model_params())
-    checkpoints = ModelCheckpoints(settings, store, trainer)
-    checkpoints.restore()
+    params = settings.model_params()
+    served = ServedLineage(Models(params), RfmScorer())
+    follower = ModelFollower(
+        LineageStore(settings, store, params), served, settings.model_staleness_seconds
+    )
+    follower.refresh(force=True)
+    outbox = TrainingOutbox(served)
+    scorer = Scorer(settings.scoring(), served, outbox)
     watch = BrokerWatch(settings.kafka_bootstrap_servers)
     source = KafkaSource(settings, watch=watch, on_tombstone=metrics.TOMBSTONES.inc)
     outputs = {settings.scores_topic, settings.alerts_topic, settings.segments_topic}
-    missing = sorted((outputs | {settings.dlq_topic}) - source.topics_on_broker)
+    missing = sorted(
+        (outputs | {settings.dlq_topic, settings.training_topic}) - source.topics_on_broker
+    )
     if missing:
         source.close()
         raise ConfigError(
             f"output topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} do not exist on "
             f"{settings.kafka_bootstrap_servers}; create them (scripts/stack up creates the "
             "default topics) or set STREAMSCORE_SCORES_TOPIC, STREAMSCORE_ALERTS_TOPIC, "
-            "STREAMSCORE_SEGMENTS_TOPIC and STREAMSCORE_DLQ_TOPIC"
+            "STREAMSCORE_SEGMENTS_TOPIC, STREAMSCORE_DLQ_TOPIC and STREAMSCORE_TRAINING_TOPIC"
         )
+    check_one_partition(source, settings)
     sink = KafkaSink(
         settings,
         watch=watch,
@@ -89,55 +124,70 @@ def build_service(
         stop=stop,
         on_retry=metrics.count_transient_error,
     )
-    return pipeline, checkpoints
+    trainer = None
+    if settings.run_trainer:
+        trainer = TrainerThread(TrainerRunner(settings, stop, watch=watch), stop)
+    return Service(pipeline, served, follower, outbox, trainer)
 
 
-def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
-    """Run the scorer until stopped."""
+def _serve(
+    settings: Settings,
+    stop: StopFlag | None,
+    body: Callable[[Settings, StopFlag, LoopStatus], int],
+) -> int:
+    """``body`` with the signal handlers, its health status and the HTTP server (run, train)."""
     stop = stop or StopFlag()
     if threading.current_thread() is threading.main_thread():
         stop.install()
     status = LoopStatus(settings.health_stuck_after_polls * settings.poll_timeout_ms / 1000)
     http = serve_http(settings, status)
     try:
-        return _run(settings, stop, status)
+        return body(settings, stop, status)
     finally:
         if http is not None:
             http.close()
 
 
+def run_service(settings: Settings, stop: StopFlag | None = None) -> int:
+    """Run the scorer until stopped."""
+    return _serve(settings, stop, _run)
+
+
 def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
-    if settings.checkpoint_key is None:
-        log.warning("STREAMSCORE_CHECKPOINT_KEY is not set: models will not be checkpointed")
-    pipeline, checkpoints = build_service(settings, stop.event)
+    service = build_service(settings, stop.event)
+    pipeline, served, trainer = service.pipeline, service.served, service.trainer
     source = pipeline.source
-    models = checkpoints.trainer.models
-    status.models_loaded(models.version, restored=models.generation > 0)
+    status.models_loaded(served.models.version, restored=served.version > 0)
     pipeline.on_retry = status.wrap_on_retry(pipeline.on_retry)
     frozen = freeze_startup_heap()
     log.info(
-        "scoring %s from %s (%d start-up objects exempt from garbage collection)",
+        "scoring %s from %s with model version %s (%d start-up objects exempt from garbage "
+        "collection); %s",
         settings.input_topic,
         settings.kafka_bootstrap_servers,
+        served.models.version,
         frozen,
+        "a trainer thread takes part in " + trainer_group(settings)
+        if trainer is not None
+        else "not training here (run_trainer=false)",
     )
     last_lag = 0.0
-    offsets: dict[int, int] = {}
     failed_commits = 0
-    watch = metrics.ScorerWatch(pipeline.scorer, checkpoints.trainer, log)
+    watch = metrics.ScorerWatch(pipeline.scorer, service.outbox, served, log)
     abandoned = False
+    if trainer is not None:
+        trainer.start()
     status.running()
     try:
         while not stop.event.is_set():
+            if trainer is not None and trainer.failure is not None:
+                raise trainer.failure
             stats = pipeline.run_once()
             status.batch_done(source.owned)
             now = time.time()
             metrics.observe_batch(stats, now)
-            metrics.MODEL_INFO.clear()
-            metrics.MODEL_INFO.labels(checkpoints.trainer.models.version).set(1)
-            if checkpoints.last_saved_wall:
-                metrics.CHECKPOINT_AGE.set(now - checkpoints.last_saved_wall)
-            offsets.update(stats.next_offsets)
+            if service.follower.refresh():
+                status.models_loaded(served.models.version, restored=True)
             refused = source.commit_status().failed
             if refused > failed_commits:
                 # Offset commits are asynchronous: their failures surface here, not as retries.
@@ -145,11 +195,10 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
                 failed_commits = refused
             if now - last_lag > HEALTH_CHECK_S:
                 last_lag = now
-                watch.update()
+                watch.update(now)
                 for p, lag in source.lag().items():
                     metrics.CONSUMER_LAG.labels(str(p)).set(lag)
                 metrics.SOURCE_CONNECTED.set(1 if source.health().connected else 0)
-            checkpoints.maybe_save(offsets)
     except RetryAbandoned as exc:
         abandoned = True
         log.warning(
@@ -159,20 +208,44 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
         )
     finally:
         status.stopping()
+        stop.event.set()  # also stops the trainer thread, after it publishes what it learnt
         try:
-            if not pipeline.learning_saved:
-                log.warning("stopping without a model checkpoint: the last batch was not saved")
-            else:
-                log.info("stopping: checkpointing models and closing clients")
-                checkpoints.save()
-        except TransientError as exc:
-            log.warning("stopping without a model checkpoint: %s", exc)
+            if trainer is not None:
+                trainer.join()
         finally:
             thaw_heap()
             pipeline.sink.close()
             source.close()
             pipeline.store.close()
     log.info("stopped with a batch left uncommitted" if abandoned else "stopped cleanly")
+    return 0
+
+
+def run_trainer(settings: Settings, stop: StopFlag | None = None) -> int:
+    """``streamscore train``: the trainer alone, until stopped (``trainer_service.py``)."""
+    require_key(settings, "streamscore train")
+    return _serve(settings, stop, _train)
+
+
+def _train(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
+    runner = TrainerRunner(
+        settings, stop.event, status.wrap_on_retry(metrics.count_transient_error)
+    )
+    status.running()
+    try:
+        log.info("training for the scorers of group %r", settings.kafka_group_id)
+        while not stop.event.is_set():
+            runner.turn()
+            loop = runner.loop
+            status.models_loaded(loop.trainer.models.version if loop.trainer else "standby",
+                                 restored=loop.version > 0)  # fmt: skip
+            status.batch_done(loop.source.owned)
+    except RetryAbandoned as exc:
+        log.warning("%s; what was not published is learnt again by the next trainer", exc)
+    finally:
+        status.stopping()
+        runner.close()
+    log.info("stopped")
     return 0
 
 

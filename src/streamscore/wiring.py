@@ -10,22 +10,65 @@ from __future__ import annotations
 
 import threading
 
+import orjson
+
+from streamscore.adapters.memory import ListSource
 from streamscore.config import Settings
 from streamscore.core.models import Models
+from streamscore.core.records import TOPIC_TRAINING
 from streamscore.core.scorer import Scorer
 from streamscore.core.trainer import Trainer
-from streamscore.core.values import ModelParams, ScoringConfig
+from streamscore.core.training_records import RecentIds, TrainingOutbox
+from streamscore.core.values import ModelParams, Output, ScoringConfig
 from streamscore.guards import FILE_ADVICE, TOPIC_ADVICE, DeadLetterGuard, OnRetry, RetryPolicy
 from streamscore.ports import Sink, Source, StateStore
 from streamscore.runtime import Pipeline
+from streamscore.training import TRAINING_PARTITION, Restored, TrainerLoop
+
+
+class _InProcess:
+    """The ``Publication`` of one process: the scorer predicts with the trainer itself, so a
+    version is published by the loop's version bump alone (nothing to restore: no crash)."""
+
+    def restore(self) -> Restored | None:
+        return None
+
+    def publish(self, trainer: Trainer, window: RecentIds, next_offset: int, version: int) -> None:
+        return None
+
+
+class LocalTraining(TrainingOutbox):
+    """The learner of ``demo``, ``replay`` and the in-memory pipelines of tests: the scorer's
+    records go to an in-memory ``training-examples``, which the same ``TrainerLoop`` as in
+    ``streamscore run`` learns after each batch's flush, in order, and publishes as the next
+    version. So a run learns once per batch, exactly what a deployment learns, and is
+    deterministic."""
+
+    def __init__(self, trainer: Trainer, window: int = 200_000) -> None:
+        super().__init__(trainer)
+        self.trainer = trainer
+        self.topic = ListSource(topic=TOPIC_TRAINING, partitions={TRAINING_PARTITION})
+        self.loop = TrainerLoop(
+            self.topic, _InProcess(), lambda: trainer, window=window, publish_every_s=0.0
+        )
+
+    def take(self) -> list[Output]:
+        for record in super().take():
+            self.topic.produce(TRAINING_PARTITION, orjson.dumps(record.value))
+        return []  # delivered to the in-memory topic, not to the run's sink
+
+    def delivered(self) -> None:
+        self.loop.drain()
 
 
 def in_process_scorer(
-    config: ScoringConfig, params: ModelParams | None = None
+    config: ScoringConfig, params: ModelParams | None = None, *, dedupe_window: int = 200_000
 ) -> tuple[Scorer, Trainer]:
-    """A scorer that learns through a trainer of its own, synchronously (one drift log)."""
+    """A scorer and the trainer it learns through, in this process (one drift log): the
+    trainer is also the lineage it predicts with (``LocalTraining``)."""
     trainer = Trainer(Models(params or model_params_of(config)))
-    return Scorer(config, trainer, trainer, trainer.drift.log), trainer
+    learner = LocalTraining(trainer, dedupe_window)
+    return Scorer(config, trainer, learner, trainer.drift.log), trainer
 
 
 def model_params_of(config: ScoringConfig) -> ModelParams:

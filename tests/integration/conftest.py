@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from devstack import create_topics, delete_topics, topic_settings
+from devstack import create_topics, delete_topics, topic_partitions, topic_settings
 from tests.required import skip_or_fail
 
 BOOTSTRAP = os.environ.get("STREAMSCORE_TEST_KAFKA", "127.0.0.1:9092")
@@ -56,10 +56,11 @@ def delete_keys(prefix: str) -> None:
 
 @pytest.fixture
 def names(stack: None) -> Iterator[dict[str, str]]:
-    """Unique topics (4 partitions), group and Redis prefix for one test; removed afterwards."""
+    """Unique topics (4 partitions, training-examples 1), group and Redis prefix for one
+    test; removed afterwards."""
     tag = uuid.uuid4().hex[:8]
     topics = topic_settings(f"t{tag}")
-    create_topics(SHARED, dict.fromkeys(topics.values(), 4))
+    create_topics(SHARED, topic_partitions(topics, 4))
     try:
         yield {**topics, "kafka_group_id": f"g{tag}", "redis_key_prefix": f"t{tag}"}
     finally:

@@ -16,6 +16,8 @@ from typing import Any
 from devstack import GroupProgress, read_topic
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings, load_settings
+from streamscore.core.trainer import Trainer
+from streamscore.model_checkpoints import Head, Published
 from streamscore.ports import SourceRecord
 from tests.statecheck import StoreView, settled, store_view
 
@@ -58,11 +60,13 @@ def scorer_env(**values: object) -> dict[str, str]:
     return env
 
 
-def start_scorer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``streamscore run`` as a child process, logging to ``log_path``."""
+def start_scorer(
+    env: dict[str, str], log_path: Path, command: str = "run"
+) -> subprocess.Popen[bytes]:
+    """Start ``streamscore run`` (or ``command``) as a child process, logging to ``log_path``."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "streamscore.cli", "run"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "streamscore.cli", command], env=env, stdout=log, stderr=log
         )
 
 
@@ -218,3 +222,52 @@ def assert_same_as_uninterrupted(
     on_broker = last_positions(records)
     assert positions == {u: on_broker[u] for u in positions}
     return got
+
+
+def published_lineage(settings: Settings) -> tuple[Head | None, Published | None]:
+    """The head and the verified latest model version the trainer published (settings name
+    the Redis prefix and the key)."""
+    from streamscore.model_checkpoints import LineageStore
+
+    store = RedisStateStore.from_settings(settings)
+    try:
+        lineage = LineageStore(settings, store)
+        return lineage.head(), lineage.load()
+    finally:
+        store.close()
+
+
+def reference_lineage(topic: str, client: Mapping[str, Any] = SHARED) -> Trainer:
+    """What one uninterrupted in-memory run over the same partitioned input learnt."""
+    from tests.statecheck import memory_pipeline, run_to_the_end
+
+    pipeline, store, _ = memory_pipeline(
+        load_settings(metrics_port=0), input_records(topic, client)
+    )
+    run_to_the_end(pipeline, store, 4)
+    trainer = pipeline.scorer.lineage
+    assert isinstance(trainer, Trainer)
+    return trainer
+
+
+def assert_learnt_once(settings: Settings, names: Mapping[str, str]) -> Published:
+    """The published lineage learnt each label the scorers resolved exactly once: as many as
+    an uninterrupted run resolves, each distinct label id of training-examples once, and it
+    reflects the whole topic. Returns the version."""
+    import orjson
+
+    _, published = published_lineage(settings)
+    assert published is not None, "no model version was published"
+    want = reference_lineage(names["input_topic"]).models
+    got = published.models
+    learnt, resolved = (got.churn_learnt, got.value_learnt), (want.churn_learnt, want.value_learnt)
+    assert learnt == resolved, f"(churn, value) labels learnt {learnt}, resolved {resolved}"
+    records = [orjson.loads(m.value) for m in read_topic(SHARED, names["training_topic"])]
+    labels = {r["id"] for r in records if r["type"] == "label"}
+    assert len(labels) == got.churn_learnt + got.value_learnt
+    assert published.next_offset == len(records)
+    assert all("user_id" not in r for r in records)
+    repeats = sum(r["type"] == "label" for r in records) - len(labels)
+    print(f"{len(records)} training records, {repeats} repeated labels dropped; "
+          f"lineage version {published.version}")  # fmt: skip
+    return published

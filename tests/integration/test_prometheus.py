@@ -297,7 +297,14 @@ def test_dashboard_is_consistent() -> None:
     used = set(re.findall(r"\bstreamscore_[a-z0-9_]+", text))
     assert used - declared == set(), f"not declared in streamscore.metrics: {used - declared}"
     rows = [p["title"] for p in dash["panels"] if p["type"] == "row"]
-    assert rows == ["Throughput & lag", "Latency", "Quality", "Drift", "Segments & alerts"]
+    assert rows == [
+        "Throughput & lag",
+        "Latency",
+        "Quality",
+        "Drift",
+        "Segments & alerts",
+        "Model lineage",
+    ]
 
 
 def test_with_bool() -> None:

@@ -8,7 +8,8 @@ as the run's own last records announced them).
 - crash safety: SIGKILL at ten points of a 50k-event stream's committed progress, restarted
   each time;
 - outages: a private Redis stopped for 30 s, a private Kafka broker restarted, mid-stream;
-- model checkpoints written on shutdown, restored on start, refused when tampered with;
+- published model versions: written by the trainer, resumed at their training offset after
+  a crash and on start, refused when tampered with;
 - the dead-letter limit stops the service with a clear message.
 
 What "a consumer can deduplicate" means (checked in the crash test): every output ``id`` is
@@ -20,8 +21,8 @@ derived from the input that caused the record, so
    (``as_of``), the same ``trigger`` for scores, the same new segment and lifecycle stage for
    segment changes, the same source position for dead letters. Numbers that come from the
    models (probabilities, predicted values, ``model_version``, reasons, previous segment) and
-   wall-clock stamps (``scored_at``, ``received_at``) may differ: a restarted process restores
-   the models of its last checkpoint, so a replayed record reflects the restored models. A
+   wall-clock stamps (``scored_at``, ``received_at``) may differ: a redone batch is scored with
+   the model version published by then, so a replayed record reflects newer models. A
    consumer keeps either copy (the later one is the fresher estimate);
 3. after dropping repeated ids every user still has a score as of their last event.
 """
@@ -54,6 +55,7 @@ from tests.statecheck import reference_run
 from .conftest import REDIS_URL, SHARED
 from .helpers import (
     ASSIGNED,
+    assert_learnt_once,
     assert_same_as_uninterrupted,
     env_for,
     input_records,
@@ -135,8 +137,12 @@ def _duplicates(kind: str, records: list[dict[str, Any]]) -> int:
 
 
 def _store_settings(names: dict[str, str], redis_url: str = REDIS_URL) -> Settings:
-    """Settings of the test's state store: its Redis, its key prefix."""
-    return load_settings(redis_url=redis_url, redis_key_prefix=names["redis_key_prefix"])
+    """Settings of the test's state store: its Redis, its key prefix, the scorers' key."""
+    return load_settings(
+        redis_url=redis_url,
+        redis_key_prefix=names["redis_key_prefix"],
+        checkpoint_key="integration-test-key",
+    )
 
 
 def _retries(port: int) -> dict[str, float]:
@@ -200,7 +206,6 @@ def test_sigkill_at_ten_points_of_committed_progress_loses_and_doubles_nothing(
             wait_until_settled(settings, {log: proc})
         finally:
             code = stop(proc)
-        ends = progress.ends()
     finally:
         progress.close()
     text = log.read_text()
@@ -228,17 +233,11 @@ def test_sigkill_at_ten_points_of_committed_progress_loses_and_doubles_nothing(
     dlq = consume(SHARED, names["dlq_topic"])
     assert dlq == [], [(r["error_type"], r["error"]) for r in dlq[:5]]
 
-    # Restarts restored models. The final checkpoint names every partition's offset, as far
-    # as the restored lineage of models has learnt (a killed process's unsaved learning is
-    # lost with it: the models are an estimate, the states are exact).
-    assert "restored models" in text
-    r = redis.Redis.from_url(REDIS_URL)
-    blob = r.get(f"{names['redis_key_prefix']}:blob:models")
-    r.close()
-    assert blob is not None
-    offsets = checkpoint.load(blob, {"k1": b"integration-test-key"}).header["offsets"]
-    assert offsets.keys() == {str(p) for p in ends}
-    assert all(0 < offsets[str(p)] <= end for p, end in ends.items()), (offsets, ends)
+    # The one lineage (the killed process was also the trainer) learnt every label the run
+    # resolved exactly once: none lost with a killed trainer's unpublished learning, none
+    # learnt twice from a redone batch; each restart resumed the last published version.
+    assert "training: this process owns" in text and "resuming model version" in text
+    assert_learnt_once(settings, names)
 
 
 # -- 2. outages -------------------------------------------------------------------------------
@@ -493,34 +492,42 @@ def _sim_sample(n: int) -> list[dict[str, object]]:
     return out
 
 
-# -- 4. model checkpoints, end to end ----------------------------------------------------------
+# -- 4. published model versions, end to end ---------------------------------------------------
 
 
-def test_checkpoint_written_on_shutdown_restored_on_start_refused_when_tampered(
+def test_model_version_published_on_shutdown_resumed_on_start_refused_when_tampered(
     names: dict[str, str], tmp_path: Path
 ) -> None:
     events = _events(users=80, days=40, seed=14)
     produce(SHARED, names["input_topic"], _keyed(events))
     group, topic, prefix = names["kafka_group_id"], names["input_topic"], names["redis_key_prefix"]
-    env = env_for(names, checkpoint_interval_seconds=3600)  # only the shutdown checkpoint
+    env = env_for(names, checkpoint_interval_seconds=3600)  # only the shutdown's version
     progress = GroupProgress(SHARED, group, topic)
+    training = GroupProgress(SHARED, f"{group}-trainer", names["training_topic"])
     log1 = tmp_path / "first.log"
     proc = start_scorer(env, log1)
     try:
         wait_for("everything committed", lambda: progress.fraction() >= 1.0, 90, {log1: proc})
-        ends = progress.ends()
     finally:
         progress.close()
         assert stop(proc) == 0, log1.read_text()[-4000:]
+    (end,) = training.ends().values()
+    training.close()
 
     r = redis.Redis.from_url(REDIS_URL)
-    key = f"{prefix}:blob:models"
+    key = f"{prefix}:blob:lineage"
     blob = r.get(key)
     assert blob is not None
     ckpt = checkpoint.load(blob, {"k1": b"integration-test-key"})
     h = ckpt.header
-    assert h["key_id"] == "k1"
-    assert h["offsets"] == {str(p): o for p, o in ends.items()}
+    assert h["key_id"] == "k1" and h["format"] == checkpoint.FORMAT
+    # Version 1 (one publish, at shutdown), of what the trainer had read of training-examples
+    # by then (the rest is learnt by the next trainer).
+    offset = h["training_offset"]
+    assert h["version"] == 1 and 0 < offset <= end
+    assert h["model_version"].endswith("-g1")
+    head = orjson.loads(r.get(f"{prefix}:blob:lineage-head") or b"{}")
+    assert (head["version"], head["offset"], head["writer"]) == (1, offset, h["writer"])
     # The versions of what wrote it, as installed here.
     assert h["river"] == version("river")
     assert h["streamscore"] == version("streamscore")
@@ -528,16 +535,19 @@ def test_checkpoint_written_on_shutdown_restored_on_start_refused_when_tampered(
     assert h["python"] == python_version()
     assert h["feature_schema"] == FEATURE_SCHEMA
     assert h["labels_learnt"]["churn"] > 0
-    assert f"checkpointed models {h['model_version']}" in log1.read_text()
+    assert f"published model version {h['model_version']}" in log1.read_text()
 
-    # A restarted scorer restores exactly that checkpoint.
+    # A restarted process scores with that version and its trainer resumes it at its offset.
     log2 = tmp_path / "second.log"
     proc = start_scorer(env, log2)
     try:
-        wait_for("restore", lambda: joined(log2), 60, {log2: proc})
+        wait_for("the trainer to resume", lambda: "resuming model version" in log2.read_text(),
+                 60, {log2: proc})  # fmt: skip
     finally:
         assert stop(proc) == 0, log2.read_text()[-4000:]
-    assert f"restored models {h['model_version']} from checkpoint" in log2.read_text()
+    text = log2.read_text()
+    assert f"scoring with model version {h['model_version']}" in text
+    assert f"resuming model version 1 at offset {offset}" in text
 
     # Tampered with: refused with a clear message (default on_bad_checkpoint=fail) ...
     blob = r.get(key)
@@ -549,12 +559,16 @@ def test_checkpoint_written_on_shutdown_restored_on_start_refused_when_tampered(
     text = log3.read_text()
     assert "model checkpoint signature does not match under key 'k1'" in text, text[-2000:]
     assert "STREAMSCORE_ON_BAD_CHECKPOINT=fresh" in text
-    # ... or, when configured so, the scorer starts with fresh models.
+    # ... or, when configured so, the process starts with fresh models, and its trainer
+    # learns training-examples again from the start.
     log4 = tmp_path / "fresh.log"
     proc = start_scorer({**env, "STREAMSCORE_ON_BAD_CHECKPOINT": "fresh"}, log4)
     try:
-        wait_for("start", lambda: joined(log4), 60, {log4: proc})
+        wait_for("the trainer to resume", lambda: "resuming model version" in log4.read_text(),
+                 60, {log4: proc})  # fmt: skip
     finally:
         assert stop(proc) == 0, log4.read_text()[-4000:]
-    assert "starting with fresh models (on_bad_checkpoint=fresh)" in log4.read_text()
+    text = log4.read_text()
+    assert "starting with fresh models (on_bad_checkpoint=fresh)" in text
+    assert "resuming model version 1 at offset 0" in text
     r.close()

@@ -264,7 +264,13 @@ def test_run_with_a_wrong_redis_password_exits_with_a_clear_error(
     rds = make_redis(password=REDIS_ADMIN_PASSWORD)
     log = tmp_path / "scorer.log"
     proc = start_scorer(
-        scorer_env(redis_url=rds.url, redis_password=WRONG_KAFKA_PASSWORD, metrics_port=0), log
+        scorer_env(
+            redis_url=rds.url,
+            redis_password=WRONG_KAFKA_PASSWORD,
+            checkpoint_key="ckpt-key",
+            metrics_port=0,
+        ),
+        log,
     )
     code = proc.wait(timeout=60)
     text = log.read_text()
@@ -315,6 +321,7 @@ def test_tls_to_kafka_and_redis_is_verified_end_to_end(
         "redis_ssl_ca_certs": tls.cert,
         "redis_ssl_certfile": tls.cert,
         "redis_ssl_keyfile": tls.key,
+        "checkpoint_key": "ckpt-key",
         "metrics_port": 0,
     }
     log = tmp_path / "scorer.log"

@@ -60,7 +60,7 @@ def test_a_delayed_burst_of_due_users_resolves_the_same_labels() -> None:
         due: list[int] = []
         p.run_until_exhausted(lambda stats: due.append(stats.due_users))  # noqa: B023
         max_due.append(max(due))
-        trainer = p.scorer.learner
+        trainer = p.scorer.lineage  # in one process, the trainer is the lineage scored with
         assert isinstance(trainer, Trainer)
         reports.append((trainer.quality.churn.count, trainer.quality.value.count))
         assert p.store.due(p.watermarks, 10_000) == {}, "users left due at the end"

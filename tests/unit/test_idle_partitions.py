@@ -11,6 +11,7 @@ import orjson
 from streamscore.adapters.memory import ListSink, ListSource, MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core.records import TOPIC_DLQ, TOPIC_SCORES
+from streamscore.core.trainer import Trainer
 from streamscore.runtime import Pipeline
 from streamscore.wiring import in_process_scorer
 
@@ -70,9 +71,9 @@ def test_an_idle_partition_follows_the_active_one_and_its_silent_users_are_resco
     rescored = _silence_scores(sink, "a")
     assert len(rescored) >= 3, "user a went silent for 30 days: 3, 7, 14 and 21 days"
     waiting, _, _ = _run(idle_after_ms=None)
-    resolved = (
-        pipeline.scorer.learner.quality.churn.count - waiting.scorer.learner.quality.churn.count
-    )
+    learnt, before = pipeline.scorer.lineage, waiting.scorer.lineage
+    assert isinstance(learnt, Trainer) and isinstance(before, Trainer)
+    resolved = learnt.quality.churn.count - before.quality.churn.count
     # a's snapshots at day 0 (its events), 7 and 14 (silences, one per 7 days): their churn
     # labels fall due at days 14, 21 and 28, all behind the followed watermark (~day 30).
     assert resolved == 3

@@ -16,8 +16,9 @@ import pytest
 
 from streamscore.core.events import Event, EventType
 from streamscore.core.inputs import MODEL_INPUTS
+from streamscore.core.models import Models
 from streamscore.core.population import key_hash
-from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS
+from streamscore.core.records import TOPIC_ALERTS, TOPIC_SCORES, TOPIC_SEGMENTS, record_id
 from streamscore.core.scorer import Scorer
 from streamscore.core.snapshots import Snapshot
 from streamscore.core.state import UserState
@@ -31,7 +32,7 @@ from streamscore.core.values import (
     ScoringConfig,
     TrainingExample,
 )
-from streamscore.wiring import in_process_scorer
+from streamscore.wiring import model_params_of
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DAY = 86_400_000
@@ -79,7 +80,10 @@ class Feed:
 
 
 def new_scorer(config: ScoringConfig = CFG) -> Scorer:
-    scorer, _ = in_process_scorer(config)
+    """A scorer learning at each call through a trainer that is also its lineage: these tests
+    drive the scorer alone, without a pipeline to deliver its training records."""
+    trainer = Trainer(Models(model_params_of(config)))
+    scorer = Scorer(config, trainer, trainer, trainer.drift.log)
     scorer.outcomes = []
     return scorer
 
@@ -581,6 +585,12 @@ class Recording:
         self.customers.append(observation)
         self.trainer.observe_customer(observation)
 
+    def take(self) -> list[Output]:
+        return []
+
+    def delivered(self) -> None:
+        return None
+
 
 def test_the_scorer_learns_only_through_its_learner() -> None:
     # Predict with one trainer's lineage, learn through another: nothing may reach the first.
@@ -604,7 +614,10 @@ def test_the_scorer_learns_only_through_its_learner() -> None:
     assert learner.trainer.models.churn_learnt == len(churn)
     assert learner.trainer.models.value_learnt == 1
     assert len(learner.samples) == feed.scorer.counters.snapshots
-    assert learner.samples[0] == PopulationSample(pytest.approx((G0 - T0) / DAY), 0.0, 0.0)
+    first_sample = PopulationSample(
+        pytest.approx((G0 - T0) / DAY), 0.0, 0.0, id=record_id("rfm", "u1", G0)
+    )
+    assert learner.samples[0] == first_sample
     # The population model saw the customer after each of their two batches of events.
     assert [c.t_ms for c in learner.customers] == [T0, G0 + DAY]
     assert learner.customers[-1].key_hash == key_hash("u1")
@@ -617,6 +630,9 @@ def test_the_scorer_learns_only_through_its_learner() -> None:
     assert first.btyd == pytest.approx(s0.baseline_churn)
     assert first.inputs == pytest.approx(dict(zip(MODEL_INPUTS, s0.churn_x, strict=True)))
     assert first.weight == 1.0
+    # Ids a redone batch repeats, and nothing else does.
+    assert first.id == record_id("label", "u1", G0, "churn")
+    assert len({e.id for e in learner.examples}) == len(learner.examples)
     (spent,) = value
     assert (spent.snapshot_ms, spent.label_ms) == (G0, G0 + 30 * DAY)
     assert (spent.label, spent.orders) == (25.0, 1.0)

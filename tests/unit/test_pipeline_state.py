@@ -113,7 +113,7 @@ def test_the_pipeline_learns_exactly_these_labels(batch: int) -> None:
     pipeline, store, _ = memory_pipeline(settings, _labelled_stream(), batch=batch)
     scorer = pipeline.scorer
     scorer.outcomes = []
-    trainer = scorer.learner
+    trainer = scorer.lineage  # the trainer the in-memory topic is learnt by
     assert isinstance(trainer, Trainer)
     examples: list[TrainingExample] = []
     learn = trainer.learn

@@ -26,6 +26,7 @@ from streamscore.core.records import (
     TOPIC_EVENTS,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
+    TOPIC_TRAINING,
     ChurnAlert,
     DeadLetter,
     SegmentChange,
@@ -60,8 +61,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_every_topic_has_a_schema() -> None:
     docs = schema_documents()
-    assert set(docs) == {f"{t}.schema.json" for t in (TOPIC_EVENTS, *OUTPUT_TOPICS)}
-    assert set(SCHEMAS) == {TOPIC_EVENTS, *OUTPUT_TOPICS}
+    topics = (TOPIC_EVENTS, *OUTPUT_TOPICS, TOPIC_TRAINING)
+    assert set(docs) == {f"{t}.schema.json" for t in topics}
+    assert set(SCHEMAS) == set(topics)
 
 
 @pytest.mark.parametrize("name", sorted(schema_documents()))
@@ -92,7 +94,10 @@ def test_schema_documents_are_draft_2020_12_with_ids() -> None:
     for name, doc in schema_documents().items():
         assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         assert doc["$id"].endswith("/" + name)
-        assert doc["type"] == "object"
+        if name == f"{TOPIC_TRAINING}.schema.json":  # one of three kinds of record, by "type"
+            assert doc["discriminator"]["propertyName"] == "type" and len(doc["oneOf"]) == 3
+        else:
+            assert doc["type"] == "object"
 
 
 def test_event_schema_states_the_contract() -> None:

@@ -125,7 +125,10 @@ class KafkaSource:
         group_id: str | None = None,
         watch: BrokerWatch | None = None,
         on_tombstone: Callable[[], None] | None = None,
+        topic_setting: str = "STREAMSCORE_INPUT_TOPIC",
     ) -> None:
+        """``topic_setting`` names the setting of ``topic`` in errors (the input topic's by
+        default; the trainer reads ``training-examples`` with one of these)."""
         self.topic = topic or settings.input_topic
         self.watch = watch or BrokerWatch(settings.kafka_bootstrap_servers)
         self.on_tombstone = on_tombstone
@@ -147,6 +150,7 @@ class KafkaSource:
         # the next poll, when everything polled before it has been processed and committed.
         self.tombstones = 0
         self._skipped: dict[int, int] = {}
+        self._seeked: set[int] = set()  # sought in this poll's rebalance hooks
         self._tombstones_logged = 0
         self._tombstone_log_at = 0.0
         try:
@@ -174,9 +178,8 @@ class KafkaSource:
         if self.topic not in self.topics_on_broker:
             self.consumer.close(timeout_ms=int(BROKER_WAIT_S * 1000))
             raise ConfigError(
-                f"input topic {self.topic!r} does not exist on "
-                f"{settings.kafka_bootstrap_servers}; create it (scripts/stack up creates the "
-                "default topics) or set STREAMSCORE_INPUT_TOPIC"
+                f"topic {self.topic!r} does not exist on {settings.kafka_bootstrap_servers}; "
+                f"create it (scripts/stack up creates the default topics) or set {topic_setting}"
             )
         self.consumer.subscribe([self.topic], listener=_QueueingListener(self._events))
         self._join_guard = _GroupJoinGuard(
@@ -216,6 +219,7 @@ class KafkaSource:
         self._skipped.clear()
         if self._fenced_by is not None:
             raise self._fenced(self._fenced_by)
+        self._seeked.clear()  # a seek between polls: the consumer fetches from there anyway
         timeout_s = self._join_guard.poll_timeout(timeout_s)
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -228,6 +232,9 @@ class KafkaSource:
         self._last_poll_ms = time.time_ns() // 1_000_000
         self._join_guard.after_poll()
         self._apply_rebalances()
+        # A partition a hook sought now is read from there by the next fetch; what this poll
+        # brought of it came from the old position.
+        sought = set(self._seeked)
         if self.uncommitted and (
             not self.commits_in_flight or time.monotonic() - self._commit_sent > BROKER_WAIT_S
         ):
@@ -240,14 +247,26 @@ class KafkaSource:
                 log.warning("deferred offset commit failed (%s); retrying after the next poll", exc)
         out: list[SourceRecord] = []
         for tp, messages in batches.items():
-            if tp.partition not in self.owned:
-                continue  # fetched just before a revocation: the new owner reads it
+            if tp.partition not in self.owned or tp.partition in sought:
+                continue  # fetched just before a revocation (the new owner reads it) or a seek
             for m in messages:
                 if m.value is None:
                     self._tombstone(tp.partition, m.offset)
                     continue
                 out.append(SourceRecord(tp.topic, tp.partition, m.offset, m.value, m.timestamp))
         return out
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Read an owned ``partition`` from ``offset`` on (in an assignment hook: the trainer
+        resumes where its restored model version left off, not at the group's commit)."""
+        if partition not in self.owned:
+            raise ValueError(f"partition {partition} of {self.topic} is not owned")
+        try:
+            self.consumer.seek(TopicPartition(self.topic, partition), offset)
+        except KafkaError as exc:  # an assignment lost meanwhile
+            raise TransientError(f"Kafka seek failed: {exc}") from exc
+        self._seeked.add(partition)
+        self.uncommitted.pop(partition, None)
 
     def _tombstone(self, partition: int, offset: int) -> None:
         """A record with a null value: no event to decode, and nothing to dead-letter."""

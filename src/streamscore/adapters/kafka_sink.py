@@ -67,6 +67,7 @@ from streamscore.core.records import (
     TOPIC_DLQ,
     TOPIC_SCORES,
     TOPIC_SEGMENTS,
+    TOPIC_TRAINING,
     undeliverable_letter,
 )
 from streamscore.core.values import Output
@@ -162,7 +163,7 @@ class _Pending:
 
 
 class KafkaSink:
-    """The four output topics through one idempotent producer (acks=all)."""
+    """The output topics (training-examples too) through one idempotent producer (acks=all)."""
 
     def __init__(
         self,
@@ -177,6 +178,7 @@ class KafkaSink:
             TOPIC_ALERTS: settings.alerts_topic,
             TOPIC_SEGMENTS: settings.segments_topic,
             TOPIC_DLQ: settings.dlq_topic,
+            TOPIC_TRAINING: settings.training_topic,
         }
         self.settings = settings
         self.watch = watch or BrokerWatch(settings.kafka_bootstrap_servers)

@@ -177,6 +177,15 @@ class ListSource:
         """Queue the gain of ``partitions``, read from their committed offsets."""
         self._rebalances.append(("assigned", set(partitions)))
 
+    def seek(self, partition: int, offset: int) -> None:
+        """Read an owned ``partition`` from ``offset`` on (not before the group's commit:
+        committed records are forgotten)."""
+        if partition not in self._position:
+            raise ValueError(f"partition {partition} of {self.topic} is not owned")
+        if offset < self.group.committed.get(partition, 0):
+            raise ValueError(f"offset {offset} of partition {partition} is before the commit")
+        self._position[partition] = offset
+
     def hold(self, partitions: Iterable[int]) -> None:
         """Keep these partitions' records from polls until ``release``."""
         self._held |= set(partitions)

@@ -12,7 +12,11 @@ The header is read by name and says its format: ``format`` (what wrote it) and
 ``min_reader`` (the oldest format that can read it; absent: ``format``). The same rules as
 for user states (``core/state.py``): a checkpoint only a newer version can read is refused
 with ``CheckpointTooNew`` before anything is unpickled; an older one is upgraded on load by
-``UPGRADES``. Format 1 (before versioned checkpoints) had no version fields.
+``UPGRADES``. Format 1 (before versioned checkpoints) had no version fields; format 2 was
+each process's own checkpoint of models and RFM quantiles (``models``); format 3 is a
+published version of the one lineage: it adds the trainer's own state (validation figures,
+drift detectors, recent ids; pickled apart, so a scorer unpickles only the models) and the
+``training-examples`` offset it reflects.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ import orjson
 from streamscore.errors import CheckpointError, CheckpointTooNew
 
 MAGIC = b"STREAMSCORE-CKPT\x01"
-FORMAT = 2
-MIN_READER = 2
+FORMAT = 3
+MIN_READER = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +52,21 @@ def _v1_to_v2(header: dict[str, Any], state: Any) -> tuple[dict[str, Any], Any]:
     return {**header, "format": 2, "min_reader": 2}, state
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any], Any], tuple[dict[str, Any], Any]]] = {1: _v1_to_v2}
+def _v2_to_v3(header: dict[str, Any], state: Any) -> tuple[dict[str, Any], Any]:
+    """v2: one process's models and RFM quantiles, from before training-examples existed: a
+    lineage without a trainer's state, at the topic's start, under its models' generation."""
+    models = state["models"] if isinstance(state, dict) else None
+    generation = getattr(models, "generation", 0)
+    return (
+        {**header, "format": 3, "min_reader": 3, "version": generation, "training_offset": 0},
+        {**state, "trainer": None},
+    )
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any], Any], tuple[dict[str, Any], Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+}
 
 
 def versions(header: dict[str, Any]) -> tuple[int, int]:

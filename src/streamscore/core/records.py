@@ -11,7 +11,7 @@ import base64
 import hashlib
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from streamscore.core.events import Event
 from streamscore.core.timeutil import iso
@@ -21,6 +21,9 @@ TOPIC_SCORES = "user-scores"
 TOPIC_ALERTS = "churn-alerts"
 TOPIC_SEGMENTS = "segment-changes"
 TOPIC_DLQ = "user-events-dlq"
+# What the model lineage learns from: one partition, read by the one trainer (README: "One
+# model lineage"); records carry no user id and are written by ``core/training_records.py``.
+TOPIC_TRAINING = "training-examples"
 OUTPUT_TOPICS = (TOPIC_SCORES, TOPIC_ALERTS, TOPIC_SEGMENTS, TOPIC_DLQ)
 
 # A dead letter keeps at most this much of the record it is about: the default
@@ -145,12 +148,65 @@ class DeadLetter(_Record):
     )
 
 
+class LabelRecord(_Record):
+    """A resolved label with the prediction stored when its snapshot was taken."""
+
+    id: str = Field(description="hash of user, snapshot time and model: the same on a replay")
+    type: Literal["label"]
+    v: int = Field(description="format of this record")
+    model: Literal["churn", "value"]
+    schema_id: str = Field(description="id of the input set `inputs` follows")
+    inputs: list[float | None] = Field(
+        description="the models' inputs at the snapshot, in the order of the input set; "
+        "null: not derivable"
+    )
+    label: float = Field(description="churn: 1 churned, 0 not; value: spend within the horizon")
+    predicted: float = Field(description="the prediction stored with the snapshot")
+    baseline: float | None = Field(description="value: the naive baseline; churn: null")
+    snapshot_ms: int
+    label_ms: int = Field(description="when the label became final (snapshot + horizon)")
+    weight: float = Field(description="inverse of the probability the snapshot was taken with")
+    model_version: str | None = Field(description="version that made the prediction")
+    orders: float | None = Field(description="value: orders within the horizon")
+    btyd: float | None = Field(description="the buy-till-you-die model's own prediction then")
+
+
+class PopulationRecord(_Record):
+    """A customer at a snapshot: what the RFM quantiles are fitted to."""
+
+    id: str = Field(description="hash of user and snapshot time")
+    type: Literal["rfm"]
+    v: int
+    days_since_purchase: float
+    purchases: float
+    spend: float
+
+
+class CustomerRecord(_Record):
+    """A sampled customer's summary after an event: what the population model is fitted to."""
+
+    id: str = Field(description="hash of key_hash and t_ms")
+    type: Literal["customer"]
+    v: int
+    key_hash: int = Field(description="64-bit hash standing for the customer (not the id)")
+    t_ms: int = Field(description="event time of the customer's latest event")
+    schema_id: str
+    inputs: list[float | None]
+
+
+class TrainingRecord(RootModel[LabelRecord | PopulationRecord | CustomerRecord]):
+    """One record of ``training-examples``: one call of the scorer's learner, no user id."""
+
+    root: Annotated[LabelRecord | PopulationRecord | CustomerRecord, Field(discriminator="type")]
+
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     TOPIC_EVENTS: Event,
     TOPIC_SCORES: UserScore,
     TOPIC_ALERTS: ChurnAlert,
     TOPIC_SEGMENTS: SegmentChange,
     TOPIC_DLQ: DeadLetter,
+    TOPIC_TRAINING: TrainingRecord,
 }
 
 

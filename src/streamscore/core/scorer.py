@@ -21,7 +21,7 @@ from streamscore.core.inputs import MODEL_INPUTS, model_inputs, named
 from streamscore.core.lineage import Learner, Lineage
 from streamscore.core.models import model_version
 from streamscore.core.population import key_hash
-from streamscore.core.records import TOPIC_SCORES
+from streamscore.core.records import TOPIC_SCORES, record_id
 from streamscore.core.segments import Lifecycle, next_lifecycle, segment_name
 from streamscore.core.snapshots import Snapshot
 from streamscore.core.state import UserState
@@ -243,7 +243,7 @@ class Scorer:
                     self._resolve_churn(state, snap, churned=not snap.returned)
                     resolved = True
                 if not snap.value_learnt and snap.t_ms + cfg.value_horizon_ms == due:
-                    self._resolve_value(snap)
+                    self._resolve_value(state, snap)
                     resolved = True
             state.snapshots = [snap for snap in state.snapshots if not snap.done]
             if resolved:
@@ -288,7 +288,10 @@ class Scorer:
         state.snapshots.append(snap)
         state.last_snapshot_ms = t_ms
         since_purchase = max(t_ms - f.last_purchase_ms, 0) / DAY_MS if f.purchases else tenure
-        self.learner.observe(PopulationSample(since_purchase, float(f.purchases), f.spend))
+        sample_id = record_id("rfm", state.user_id, t_ms)
+        self.learner.observe(
+            PopulationSample(since_purchase, float(f.purchases), f.spend, id=sample_id)
+        )
         self.counters.snapshots += 1
 
     def _resolve_churn(self, state: UserState, snap: Snapshot, *, churned: bool) -> None:
@@ -314,10 +317,11 @@ class Scorer:
                 weight=snap.weight,
                 model_version=_version(snap),
                 btyd=snap.baseline_churn,
+                id=record_id("label", state.user_id, snap.t_ms, LabelKind.CHURN.value),
             )
         )
 
-    def _resolve_value(self, snap: Snapshot) -> None:
+    def _resolve_value(self, state: UserState, snap: Snapshot) -> None:
         snap.value_learnt = True
         self.learner.learn(
             TrainingExample(
@@ -332,6 +336,7 @@ class Scorer:
                 model_version=_version(snap),
                 orders=snap.orders,
                 btyd=snap.baseline_value,
+                id=record_id("label", state.user_id, snap.t_ms, LabelKind.VALUE.value),
             )
         )
 

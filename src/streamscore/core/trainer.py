@@ -3,7 +3,7 @@
 Every resolved label arrives here as a ``TrainingExample`` and is, in this order, scored
 against the prediction stored with its snapshot (progressive validation, the label-drift
 detectors) and learnt (DESIGN.md §4). The trainer needs no user id and no user state, so it
-can run wherever the examples are delivered (see ``lineage.py``).
+runs wherever the ``training-examples`` topic is read (``streamscore/training.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from streamscore.core.validation import Quality
 from streamscore.core.values import (
     CustomerObservation,
     LabelKind,
+    Output,
     PopulationSample,
     TrainingExample,
 )
@@ -77,3 +78,29 @@ class Trainer:
     def observe_customer(self, observation: CustomerObservation) -> None:
         """A sampled customer's summary after an event, for the population fit."""
         self.models.observe(observation.key_hash, observation.inputs, observation.t_ms)
+
+    def take(self) -> list[Output]:
+        """Nothing to publish: this learner learns at each call."""
+        return []
+
+    def delivered(self) -> None:
+        return None
+
+    def summary(self) -> dict[str, object]:
+        """What a published version tells the scorers of the lineage's quality (the figures
+        their metrics show), in JSON types."""
+        churn, value = self.quality.churn, self.quality.value
+        return {
+            "labels_learnt": {"churn": self.models.churn_learnt, "value": self.models.value_learnt},
+            "labels_validated": {"churn": churn.count, "value": value.count},
+            "labels_not_learnt": self.unlearnt,
+            "churn_auc": churn.auc(),
+            "churn_rolling_auc": churn.rolling_auc(),
+            "churn_rolling_log_loss": churn.rolling_log_loss(),
+            "value_rolling_mae": value.rolling_mae(),
+            "calibration": [
+                {k: row[k] for k in ("bucket", "observed_rate", "mean_predicted")}
+                for row in churn.report()["calibration"]
+            ],
+            "bias": {"churn": self.drift.churn_bias, "value": self.drift.value_bias},
+        }

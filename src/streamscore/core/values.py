@@ -144,7 +144,7 @@ class TrainingExample:
     Made by the scorer when the watermark passes a snapshot's horizon, and handed to a
     ``Learner``: first scored against ``predicted`` (the prediction stored with the snapshot,
     made before anything learnt this label), then learnt. No user id: the trainer needs none,
-    and the planned ``training-examples`` topic must carry none (DESIGN.md §3).
+    and the ``training-examples`` topic carries none (DESIGN.md §3).
 
     ``inputs`` are the model's inputs at ``snapshot_ms``, by name. A name the current models
     take but the example lacks could not be derived when a stored snapshot was upgraded from
@@ -162,6 +162,8 @@ class TrainingExample:
     model_version: str | None = None  # of the models that made ``predicted``, when known
     orders: float = math.nan  # value: orders within the horizon (NaN: unknown)
     btyd: float = math.nan  # the fitted BTYD model's own prediction then (NaN: unknown)
+    id: str = ""  # deterministic (a hash of user, snapshot time and kind): how the trainer
+    # recognises an example published twice (``core/training_records.py``)
 
     @property
     def churned(self) -> bool:
@@ -176,6 +178,7 @@ class PopulationSample:
     days_since_purchase: float
     purchases: float
     spend: float
+    id: str = ""  # deterministic (a hash of user and snapshot time), as for examples
 
 
 @dataclass(frozen=True, slots=True)
