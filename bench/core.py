@@ -161,6 +161,11 @@ def run_core(
         "output_bytes_per_event": round(sink.bytes / n, 1),
         "scorer_counters": asdict(counters),
         "labels_learnt": {"churn": models.churn_learnt, "value": models.value_learnt},
+        # The work is scores (one per event batch of a user and one per silence rescored),
+        # snapshots and labels, not events: the cost per score is what a sparse user base,
+        # with many silent users per event, pays.
+        "scores_per_event": round(counters.scores / n, 3),
+        "cpu_us_per_score": round(cpu / counters.scores * 1e6, 2) if counters.scores else None,
     }
 
 
@@ -184,7 +189,7 @@ def micro(records: Sequence[SourceRecord], pipeline: Pipeline) -> dict[str, floa
     from streamscore.core import outputs
     from streamscore.core.events import EventLimits, decode_event
     from streamscore.core.features import derive
-    from streamscore.core.inputs import churn_inputs, value_inputs
+    from streamscore.core.inputs import model_inputs
     from streamscore.core.records import record_id
     from streamscore.core.state import UserState
     from streamscore.core.timeutil import DAY_MS, iso
@@ -198,8 +203,10 @@ def micro(records: Sequence[SourceRecord], pipeline: Pipeline) -> dict[str, floa
     blobs = list(store.states.items())[:3000]
     states = [UserState.from_bytes(u, b) for u, b in blobs]
     times = [s.features.last_seen_ms + DAY_MS for s in states]
-    deriveds = [derive(s.features, t) for s, t in zip(states, times, strict=True)]
-    inputs = [(churn_inputs(d), value_inputs(d)) for d in deriveds]
+    purchase_activity = scorer.config.purchase_activity
+    inputs = [
+        model_inputs(s.features, t, purchase_activity) for s, t in zip(states, times, strict=True)
+    ]
     evals = [(s, scorer.evaluate(s, t), t) for s, t in zip(states, times, strict=True)]
     version = scorer.lineage.models.version
     scored = [
@@ -218,8 +225,8 @@ def micro(records: Sequence[SourceRecord], pipeline: Pipeline) -> dict[str, floa
         "derive (features as of t)": _per_call(
             lambda st: derive(st[0].features, st[1]), list(zip(states, times, strict=True))
         ),
-        "Models.predict (both models)": _per_call(
-            lambda xs: scorer.lineage.models.predict(*xs), inputs
+        "Models.predict (BTYD baseline and both corrections)": _per_call(
+            scorer.lineage.models.predict, inputs
         ),
         "Scorer.evaluate (derive + predict + segment)": _per_call(
             lambda st: scorer.evaluate(st[0], st[1]), list(zip(states, times, strict=True))
@@ -272,7 +279,8 @@ def _print_stages(result: dict[str, Any]) -> None:
         f"core, batches of {result['batch_max_records']}: {result['events_per_s']:,.0f} events/s "
         f"({us['total']:.1f} µs/event wall, {result['cpu_us_per_event']:.1f} µs CPU/event; "
         f"{result['users_per_batch']:.0f} users + {result['due_users_per_batch']:.0f} due users "
-        "per batch)"
+        f"per batch; {result['scores_per_event']:.2f} scores per event, "
+        f"{result['cpu_us_per_score']} µs CPU per score)"
     )
     for stage in STAGES[:-1]:
         print(f"      {stage:<12} {us[stage]:7.2f} µs/event  {us[stage] / total * 100:5.1f}%")

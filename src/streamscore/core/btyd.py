@@ -236,8 +236,8 @@ def fit_gamma_gamma(
 # -- Pareto/NBD ----------------------------------------------------------------------------
 
 # The scalar entry points of scipy.special run the same C code as its ufuncs without their
-# per-call dispatch: hyp2f1 on one set of floats costs 0.2 µs instead of 1.3 µs, and every
-# score evaluates four. Same values, bit for bit (tests/unit/test_btyd.py).
+# per-call dispatch: hyp2f1 on one set of easy floats costs about a fifth (timeit: 0.5 µs
+# against 2.8), and every score evaluates four. Same values, bit for bit.
 _hyp2f1: Callable[[float, float, float, float], float] = cython_special.hyp2f1
 _gammaln: Callable[[float], float] = cython_special.gammaln
 _LOG2 = math.log(2.0)
