@@ -47,6 +47,7 @@ import pytest
 
 from devstack import free_port, produce
 from streamscore import metrics
+from streamscore.core.drift import PopulationDrift
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 from tests.required import skip_or_fail
 
@@ -64,6 +65,7 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 PROMTOOL = Path("/usr/bin/promtool")
 
 RATE_INTERVAL = "30s"
+WARMUP = PopulationDrift().warmup_labels  # churn labels before population drift is measured
 # Enough for labels to resolve (rolling AUC, calibration), for the drift monitor to warm up
 # and fill its PSI windows, and for the drift to be detected; a few malformed records make
 # the dead-letter series exist.
@@ -358,9 +360,16 @@ def test_every_query_has_data(prometheus_bin: None, names: dict[str, str], tmp_p
     api = PromAPI(prom_port)
     try:
         wait_for("Prometheus ready", api.ready, 30, {prom_log: prom}, interval_s=0.25)
-        scorer = start_scorer(
-            env_for(names, metrics_port=metrics_port, metrics_host="127.0.0.1"), scorer_log
+        # Versions published and followed every second: the stream is read in well under a
+        # minute, where the defaults (15 s, 10 s) would score most of it with one version.
+        env = env_for(
+            names,
+            metrics_port=metrics_port,
+            metrics_host="127.0.0.1",
+            checkpoint_interval_seconds=1,
+            model_staleness_seconds=1,
         )
+        scorer = start_scorer(env, scorer_log)
         t_start, t0 = time.time(), time.monotonic()
         wait_for(
             "the first scrape of the scorer",
@@ -369,7 +378,20 @@ def test_every_query_has_data(prometheus_bin: None, names: dict[str, str], tmp_p
             {prom_log: prom, scorer_log: scorer},
             interval_s=0.25,
         )
-        produce(SHARED, names["input_topic"], records)
+        # A live stream's shape: the second half arrives once the lineage has learnt past the
+        # drift monitor's warm-up, so that it is scored with such a version (PSI panels).
+        half = len(records) * 3 // 5
+        produce(SHARED, names["input_topic"], records[:half])
+        wait_for(
+            "the trainer to learn past the drift warm-up",
+            lambda: bool(
+                api.query(f'sum(streamscore_labels_learnt_total{{model="churn"}}) > {WARMUP}')
+            ),
+            120,
+            {prom_log: prom, scorer_log: scorer},
+            interval_s=0.5,
+        )
+        produce(SHARED, names["input_topic"], records[half:])
         t_produced = time.monotonic()
         wait_until_committed(
             names["kafka_group_id"], names["input_topic"], {scorer_log: scorer}, 120

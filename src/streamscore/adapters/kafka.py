@@ -347,6 +347,8 @@ class KafkaSource:
             self.consumer.commit_async(
                 offsets, callback=lambda done, result: self._on_commit(done, result, sent_at)
             )
+        except FencedInstanceIdError as exc:  # raised at once when the fence is already known
+            raise self._fenced(exc) from None
         except KafkaError as exc:
             raise TransientError(f"Kafka offset commit failed: {exc}") from exc
         self.commits_in_flight += 1
