@@ -18,6 +18,7 @@ def store(request: pytest.FixtureRequest) -> ContractStore:
     on to one of them by token (``tests/unit/test_erasure.py`` runs erasures through it)."""
     return store_for(request)
 
+
 T0 = 1_767_225_600_000
 
 
