@@ -38,6 +38,7 @@ from streamscore.adapters.files import JsonlSink, JsonlSource
 from streamscore.adapters.kafka import KafkaSource
 from streamscore.adapters.kafka_sink import KafkaSink
 from streamscore.adapters.memory import ListSink, ListSource, MemoryGroup, MemoryStateStore
+from streamscore.adapters.pseudonymous import PseudonymousStore, Pseudonyms
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings
 from streamscore.core.records import (
@@ -153,16 +154,29 @@ def any_redis_store(request: pytest.FixtureRequest) -> RedisStateStore:
     return chosen
 
 
-@pytest.fixture(
-    params=["memory", *(pytest.param(k, marks=pytest.mark.integration) for k in REDIS_STORES)]
-)
-def store(request: pytest.FixtureRequest) -> ContractStore:
-    """Each implementation of the port in turn: memory, one Redis, a Redis Cluster."""
+PLAIN_STORES = ["memory", *(pytest.param(k, marks=pytest.mark.integration) for k in REDIS_STORES)]
+
+
+def store_for(request: pytest.FixtureRequest) -> ContractStore:
+    """The store a ``store`` fixture's parameter names."""
     if request.param == "memory":
         return MemoryStateStore()
+    if request.param == "redis-pseudonymous":
+        inner: RedisStateStore = request.getfixturevalue("redis_store")
+        return PseudonymousStore(inner, Pseudonyms(b"contract-suite pseudonym key, 32B"))
     fixture = "redis_store" if request.param == "redis" else "cluster_store"
     chosen: RedisStateStore = request.getfixturevalue(fixture)
     return chosen
+
+
+@pytest.fixture(
+    params=[*PLAIN_STORES, pytest.param("redis-pseudonymous", marks=pytest.mark.integration)]
+)
+def store(request: pytest.FixtureRequest) -> ContractStore:
+    """Each implementation of the port in turn: memory, one Redis, a Redis Cluster, and one
+    Redis behind the pseudonymous wrapper (``pseudonym_key``), which must keep every promise
+    of the port while Redis holds no user id."""
+    return store_for(request)
 
 
 class RoundTrips:

@@ -9,7 +9,15 @@ import pytest
 from streamscore.adapters.memory import MemoryStateStore
 from streamscore.adapters.redis_store import RedisStateStore
 
-from .conftest import ContractStore
+from .conftest import PLAIN_STORES, ContractStore, store_for
+
+
+@pytest.fixture(params=PLAIN_STORES)
+def store(request: pytest.FixtureRequest) -> ContractStore:
+    """The stores that implement erasure themselves; the pseudonymous wrapper hands erasures
+    on to one of them by token (``tests/unit/test_erasure.py`` runs erasures through it)."""
+    return store_for(request)
+
 
 T0 = 1_767_225_600_000
 

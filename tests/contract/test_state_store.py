@@ -124,15 +124,21 @@ def test_a_full_user_state_round_trips_unchanged(store: ContractStore) -> None:
 # -- due queues --------------------------------------------------------------------------
 
 
+def _save_due(store: ContractStore, due: dict[int, dict[str, int | None]]) -> None:
+    """Due entries with their users' states, as the scorer saves them (a store may need a
+    user's state to name them: the pseudonymous one keeps only a token in the queue)."""
+    states = {u: b"state" for entries in due.values() for u, at in entries.items() if at}
+    store.save(states, due, {})
+
+
 def test_due_returns_users_at_or_before_the_watermark_per_partition(store: ContractStore) -> None:
-    store.save(
-        {},
+    _save_due(
+        store,
         {
             0: {"a": 100, "b": 200, "c": 300},
             1: {"d": 100, "e": 250},
             2: {"f": 50},
         },
-        {},
     )
     assert store.due({0: 200, 1: 200}, limit=100) == {0: ["a", "b"], 1: ["d"]}
     # The watermark itself counts; nothing from partitions that were not asked about.
@@ -145,7 +151,7 @@ def test_due_returns_users_at_or_before_the_watermark_per_partition(store: Contr
 
 
 def test_due_respects_the_limit_earliest_first(store: ContractStore) -> None:
-    store.save({}, {0: {"u5": 5, "u1": 1, "u3": 3, "u2": 2, "u4": 4}, 1: {"v": 1}}, {})
+    _save_due(store, {0: {"u5": 5, "u1": 1, "u3": 3, "u2": 2, "u4": 4}, 1: {"v": 1}})
     assert store.due({0: 10, 1: 10}, limit=2) == {0: ["u1", "u2"], 1: ["v"]}
     assert store.due({0: 10}, limit=5) == {0: ["u1", "u2", "u3", "u4", "u5"]}
     # Superseded due times do not take up room under the limit.
@@ -154,7 +160,7 @@ def test_due_respects_the_limit_earliest_first(store: ContractStore) -> None:
 
 
 def test_due_none_removes_and_later_times_hide(store: ContractStore) -> None:
-    store.save({}, {0: {"a": 100, "b": 100, "c": 100}}, {})
+    _save_due(store, {0: {"a": 100, "b": 100, "c": 100}})
     store.save({}, {0: {"a": None, "b": 500}}, {})
     assert store.due({0: 200}, limit=10) == {0: ["c"]}
     assert store.due({0: 500}, limit=10) == {0: ["c", "b"]}
@@ -172,7 +178,7 @@ def test_due_none_removes_and_later_times_hide(store: ContractStore) -> None:
 
 def test_due_keeps_odd_user_ids_and_epoch_ms(store: ContractStore) -> None:
     entries: dict[str, int | None] = {uid: T0 + i for i, uid in enumerate(ODD_IDS)}
-    store.save({}, {5: entries}, {})
+    _save_due(store, {5: entries})
     assert store.due({5: T0 + len(ODD_IDS)}, limit=100) == {5: ODD_IDS}
     assert store.due({5: T0 + 2}, limit=100) == {5: ODD_IDS[:3]}
 

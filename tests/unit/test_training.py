@@ -139,8 +139,12 @@ def test_every_learner_call_survives_its_record() -> None:
         assert label_record(back) == label_record(ex)  # NaN (churn's orders) as null
     sample = PopulationSample(3.5, 2.0, 99.0, id="ab" * 16)
     assert decode(population_record(sample)) == (sample.id, sample)
-    obs = CustomerObservation(12345, tuple(float(i) for i in range(len(MODEL_INPUTS))), 7 * DAY)
+    obs = CustomerObservation(
+        12345, tuple(float(i) for i in range(len(MODEL_INPUTS))), 7 * DAY, partition=3
+    )
     assert decode(orjson.loads(orjson.dumps(customer_record(obs))))[1] == obs
+    older = {k: v for k, v in customer_record(obs).items() if k != "partition"}
+    assert decode(older)[1].partition == -1  # written before partitions were recorded
     for record in (label_record(example(3)), population_record(sample), customer_record(obs)):
         TrainingRecord.model_validate(orjson.loads(orjson.dumps(record)))  # the topic's schema
         assert "user_id" not in record

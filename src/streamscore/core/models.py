@@ -179,9 +179,9 @@ class Models:
         """Whether the population sample takes this customer's observations."""
         return self.population.wants(key_hash)
 
-    def observe(self, key_hash: int, raw: Sequence[float], t_ms: int) -> None:
+    def observe(self, key_hash: int, raw: Sequence[float], t_ms: int, partition: int = -1) -> None:
         """A customer's summary as of their latest event, for the population fit."""
-        self.population.observe(key_hash, observation(raw), t_ms)
+        self.population.observe(key_hash, observation(raw), t_ms, partition)
 
     def learn_churn(self, inputs: Mapping[str, float], churned: bool, weight: float = 1.0) -> bool:
         """One weighted step on a resolved churn label; False when the example lacks the

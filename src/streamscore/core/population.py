@@ -10,6 +10,12 @@ customer replaces the earlier.
 The sample keeps the ``size`` customers with the smallest key hash (a bottom-k sample): a
 uniform random sample of distinct customers, the same whatever order they arrive in, and
 cheap to maintain. Refits run every ``refit_ms`` of event time, warm-started from the last.
+
+A fit measures each customer's silence up to how far *their own* input partition has been
+read (the latest event time the sample saw from it), not up to the fit's event time: Kafka
+hands a consumer partitions unevenly (a backlog comes in chunks per partition), and a
+customer whose partition lags would otherwise look silent for the lag, which biases the
+dropout rate and puts the fit on a costly ridge (``python -m bench.fit_order``).
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ class PopulationModel:
         self.size = size
         self.refit_ms = refit_ms
         self.same_process = same_process  # churn activity is purchasing: one fit serves both
-        self.sample: dict[int, tuple[Observation, int]] = {}
+        self.sample: dict[int, tuple[Observation, int, int]] = {}  # (obs, at, partition)
+        self.clock: dict[int, int] = {}  # latest event time seen from each partition
         self._heap: list[int] = []  # max-heap (negated) of the sample's hashes
         self.activity = PRIOR
         self.purchases = PRIOR
@@ -72,15 +79,25 @@ class PopulationModel:
         """Whether an observation of this customer would enter or update the sample."""
         return len(self.sample) < self.size or key_hash <= -self._heap[0]
 
-    def observe(self, key_hash: int, obs: Observation, t_ms: int) -> None:
-        """Record a customer's summary as of event time ``t_ms``; refit when ``refit_ms``
-        of event time has passed since the last fit.
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Read a model pickled before per-partition clocks: its customers' partition is
+        unknown (-1), measured up to the fit's time as they were then."""
+        self.__dict__.update(state)
+        if "clock" not in state:
+            self.clock = {}
+            self.sample = {k: (e[0], e[1], -1) for k, e in self.sample.items()}
+
+    def observe(self, key_hash: int, obs: Observation, t_ms: int, partition: int = -1) -> None:
+        """Record a customer's summary as of event time ``t_ms``, read from ``partition``;
+        refit when ``refit_ms`` of event time has passed since the last fit.
 
         Observations arrive in about event-time order (a batch's events are seconds apart
         in a live stream, at most ``replay_batch_span`` in a replay), so the sample at a fit
         reflects the population up to then.
         """
-        entry = (obs, t_ms)
+        entry = (obs, t_ms, partition)
+        if t_ms > self.clock.get(partition, 0):
+            self.clock[partition] = t_ms
         if key_hash in self.sample:
             if self.sample[key_hash][1] > t_ms:
                 return  # an older view than the one kept (events within the lateness)
@@ -112,10 +129,19 @@ class PopulationModel:
         self.changed = 0
         self.fitted_size = len(self.sample)
         day = 86_400_000.0
+        clock = self.clock
         arr = np.asarray(
             [
-                (o.x, o.t_x, o.T + max(t_ms - at, 0) / day, o.px, o.pt_x, o.orders, o.mean_order)
-                for o, at in self.sample.values()
+                (
+                    o.x,
+                    o.t_x,
+                    o.T + max(clock.get(part, t_ms) - at, 0) / day,
+                    o.px,
+                    o.pt_x,
+                    o.orders,
+                    o.mean_order,
+                )
+                for o, at, part in self.sample.values()
             ],
             dtype=np.float64,
         )

@@ -238,6 +238,11 @@ class CustomerRecord(_Record):
     v: int
     key_hash: int = Field(description="64-bit hash standing for the customer (not the id)")
     t_ms: int = Field(description="event time of the customer's latest event")
+    partition: int = Field(
+        default=-1,
+        description="input partition of the customer (-1: unknown); the population fit "
+        "measures each customer's silence by how far their own partition has been read",
+    )
     schema_id: str
     inputs: list[float | None]
 

@@ -161,7 +161,9 @@ class Scorer:
         if self.learner.wants(kh):
             f = state.features
             inputs = model_inputs(f, f.last_seen_ms, self.config.purchase_activity)
-            self.learner.observe_customer(CustomerObservation(kh, tuple(inputs), f.last_seen_ms))
+            self.learner.observe_customer(
+                CustomerObservation(kh, tuple(inputs), f.last_seen_ms, state.partition)
+            )
 
     # -- training snapshots ---------------------------------------------------------------
 

@@ -77,7 +77,8 @@ class Trainer:
 
     def observe_customer(self, observation: CustomerObservation) -> None:
         """A sampled customer's summary after an event, for the population fit."""
-        self.models.observe(observation.key_hash, observation.inputs, observation.t_ms)
+        o = observation
+        self.models.observe(o.key_hash, o.inputs, o.t_ms, o.partition)
 
     def take(self) -> list[Output]:
         """Nothing to publish: this learner learns at each call."""

@@ -102,6 +102,7 @@ def customer_record(obs: CustomerObservation) -> dict[str, Any]:
         "v": FORMAT,
         "key_hash": obs.key_hash,
         "t_ms": obs.t_ms,
+        "partition": obs.partition,
         "schema_id": CURRENT_INPUTS.id,
         "inputs": [_num(v) for v in obs.inputs],
     }
@@ -156,7 +157,10 @@ def decode(record: object) -> tuple[str, TrainingCall]:
             )
         elif kind == CUSTOMER:
             call = CustomerObservation(
-                int(record["key_hash"]), tuple(_inputs(record)), int(record["t_ms"])
+                int(record["key_hash"]),
+                tuple(_inputs(record)),
+                int(record["t_ms"]),
+                int(record.get("partition", -1)),
             )
         else:
             raise UnreadableRecordError(f"unknown record type {kind!r}")

@@ -200,6 +200,7 @@ class CustomerObservation:
     key_hash: int
     inputs: tuple[float, ...]
     t_ms: int
+    partition: int = -1  # the input partition it came from (-1: not known)
 
 
 @dataclass(slots=True)
