@@ -15,6 +15,7 @@ from typing import Any
 
 from devstack import GroupProgress, read_topic
 from streamscore.adapters.kafka import rekeyed_from
+from streamscore.adapters.pseudonymous import maybe_pseudonymous
 from streamscore.adapters.redis_store import RedisStateStore
 from streamscore.config import Settings, load_settings
 from streamscore.core.records import TOPIC_DLQ
@@ -141,8 +142,9 @@ def wait_until_committed(
 
 
 def redis_view(settings: Settings, users: set[str], partitions: int = 4) -> StoreView:
-    """What the scorers left in the Redis the settings point at."""
-    store = RedisStateStore.from_settings(settings)
+    """What the scorers left in the Redis the settings point at (through the pseudonymous
+    wrapper when the settings have a ``pseudonym_key``)."""
+    store = maybe_pseudonymous(RedisStateStore.from_settings(settings), settings)
     try:
         return store_view(store, users, range(partitions))
     finally:
@@ -156,7 +158,7 @@ def wait_until_settled(
     partitions: int = 4,
 ) -> None:
     """Block until no user is due behind a saved watermark (silences and horizons done)."""
-    store = RedisStateStore.from_settings(settings)
+    store = maybe_pseudonymous(RedisStateStore.from_settings(settings), settings)
     try:
         wait_for("the due queues to drain", lambda: settled(store, range(partitions)),
                  timeout_s, procs)  # fmt: skip
@@ -223,6 +225,7 @@ def assert_same_as_uninterrupted(
     client: Mapping[str, Any] = SHARED,
     redis_url: str = REDIS_URL,
     semantics: Mapping[str, object] | None = None,
+    pseudonym_key: str | None = None,
 ) -> StoreView:
     """The whole state the scorers left in Redis equals an uninterrupted run's over the same
     partitioned input (``tests/statecheck.py``; ``semantics``: the scorers' settings that
@@ -235,7 +238,10 @@ def assert_same_as_uninterrupted(
     records = input_records(names["input_topic"], client)
     reference = load_settings(metrics_port=0, **(semantics or {}))
     want, sink = reference_run(reference, records, 4, keyed=True)
-    settings = load_settings(redis_url=redis_url, redis_key_prefix=names["redis_key_prefix"])
+    secret = {"pseudonym_key": pseudonym_key} if pseudonym_key else {}
+    settings = load_settings(
+        redis_url=redis_url, redis_key_prefix=names["redis_key_prefix"], **secret
+    )
     got = redis_view(settings, set(want.states))
     assert_same_state(
         got,

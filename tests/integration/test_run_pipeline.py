@@ -9,13 +9,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import redis
 
 from devstack import GroupProgress, consume, produce
 from streamscore.core.records import TOPIC_DLQ, ChurnAlert, DeadLetter, SegmentChange, UserScore
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
 from tests.statecheck import reference_run
 
-from .conftest import SHARED
+from .conftest import REDIS_URL, SHARED
 from .helpers import (
     assert_same_as_uninterrupted,
     env_for,
@@ -33,6 +34,8 @@ from .helpers import (
 pytestmark = pytest.mark.integration
 
 BAD = [b"not json", b'{"event_id":"b1","user_id":"u","type":"teleport","ts":1767225600000}']
+
+PSEUDONYM_KEY = "integration pseudonym key, 32 B"
 
 
 def _events(users: int = 150, days: float = 45.0) -> list[tuple[str, bytes]]:
@@ -85,13 +88,17 @@ def test_run_matches_replay(names: dict[str, str], tmp_path: Path) -> None:
     assert len(uninterrupted.records[TOPIC_DLQ]) == len(dlq)
 
 
+@pytest.mark.parametrize("key", [None, PSEUDONYM_KEY], ids=["plain", "pseudonymous"])
 def test_sigkill_mid_stream_loses_and_doubles_nothing(
-    names: dict[str, str], tmp_path: Path
+    names: dict[str, str], tmp_path: Path, key: str | None
 ) -> None:
+    """Two SIGKILLs mid-stream: the whole state is one uninterrupted run's; the same with
+    pseudonymous state, where Redis then holds no user id in any key."""
     events = _events(users=200, days=60)
     users = {u for u, _ in events}
     _produce_all(names, events)
-    env = env_for(names, batch_max_records=200, session_timeout_ms=6000)
+    secret = {"pseudonym_key": key} if key else {}
+    env = env_for(names, batch_max_records=200, session_timeout_ms=6000, **secret)
     log_path = tmp_path / "scorer.log"
     group, topic = names["kafka_group_id"], names["input_topic"]
     progress = GroupProgress(SHARED, group, topic)
@@ -112,12 +119,16 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
     proc = start_scorer(env, log_path)
     try:
         wait_until_committed(group, topic, {log_path: proc})
-        wait_until_settled(settings_for(names), {log_path: proc})
+        wait_until_settled(settings_for(names, **secret), {log_path: proc})
     finally:
         assert stop(proc) == 0, log_path.read_text()
 
-    got = assert_same_as_uninterrupted(names)
+    got = assert_same_as_uninterrupted(names, pseudonym_key=key)
     assert sum(s.features.events for s in got.states.values()) == len(events)
+    if key:
+        keys = [k.decode() for k in redis.Redis.from_url(REDIS_URL).scan_iter(
+            match=f"{names['redis_key_prefix']}:*", count=1000)]  # fmt: skip
+        assert keys and not [k for k in keys if any(u in k for u in users)], keys[:5]
     scores = consume(SHARED, names["scores_topic"])
     assert {s["user_id"] for s in scores} == users
 
