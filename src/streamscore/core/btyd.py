@@ -140,22 +140,16 @@ def bgnbd_log_likelihood(
     return np.asarray(base + np.logaddexp(alive, dead), dtype=np.float64)
 
 
-def _bgnbd_objective(  # noqa: PLR0917 - scipy passes args positionally
-    log_params: FloatArray,
-    x: FloatArray,
-    t_x: FloatArray,
-    T: FloatArray,  # noqa: N803
-    w: FloatArray,
-    prior_weight: float,
-    modified: bool,
+def _penalised_nll(
+    ll: FloatArray, w: FloatArray, centred: FloatArray, prior_weight: float
 ) -> float:
-    params = np.exp(log_params)
-    ll = bgnbd_log_likelihood((params[0], params[1], params[2], params[3]), x, t_x, T, modified)
-    # A weak Gaussian prior on the log parameters keeps the fit finite while the sample is
-    # small or degenerate (no repeat buyers yet makes a and b unidentifiable); with a few
-    # hundred customers its pull is negligible.
-    penalty = 0.5 * prior_weight * float(np.sum(log_params**2))
-    return -float(np.dot(w, ll)) / float(w.sum()) + penalty / float(w.sum())
+    """What every fit here minimises: the weighted mean negative log-likelihood plus a weak
+    Gaussian prior on the (centred) log parameters. The prior keeps a fit finite while the
+    sample is small or degenerate (no repeat buyers yet makes BG/NBD's a and b
+    unidentifiable); with a few hundred customers its pull is negligible."""
+    total = float(w.sum())
+    penalty = 0.5 * prior_weight * float(np.sum(centred**2))
+    return -float(np.dot(w, ll)) / total + penalty / total
 
 
 def fit_bgnbd(
@@ -175,10 +169,15 @@ def fit_bgnbd(
     """
     w = np.ones_like(x) if weights is None else weights
     first = start.as_tuple() if start is not None else (1.0, max(float(np.mean(T)), 1.0), 1.0, 1.0)
+
+    def objective(v: FloatArray) -> float:
+        p = np.exp(v)
+        ll = bgnbd_log_likelihood((p[0], p[1], p[2], p[3]), x, t_x, T, modified)
+        return _penalised_nll(ll, w, v, prior_weight)
+
     result = optimize.minimize(
-        _bgnbd_objective,
+        objective,
         np.log(np.asarray(first, dtype=np.float64)),
-        args=(x, t_x, T, w, prior_weight, modified),
         method="L-BFGS-B",
         bounds=[(-12.0, 12.0)] * 4,
     )
@@ -221,9 +220,7 @@ def fit_gamma_gamma(
     def objective(v: FloatArray) -> float:
         p, q1, g = np.exp(v)
         ll = gamma_gamma_log_likelihood((p, 1.0 + q1, g), orders, mean_value)
-        centre = v - np.log([2.0, 2.0, scale])
-        penalty = 0.5 * prior_weight * float(np.sum(centre**2))
-        return -float(np.dot(w, ll)) / float(w.sum()) + penalty / float(w.sum())
+        return _penalised_nll(ll, w, v - np.log([2.0, 2.0, scale]), prior_weight)
 
     start_v = np.log([first.p, max(first.q - 1.0, 1e-3), first.gamma])
     result = optimize.minimize(
@@ -447,7 +444,6 @@ def fit_pareto(
     w = np.ones_like(x) if weights is None else weights
     scale = max(float(np.mean(T)), 1.0)
     first = start.as_tuple() if start is not None else (1.0, scale, 1.0, scale)
-    total = float(w.sum())
     rows = ParetoRows(x, t_x, T)
 
     def objective(v: FloatArray) -> float:
@@ -455,8 +451,7 @@ def fit_pareto(
         ll = rows.log_likelihood((p[0], p[1], p[2], p[3]))
         if not np.all(np.isfinite(ll)):
             return 1e300
-        penalty = 0.5 * prior_weight * float(np.sum(v**2))
-        return -float(np.dot(w, ll)) / total + penalty / total
+        return _penalised_nll(ll, w, v, prior_weight)
 
     result = optimize.minimize(
         objective,
