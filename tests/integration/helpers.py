@@ -283,6 +283,25 @@ def reference_lineage(topic: str, client: Mapping[str, Any] = SHARED) -> Trainer
     return trainer
 
 
+def wait_until_published_all(
+    settings: Settings,
+    training: GroupProgress,
+    procs: Mapping[Path, subprocess.Popen[bytes]],
+    timeout_s: float,
+) -> None:
+    """Until the lineage's latest published version reflects every record of
+    training-examples (``training``: progress on that topic)."""
+    wait_for(
+        "a published version reflecting all of training-examples",
+        lambda: (
+            (h := published_lineage(settings)[0]) is not None and h.offset == training.ends()[0]
+        ),
+        timeout_s,
+        procs,
+        interval_s=0.2,
+    )
+
+
 def assert_learnt_once(settings: Settings, names: Mapping[str, str]) -> Published:
     """The published lineage learnt each label the scorers resolved exactly once: as many as
     an uninterrupted run resolves, each distinct label id of training-examples once, and it

@@ -35,6 +35,7 @@ from .helpers import (
     stop,
     wait_for,
     wait_until_committed,
+    wait_until_published_all,
     wait_until_settled,
 )
 
@@ -135,16 +136,7 @@ def _wait_until_learnt_and_followed(settings: Settings, scorers: Scorers) -> Non
     names = scorers.names
     wait_until_committed(names["kafka_group_id"], names["input_topic"], scorers.procs, 180)
     wait_until_settled(settings, scorers.procs)
-    wait_for(
-        "a published version reflecting all of training-examples",
-        lambda: (
-            (h := published_lineage(settings)[0]) is not None
-            and h.offset == scorers.training.ends()[0]
-        ),
-        60,
-        scorers.procs,
-        interval_s=0.2,
-    )
+    wait_until_published_all(settings, scorers.training, scorers.procs, 60)
     head, _ = published_lineage(settings)
     assert head is not None
     wait_for(f"every scorer on version {head.version}",

@@ -38,7 +38,6 @@ from .helpers import (
     env_for,
     joined,
     kill,
-    published_lineage,
     settings_for,
     simulated_events,
     start_scorer,
@@ -46,6 +45,7 @@ from .helpers import (
     tail,
     wait_for,
     wait_until_committed,
+    wait_until_published_all,
     wait_until_settled,
 )
 
@@ -168,15 +168,7 @@ def test_two_scorers_on_the_cluster_one_killed_and_restarted_match_one_run(
         wait_until_settled(settings, procs, timeout_s=120)
         # The one lineage (kept on the cluster too) has published a version of everything
         # the two scorers sent to training-examples, the killed one's labels included.
-        wait_for(
-            "a published version reflecting all of training-examples",
-            lambda: (
-                (h := published_lineage(settings)[0]) is not None and h.offset == training.ends()[0]
-            ),
-            90,
-            procs,
-            interval_s=0.2,
-        )
+        wait_until_published_all(settings, training, procs, 90)
     finally:
         progress.close()
         training.close()
