@@ -26,6 +26,7 @@ from streamscore.core.records import TOPIC_DLQ, TOPIC_EVENTS, TOPIC_SCORES
 from streamscore.core.state import UserState
 from streamscore.core.timeutil import iso
 from streamscore.core.values import TrainingExample
+from streamscore.guards import DeadLetterGuard
 from streamscore.ports import SourceRecord
 from streamscore.runtime import BatchStats
 from tests.statecheck import memory_pipeline, state_diffs
@@ -47,9 +48,9 @@ SHORT = {"metrics_port": 0, "churn_horizon_days": 2.0, "value_horizon_days": 2.0
 class _Run:
     """One pipeline run over partition 0: what it left and what it sent."""
 
-    def __init__(self, values: list[bytes], settings: Settings, batch: int) -> None:
+    def __init__(self, values: list[bytes], settings: Settings, batch: int, **options: Any) -> None:
         pipeline, self.store, sink = memory_pipeline(
-            settings, _records(values), batch=batch, clock=lambda: NOW
+            settings, _records(values), batch=batch, clock=lambda: NOW, **options
         )
         self.sink: ListSink = sink
         self.learnt: dict[str, tuple[float, int]] = {}  # label id -> (label, snapshot time)
@@ -228,8 +229,11 @@ def _history_then_live() -> tuple[list[bytes], list[bytes]]:
 
 def test_a_backfill_applied_to_a_running_scorer_has_the_features_of_history_sent_in_order() -> None:
     live, history = _history_then_live()
-    applied = _Run(live + history, load_settings(metrics_port=0, late_events="apply"), 500)
-    assert applied.stats.late_applied == len(history)
+    s = load_settings(metrics_port=0, late_events="apply")
+    guard = DeadLetterGuard(s.dlq_max_ratio, s.dlq_window)  # raises on a "wrong topic"
+    applied = _Run(live + history, s, 500, dlq_guard=guard)
+    assert applied.stats.late_applied == applied.stats.late_events == len(history)
+    assert TOPIC_DLQ not in applied.sink.records
     ordered = sorted(history + live, key=_ts)
     reference = _Run(ordered, load_settings(metrics_port=0), 500).states()
     got = applied.states()
@@ -258,10 +262,12 @@ def test_a_backfill_redelivered_after_a_crash_is_applied_once() -> None:
     batch = 400
     crash = len(live) + 2 * batch  # batches up to here saved, the last one not committed
     store = MemoryStateStore()
-    first, _, _ = memory_pipeline(s, _records(values[:crash]), batch=batch, store=store)
+    first, _, _ = memory_pipeline(
+        s, _records(values[:crash]), batch=batch, store=store, clock=lambda: NOW
+    )
     first.run_until_exhausted()
     again = [SourceRecord(TOPIC_EVENTS, 0, i, values[i]) for i in range(crash - batch, len(values))]
-    second, _, _ = memory_pipeline(s, again, batch=batch, store=store)
+    second, _, _ = memory_pipeline(s, again, batch=batch, store=store, clock=lambda: NOW)
     late = []
     second.run_until_exhausted(on_batch=lambda stats: late.append(stats.late_applied))
     assert second.scorer.counters.duplicates >= batch
