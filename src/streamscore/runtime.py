@@ -118,7 +118,7 @@ class _Batch:
     # Where each re-keyed record came from (``key_contract``), by its own position.
     origins: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     # Positions of the late events to apply (late_events=apply), not dead-letter.
-    late_applied: set[tuple[int, int]] = field(default_factory=set)
+    late_positions: set[tuple[int, int]] = field(default_factory=set)
     states: dict[str, UserState] = field(default_factory=dict)
     # Due-queue entries to drop, by partition: users whose partition changed (the topic
     # grew) and queued users whose state has expired.
@@ -316,7 +316,7 @@ class Pipeline:
                     continue
                 # Late by the watermark before this very record: the same verdict however
                 # the input is cut into batches. Applied in its place among the user's events.
-                batch.late_applied.add(position)
+                batch.late_positions.add(position)
             stats.held_events += verdict is Verdict.HELD
             stats.events += 1
             stats.max_event_ms = max(stats.max_event_ms, event.ts)
@@ -371,7 +371,7 @@ class Pipeline:
                     now,
                     batch.watermarks_before,
                     origins=batch.origins,
-                    late=batch.late_applied,
+                    late=batch.late_positions,
                 )
             )
         # Only the late events applied now: a redelivered one is a duplicate, as when
