@@ -177,7 +177,7 @@ MODEL_EVENT_LAG = Gauge(
     "streamscore_model_version_event_lag_seconds",
     "This process's highest watermark minus the event time of the newest label the model "
     "version it scores with has learnt: near the version's age in real time, days while a "
-    "backlog is caught up",
+    "backlog is caught up (0 until the version has learnt a label)",
     registry=REGISTRY,
 )
 CHURN_AUC = Gauge(
