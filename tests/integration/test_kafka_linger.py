@@ -1,7 +1,8 @@
-"""A lingering poll (``batch_linger_ms``) on the real broker: it collects what arrives within
-its bound and nothing after it, returns a full batch without waiting, and a scorer fed in a
-trickle, so that its batches end where the linger ends them, leaves the state and scores of
-an uninterrupted run."""
+"""A batch's fixed costs on the real broker. A lingering poll (``batch_linger_ms``) collects
+what arrives within its bound and nothing after it, and returns a full batch without waiting;
+a scorer fed in a trickle, so that its batches end where the linger ends them, leaves the
+state and scores of an uninterrupted run; commits sent faster than the broker answers go out
+one at a time, none refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
 
 from devstack import produce
 from streamscore.adapters.kafka import KafkaSource
@@ -111,3 +112,25 @@ def test_a_scorer_fed_in_a_trickle_leaves_an_uninterrupted_runs_state(
         assert stop(proc) == 0, log_path.read_text()
     got = assert_same_as_uninterrupted(names)
     assert sum(s.features.events for s in got.states.values()) == len(events)
+
+
+def test_commits_faster_than_the_answers_are_coalesced_not_refused(names: dict[str, str]) -> None:
+    """kafka-python refuses a request beyond five in flight (``NodeNotReadyError``): a loop
+    of small batches committed that way had most of its commits refused and sent again."""
+    topic = names["input_topic"]
+    source = KafkaSource(settings_for(names))
+    try:
+        _joined(source)
+        produce(SHARED, topic, [(b"u", b"%d" % i) for i in range(40)])
+        partition = min(source.owned)
+        for offset in range(1, 21):  # twenty batches' commits, no poll in between
+            source.commit({partition: offset})
+        deadline = time.monotonic() + 30
+        while source.commit_status().pending:
+            assert time.monotonic() < deadline, source.commit_status()
+            source.poll(100, 0.1)
+        assert source.commit_status().failed == 0
+        committed = source.consumer.committed(TopicPartition(topic, partition))
+        assert committed == 20
+    finally:
+        source.close()

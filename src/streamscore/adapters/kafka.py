@@ -290,12 +290,10 @@ class KafkaSource:
         # A partition a hook sought now is read from there by the next fetch; what this poll
         # brought of it came from the old position.
         sought = set(self._seeked)
-        if self.uncommitted and (
-            not self.commits_in_flight or time.monotonic() - self._commit_sent > BROKER_WAIT_S
-        ):
-            # Offsets whose commit failed (a rebalance, an outage). A failure here must not
-            # lose the polled records (the consumer's position has moved past them): the next
-            # poll tries again.
+        if self.uncommitted and self._may_commit():
+            # Offsets whose commit failed (a rebalance, an outage) or waited for the answer to
+            # the one before (``commit``). A failure here must not lose the polled records
+            # (the consumer's position has moved past them): the next poll tries again.
             try:
                 self._commit_uncommitted()
             except TransientError as exc:
@@ -365,11 +363,22 @@ class KafkaSource:
         of a batch at 5k events/s, to every event's latency. The answer arrives in a later
         ``poll``; offsets stay in ``uncommitted`` until then, and ``close`` commits what is
         still unconfirmed synchronously.
+
+        One commit is in flight at a time: while one is unanswered, these offsets wait in
+        ``uncommitted`` and go out after the poll that brings the answer, together with any
+        later batch's. A fast loop of small batches then neither pays for commits the next
+        one supersedes nor piles them up past the client's in-flight limit (which refused
+        them: ``NodeNotReadyError``, retried later all the same).
         """
         for p, o in next_offsets.items():
             if p in self.owned:  # a revoked partition's next owner commits for it
                 self.uncommitted[p] = max(o, self.uncommitted.get(p, o))
-        self._commit_uncommitted()
+        if self._may_commit():
+            self._commit_uncommitted()
+
+    def _may_commit(self) -> bool:
+        """No commit is unanswered (or its answer is overdue, so it may be lost)."""
+        return not self.commits_in_flight or time.monotonic() - self._commit_sent > BROKER_WAIT_S
 
     def _owned_uncommitted(self) -> dict[TopicPartition, OffsetAndMetadata]:
         return {
