@@ -1,4 +1,5 @@
-"""``python -m bench {all,core,bare,full,naive,latency,scaling,quality,lineage-quality}``.
+"""``python -m bench {all,core,bare,full,naive,latency,batch-cost,scaling,quality,
+lineage-quality}``.
 
 ``quality`` (no servers) replays real and simulated purchase logs through ``streamscore
 replay`` at monthly cutoffs and compares the scores with buy-till-you-die baselines; its own
@@ -38,7 +39,7 @@ from bench.common import (
 )
 from bench.report import markdown, profiles_text
 
-COMMANDS = ("all", "core", "bare", "full", "naive", "latency", "scaling")
+COMMANDS = ("all", "core", "bare", "full", "naive", "latency", "batch-cost", "scaling")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                 results["naive"] = naive
             if cmd in {"all", "latency"}:
                 _latency(args, ctx, results)
+            if cmd == "batch-cost":
+                from bench.batch_cost import run_batch_cost
+
+                results["batch_cost"] = run_batch_cost(ctx)
             if cmd in {"all", "scaling"}:
                 results["scaling"] = sr.run_scaling(ctx)
         finally:
