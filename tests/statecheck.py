@@ -125,6 +125,7 @@ def memory_pipeline(
     semantics: dict[str, Any] = {
         "max_lead_ms": round(settings.watermark_max_lead_seconds * 1000) or None,
         "agreeing": settings.watermark_agreeing_users,
+        "late_events": settings.late_events,
         "on_key_mismatch": settings.on_key_mismatch if keyed else None,
     }
     pipeline = Pipeline(

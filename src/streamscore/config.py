@@ -250,6 +250,13 @@ class Settings(BaseSettings):
         ge=0,
         description="watermark = newest event time minus this; older events are late",
     )
+    late_events: Literal["dead_letter", "apply"] = Field(
+        default="dead_letter",
+        description="what to do with a valid event at or behind its partition's watermark: "
+        "'dead_letter' sends a late_event dead letter; 'apply' folds it into the user's "
+        "features (a backfill), while labels already learnt stay as they are and no "
+        "snapshot or silence before the watermark is taken again",
+    )
     watermark_max_lead_seconds: float = Field(
         default=0.0,
         ge=0,

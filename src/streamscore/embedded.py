@@ -43,6 +43,7 @@ class RunSummary:
     seconds: float = 0.0
     dead_letters: Counter[str] = field(default_factory=Counter)
     late_events: int = 0
+    late_applied: int = 0
     held_events: int = 0
     outputs: Counter[str] = field(default_factory=Counter)
     last_event_ms: int = 0
@@ -54,6 +55,7 @@ class RunSummary:
         self.events += stats.events
         self.dead_letters.update(stats.dead_letters)
         self.late_events += stats.late_events
+        self.late_applied += stats.late_applied
         self.held_events += stats.held_events
         self.outputs.update(stats.outputs)
         self.last_event_ms = max(self.last_event_ms, stats.max_event_ms)
@@ -122,6 +124,8 @@ def report(scorer: Scorer, trainer: Trainer, summary: RunSummary) -> dict[str, A
         # Valid events behind the watermark (dead-lettered, but not invalid), and
         # events too far ahead to move it alone: input the stream's time disagrees with.
         "late_events": summary.late_events,
+        # Of those, applied to features (late_events=apply; absent when none were).
+        **({"late_events_applied": summary.late_applied} if summary.late_applied else {}),
         "watermark_held_events": summary.held_events,
         "outputs": dict(summary.outputs),
         "churn": trainer.quality.churn.report(),

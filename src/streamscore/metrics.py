@@ -33,8 +33,14 @@ DEAD_LETTERS = Counter(
 )
 LATE_EVENTS = Counter(
     "streamscore_late_events_total",
-    "Valid events behind their partition's watermark, dead-lettered as late_event (not "
-    "counted as invalid input)",
+    "Valid events behind their partition's watermark, dead-lettered as late_event or applied "
+    "(late_events=apply); not counted as invalid input",
+    registry=REGISTRY,
+)
+LATE_APPLIED = Counter(
+    "streamscore_late_events_applied_total",
+    "Late events applied to their user's features (late_events=apply), of "
+    "streamscore_late_events_total",
     registry=REGISTRY,
 )
 HELD_EVENTS = Counter(
@@ -282,6 +288,7 @@ def observe_batch(stats: BatchStats, now_s: float) -> None:
     for error_type, n in stats.dead_letters.items():
         DEAD_LETTERS.labels(error_type).inc(n)
     LATE_EVENTS.inc(stats.late_events)
+    LATE_APPLIED.inc(stats.late_applied)
     HELD_EVENTS.inc(stats.held_events)
     REKEYED.inc(stats.rekeyed)
     for topic, n in stats.outputs.items():

@@ -51,6 +51,7 @@ log = logging.getLogger("streamscore.runtime")
 # Due users a partition may rescore in any batch, however small: an idle input still drains.
 DUE_FLOOR_PER_PARTITION = 25
 Clock = Callable[[], int]
+LatePolicy = Literal["dead_letter", "apply"]
 
 
 def dead_letter_of(rec: SourceRecord, exc: InvalidEvent, now: int) -> Output:
@@ -82,7 +83,8 @@ class BatchStats:
     records: int = 0
     events: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)  # invalid input, by error type
-    late_events: int = 0  # valid events behind their watermark (dead-lettered apart)
+    late_events: int = 0  # valid events behind their watermark (dead-lettered or applied)
+    late_applied: int = 0  # of those, applied to features (late_events=apply)
     held_events: int = 0  # too far ahead of their partition to move its watermark alone
     rekeyed: int = 0  # records produced again, keyed by their user id (key_contract)
     outputs: dict[str, int] = field(default_factory=dict)
@@ -115,6 +117,8 @@ class _Batch:
     watermarks_before: dict[tuple[int, int], int] = field(default_factory=dict)
     # Where each re-keyed record came from (``key_contract``), by its own position.
     origins: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    # Positions of the late events to apply (late_events=apply), not dead-letter.
+    late_positions: set[tuple[int, int]] = field(default_factory=set)
     states: dict[str, UserState] = field(default_factory=dict)
     # Due-queue entries to drop, by partition: users whose partition changed (the topic
     # grew) and queued users whose state has expired.
@@ -159,10 +163,12 @@ class Pipeline:
         on_key_mismatch: KeyPolicy | None = None,
         max_lead_ms: int | None = None,
         agreeing: int = 2,
+        late_events: LatePolicy = "dead_letter",
     ) -> None:
         """``on_key_mismatch`` None: the source has no keys to check (files, the demo).
         ``max_lead_ms`` None: every event may move its partition's watermark (see
-        ``core/watermark.py``)."""
+        ``core/watermark.py``). ``late_events``: what an event at or behind its partition's
+        watermark does (``Scorer.apply_events`` says what "apply" means)."""
         self.source = source
         self.erasures = erasures  # the user-erasures step (``erasures.py``), when wired
         self.store = store
@@ -184,6 +190,7 @@ class Pipeline:
         self.dlq_guard = dlq_guard
         self.on_retry = on_retry
         self.on_key_mismatch = on_key_mismatch
+        self.late_events = late_events
         self.lateness_ms = scorer.config.allowed_lateness_ms
         self.event_clock = EventClock(WatermarkRule(self.lateness_ms, max_lead_ms, agreeing))
         self.watermarks = self.event_clock.watermarks
@@ -304,8 +311,12 @@ class Pipeline:
                 batch.origins[position] = rec.origin
             verdict = self.event_clock.admit(rec.partition, rec.offset, event.ts, event.user_id)
             if verdict is Verdict.LATE:
-                batch.late.append((rec, event, self._late(rec.partition, event.ts)))
-                continue
+                if self.late_events == "dead_letter":
+                    batch.late.append((rec, event, self._late(rec.partition, event.ts)))
+                    continue
+                # Late by the watermark before this very record: the same verdict however
+                # the input is cut into batches. Applied in its place among the user's events.
+                batch.late_positions.add(position)
             stats.held_events += verdict is Verdict.HELD
             stats.events += 1
             stats.max_event_ms = max(stats.max_event_ms, event.ts)
@@ -350,6 +361,8 @@ class Pipeline:
         """Apply each user's events, then dead-letter the late ones no user has applied."""
         states, now = batch.states, batch.now
         previous = {u: s.partition for u, s in states.items()}
+        counters = self.scorer.counters
+        applied_before = counters.late_applied
         for uid, events in batch.groups.items():
             batch.outputs.extend(
                 self.scorer.apply_events(
@@ -358,8 +371,13 @@ class Pipeline:
                     now,
                     batch.watermarks_before,
                     origins=batch.origins,
+                    late=batch.late_positions,
                 )
             )
+        # Only the late events applied now: a redelivered one is a duplicate, as when
+        # late events are dead-lettered.
+        batch.stats.late_applied = counters.late_applied - applied_before
+        batch.stats.late_events += batch.stats.late_applied
         for uid, before in previous.items():
             if before >= 0 and before != states[uid].partition:
                 batch.dropped.setdefault(before, {})[uid] = None  # the topic grew

@@ -173,6 +173,15 @@ def _erasures(
             "by the owner of their input partition); recreate it, or add partitions to it"
         )
     keep_s = settings.allowed_lateness_seconds + settings.erasure_margin_seconds
+    if settings.late_events == "apply":
+        # A mark keeps an erased user's older events out only while it lasts; after it,
+        # such an event is late, and applied late it would start a state from old data.
+        log.warning(
+            "late_events=apply: an erased user's events from before their erasure are kept "
+            "out for erasure_margin_seconds (%.0fs) of event time after it; raise it to cover "
+            "the oldest history you may backfill, or filter erased users out of backfills",
+            settings.erasure_margin_seconds,
+        )
     key = settings.pseudonym_key
     return Erasures(
         KafkaErasureSource(settings, have),

@@ -106,7 +106,8 @@ def print_replay(summary: RunSummary, rep: dict[str, Any], out_dir: Path) -> Non
                 f"  Gini {_f(value['normalised_gini'])}  labels {value['labels']:,}",
                 f"outputs      {dict(summary.outputs)}",
                 f"dead letters {dlq:>12,}   {dict(summary.dead_letters) if dlq else ''}",
-                f"late events  {summary.late_events:>12,}   (behind the watermark; not invalid)",
+                f"late events  {summary.late_events:>12,}   (behind the watermark; not invalid"
+                + (f"; {summary.late_applied:,} applied)" if summary.late_applied else ")"),
                 f"written      {out_dir}/<topic>.jsonl, final_scores.jsonl, report.json",
                 f"report       {out_dir}/report.html (open it in a browser)",
                 "",

@@ -122,4 +122,5 @@ def build_pipeline(
         on_key_mismatch=settings.on_key_mismatch if live else None,
         max_lead_ms=lead_ms or None,
         agreeing=settings.watermark_agreeing_users,
+        late_events=settings.late_events,
     )

@@ -5,6 +5,10 @@
   the backfill is counted as late (not invalid, so the dead-letter limit is not tripped), the
   far-ahead device makes no good event late and the log says so, the badly keyed records are
   key_mismatch dead letters, and the whole state is an uninterrupted run's.
+- The same kind of backfill with ``late_events=apply``: applied, not dead-lettered, counted
+  late and applied; the whole state is an uninterrupted run's with the same policy (the
+  exactness reference), and every order-free feature is that of the history sent in time
+  order (the meaning reference).
 - Null and wrong keys with ``on_key_mismatch=rekey`` under ten SIGKILLs: every event is
   applied exactly once (re-keyed copies a crash sent twice included), and the whole state is
   an uninterrupted run's.
@@ -21,6 +25,7 @@ from devstack import GroupProgress, consume, free_port, produce
 from streamscore.config import load_settings
 from streamscore.core.timeutil import parse_rfc3339
 from streamscore.simulator import ShopSimulator, SimulationConfig, encode_event
+from tests.unit.test_late_apply import COMMUTING, _Run
 
 from .conftest import SHARED
 from .helpers import (
@@ -132,6 +137,48 @@ def test_a_backfill_a_clock_a_day_ahead_and_wrong_keys_on_a_running_scorer(
 
     got = assert_same_as_uninterrupted(names, semantics={"watermark_max_lead_seconds": 3600})
     assert sum(s.features.events for s in got.states.values()) == len(live)
+
+
+def test_a_backfill_applied_to_a_running_scorer(names: dict[str, str], tmp_path: Path) -> None:
+    live = [(u.encode(), v) for u, v in _shop(120, 20, seed=41)]
+    history = []  # the same users' 20 days before the live stream
+    for u, v in _shop(120, 20, seed=42):
+        history.append((u.encode(), orjson.dumps({**orjson.loads(v), "ts": _ts(v) - 20 * DAY})))
+    port = free_port()
+    log = tmp_path / "scorer.log"
+    proc = start_scorer(env_for(names, metrics_port=port, late_events="apply"), log)
+    group, topic = names["kafka_group_id"], names["input_topic"]
+    try:
+        wait_for("the scorer to join", lambda: joined(log), 60, {log: proc})
+        produce(SHARED, topic, live)
+        wait_until_committed(group, topic, {log: proc})
+        produce(SHARED, topic, history)
+        wait_until_committed(group, topic, {log: proc})
+        wait_for(
+            "the last batch's counters",
+            lambda: _total(port, "streamscore_late_events_applied_total") >= len(history),
+            30,
+            {log: proc},
+        )
+        late = _total(port, "streamscore_late_events_total")
+        applied = _total(port, "streamscore_late_events_applied_total")
+        wait_until_settled(load_settings(**names), {log: proc})
+    finally:
+        code = stop(proc)
+    assert code == 0, log.read_text()[-4000:]
+    assert late == applied == len(history)
+    assert consume(SHARED, names["dlq_topic"]) == []
+    got = assert_same_as_uninterrupted(names, semantics={"late_events": "apply"})
+    assert sum(s.features.events for s in got.states.values()) == len(live) + len(history)
+    in_order = sorted((v for _, v in history + live), key=_ts)
+    reference = _Run(in_order, load_settings(metrics_port=0), 500).states()
+    assert got.states.keys() == reference.keys()
+    for uid, want in reference.items():
+        f = got.states[uid].features
+        assert {k: getattr(f, k) for k in COMMUTING} == {
+            k: getattr(want.features, k) for k in COMMUTING
+        }, uid
+        assert f.spend == pytest.approx(want.features.spend, rel=1e-9), uid
 
 
 def _raw(letter: dict[str, object]) -> bytes:

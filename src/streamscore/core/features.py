@@ -118,6 +118,56 @@ class UserFeatures:
 
     def apply(self, event: Event, lateness_ms: int) -> None:
         """Fold one event in; order-independent within ``lateness_ms``."""
+        self._count(event)
+        if event.type is EventType.PURCHASE:
+            self._add_purchase(event.ts, lateness_ms)
+        self._add_event_time(event.ts, lateness_ms)
+
+    def apply_late(self, event: Event, lateness_ms: int) -> None:
+        """Fold in an event from behind its partition's watermark (``late_events=apply``).
+
+        Counts, sums, first and last times, and the decayed aggregates take it exactly as
+        ``apply`` would (recency moves only if it is the user's newest event). Where it falls
+        among the detail the state still keeps (the purchases and visits within the
+        lateness of the user's latest ones), it is folded in exactly too. Older than that,
+        only sums are left, so a purchase before the latest settled one is:
+
+        - an order of its own unless within ``OCCASION_GAP_MS`` of the first or the latest
+          settled purchase;
+        - in the mean gap exactly (it is the purchase span over the gaps); in the spread of
+          gaps only when it is the user's first purchase (its gap to the next one is known),
+          otherwise the spread is that of the gaps known so far;
+
+        and an event before the latest settled visit is a visit of its own unless within
+        ``OCCASION_GAP_MS`` of the user's first event or of the end of that visit.
+        """
+        ts = event.ts
+        first_seen, first_purchase = self.first_seen_ms, self.first_purchase_ms
+        self._count(event)
+        if event.type is EventType.PURCHASE:
+            if self.last_final_purchase_ms and ts < self.last_final_purchase_ms:
+                self._add_settled_purchase(ts, first_purchase)
+            else:
+                self._add_purchase(ts, lateness_ms)
+        if self.visits_final and ts < self.last_final_event_ms - OCCASION_GAP_MS:
+            if abs(ts - first_seen) > OCCASION_GAP_MS:
+                self.visits_final += 1
+        else:
+            self._add_event_time(ts, lateness_ms)
+
+    def _add_settled_purchase(self, ts: int, first_purchase_ms: int) -> None:
+        """A purchase older than the latest settled one (see ``apply_late``)."""
+        gap = OCCASION_GAP_MS
+        self.first_purchase_ms = min(first_purchase_ms, ts)
+        if ts < first_purchase_ms:
+            days = (first_purchase_ms - ts) / DAY_MS
+            self.final_gaps += 1
+            self.final_gap_sumsq_days += days * days
+        if abs(ts - first_purchase_ms) > gap and ts < self.last_final_purchase_ms - gap:
+            self.purchase_occasions_final += 1
+
+    def _count(self, event: Event) -> None:
+        """Counts, sums, first and last times and decayed aggregates: any order gives the same."""
         ts = event.ts
         if self.events == 0:
             self.first_seen_ms = self.last_seen_ms = self.decay_ref_ms = ts
@@ -137,11 +187,9 @@ class UserFeatures:
             self.last_session_ms = max(self.last_session_ms, ts)
         elif event.type is EventType.PURCHASE:
             self.spend += amount
-            self._add_purchase(ts, lateness_ms)
         elif event.type is EventType.REFUND:
             self.refunded += amount
         self._add_decayed(ts, amount if event.type is EventType.PURCHASE else 0.0)
-        self._add_event_time(ts, lateness_ms)
 
     def _add_event_time(self, ts: int, lateness_ms: int) -> None:
         """Merge ``ts`` into the runs of recent visits, then finalise the runs that ended
@@ -215,14 +263,17 @@ class UserFeatures:
         if n_gaps <= 0:
             return 0.0, 0.0
         mean = (self.last_purchase_ms - self.first_purchase_ms) / DAY_MS / n_gaps
-        sumsq = self.final_gap_sumsq_days
+        # The gaps in the sum of squares: all ``n_gaps`` unless a late purchase fell between
+        # settled ones (``apply_late``), whose two gaps are not known.
+        sumsq, known = self.final_gap_sumsq_days, self.final_gaps
         prev = self.last_final_purchase_ms
         for ts in self.recent_purchases:
             if prev:
                 gap = (ts - prev) / DAY_MS
                 sumsq += gap * gap
+                known += 1
             prev = ts
-        var = max(sumsq / n_gaps - mean * mean, 0.0)
+        var = max(sumsq / known - mean * mean, 0.0) if known else 0.0
         return mean, math.sqrt(var)
 
     def decayed_at(self, t_ms: int) -> tuple[list[float], list[float]]:

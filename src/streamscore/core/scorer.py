@@ -10,8 +10,9 @@ at a snapshot, for the RFM population.
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from streamscore.core import outputs
 from streamscore.core.drift import DriftLog, PopulationDrift
@@ -82,6 +83,7 @@ class Scorer:
         watermarks_before: Mapping[tuple[int, int], int] | None = None,
         *,
         origins: Mapping[tuple[int, int], tuple[int, int]] | None = None,
+        late: Collection[tuple[int, int]] = (),
     ) -> list[Output]:
         """Apply a user's new events (partition, offset, event), then score once as of the last.
 
@@ -100,6 +102,10 @@ class Scorer:
         state then does not depend on where batch boundaries fell (a batch holding both a
         user's return and the records that carried the watermark past one of their silence
         points would otherwise skip that silence).
+
+        ``late``: positions of events at or behind that watermark to apply all the same
+        (``late_events=apply``; ``_apply_late`` says how). The user is then scored as of the
+        later of their latest event and that watermark, never as of an earlier time.
         """
         cfg = self.config
         fresh: list[tuple[int, int, Event]] = []
@@ -115,6 +121,7 @@ class Scorer:
         returning = state.lifecycle == Lifecycle.CHURNED
         f = state.features
         out: list[Output] = []
+        wm = 0
         for partition, offset, event in fresh:
             wm = watermarks_before.get((partition, offset), 0) if watermarks_before else 0
             if wm and (settled := self.advance(state, wm, now_ms)):
@@ -123,6 +130,12 @@ class Scorer:
             if returning:
                 state.reactivated_ms = event.ts  # the first event back after churning
                 returning = False
+            if (partition, offset) in late:
+                self._apply_late(state, event, wm)
+                # In a batch of its own it would be scored as of the watermark, and churned
+                # again if still a horizon behind it: then the next event is a return too.
+                returning = self._churned_at(state, max(f.last_seen_ms, wm))
+                continue
             self._snapshots_until(state, event.ts)
             f.apply(event, cfg.allowed_lateness_ms)
             self.counters.events += 1
@@ -132,9 +145,37 @@ class Scorer:
             self._observe_activity(state, event)
         self._observe_customer(state)
         last_event = fresh[-1][2]
-        last = max(last_event.ts, f.last_seen_ms)
+        # An event that was not late is after the watermark before it: ``wm`` changes
+        # nothing then.
+        last = max(last_event.ts, f.last_seen_ms, wm)
         out.extend(self._score(state, last, now_ms, trigger="event", key=last_event.event_id))
         return out
+
+    def _apply_late(self, state: UserState, event: Event, watermark_ms: int) -> None:
+        """Fold in an event at or behind the watermark before it (``late_events=apply``).
+
+        ``advance`` has just settled everything up to that watermark, so what the event can
+        reach is: the features (``UserFeatures.apply_late``), and the labels still pending,
+        as any event would (``_observe_activity``; a learnt label is never touched). Grid
+        snapshots and silence points at or before the watermark are over: none is taken or
+        rescored again, not even when the event is the user's newest (their silence is then
+        counted from it, from the next point still ahead of the watermark on).
+        """
+        f = state.features
+        f.apply_late(event, self.config.allowed_lateness_ms)
+        self.counters.events += 1
+        self.counters.late_applied += 1
+        if event.ts >= f.last_seen_ms:
+            silent = watermark_ms - f.last_seen_ms
+            state.rescore_step = bisect.bisect_right(self._points, silent)
+            state.next_snapshot_ms = self._next_snapshot(state, watermark_ms)
+        self._observe_activity(state, event)
+
+    def _churned_at(self, state: UserState, t_ms: int) -> bool:
+        """Whether a score as of ``t_ms`` gives the lifecycle stage "churned" (it depends on
+        the recency alone, as ``evaluate`` works it out)."""
+        recency = max(t_ms - state.features.last_seen_ms, 0) / DAY_MS
+        return recency >= self.config.churn_horizon_days
 
     def _observe_activity(self, state: UserState, event: Event) -> None:
         """Activity inside a snapshot's horizon labels it "not churned" at once.
@@ -146,12 +187,19 @@ class Scorer:
         """
         cfg = self.config
         counts = cfg.churn_activity is ChurnActivity.ANY or event.type is EventType.PURCHASE
+        buy = event.type is EventType.PURCHASE
         for snap in state.snapshots:
             if event.ts <= snap.t_ms:
                 continue
-            if counts and not snap.returned and event.ts <= snap.t_ms + cfg.churn_horizon_ms:
+            # A learnt label stays as it was learnt (only a late event can reach one).
+            if (
+                counts
+                and not snap.returned
+                and not snap.churn_learnt
+                and event.ts <= snap.t_ms + cfg.churn_horizon_ms
+            ):
                 snap.returned = True
-            if event.type is EventType.PURCHASE and event.ts <= snap.t_ms + cfg.value_horizon_ms:
+            if buy and not snap.value_learnt and event.ts <= snap.t_ms + cfg.value_horizon_ms:
                 snap.spend += event.amount or 0.0
                 snap.orders += 1
 

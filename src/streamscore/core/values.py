@@ -131,6 +131,7 @@ class Counters:
     """What the scorer has done since it started (cumulative, never reset)."""
 
     events: int = 0
+    late_applied: int = 0  # of ``events``, late ones applied (late_events=apply)
     duplicates: int = 0
     scores: int = 0
     alerts: int = 0
