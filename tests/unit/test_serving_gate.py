@@ -17,6 +17,14 @@ from streamscore.core.values import LabelKind, TrainingExample
 from tests.unit.test_trainer import INPUTS, churn_example
 
 
+def serve_corrections(models: Models) -> None:
+    """Give the corrections a winning record, as the trainer would after they beat the BTYD
+    model on resolved labels (for tests of what served corrections do)."""
+    for i in range(100):
+        churned = i % 2 == 0
+        models.gate.churn_label(0.8 if churned else 0.2, 0.5, churned, 1.0)
+        models.gate.value_label(10.0 * churned, 5.0, 10.0 * churned, 1.0)
+    assert models.gate.serve_churn_corrections and models.gate.serve_value_corrections
 
 
 def test_without_a_record_the_btyd_model_is_served() -> None:
