@@ -1,8 +1,10 @@
-"""``python -m bench {all,core,bare,full,naive,latency,scaling,quality}``: streamscore's figures.
+"""``python -m bench {all,core,bare,full,naive,latency,scaling,quality,lineage-quality}``.
 
 ``quality`` (no servers) replays real and simulated purchase logs through ``streamscore
 replay`` at monthly cutoffs and compares the scores with buy-till-you-die baselines; its own
-options: ``python -m bench quality --help`` (``bench/quality.py``).
+options: ``python -m bench quality --help`` (``bench/quality.py``). ``lineage-quality``
+compares the model quality of 1, 2 and 3 processes on a paced stream, several runs each
+(``bench/lineage_quality.py``, ``--help``).
 
 Everything but ``core`` runs against the local stack (``scripts/stack up``): Kafka on
 127.0.0.1:9092 and Redis on :6379 (``BENCH_KAFKA`` / ``BENCH_REDIS`` to change); ``full
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from importlib.metadata import version
@@ -27,9 +28,9 @@ from typing import Any
 
 from bench.common import (
     RESULTS_DIR,
-    ROOT,
     DatasetSpec,
     Stack,
+    code_version,
     dump_json,
     ensure_stack,
     log,
@@ -73,29 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _code_version() -> dict[str, Any]:
-    """The commit measured, and whether src/ had uncommitted changes (editable install)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "src_changes": git("status", "--porcelain", "src").splitlines(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["quality"]:
         from bench import quality
 
         return quality.main(argv[1:])
+    if argv[:1] == ["lineage-quality"]:
+        from bench import lineage_quality
+
+        return lineage_quality.main(argv[1:])
     args = _parser().parse_args(argv)
     spec = DatasetSpec(users=args.users, days=args.days, seed=args.seed, events=args.events)
     cmd = args.command
@@ -111,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             "river": version("river"),
             "redis_py": version("redis"),
         },
-        "code": _code_version(),
+        "code": code_version(),
     }
     started = time.monotonic()
     log(

@@ -420,3 +420,20 @@ def dump_json(path: Path, data: Any) -> None:
             data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS
         )
     )
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether src/ had uncommitted changes (editable install)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "src_changes": git("status", "--porcelain", "src").splitlines(),
+    }

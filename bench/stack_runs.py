@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from kafka import KafkaProducer
@@ -246,30 +246,47 @@ def run_scorer(
     lineage: bool = False,
     redis_url: str = REDIS_URL,
     infra_pids: dict[str, int] | None = None,
+    alongside: Sequence[Alongside] = (),
+    topic: str | None = None,
+    settings: dict[str, object] | None = None,
+    quiet_wait_s: float | None = None,
 ) -> dict[str, Any]:
     """(b) ``streamscore run`` (or (c), the naive variant) over the whole data set, its Redis
     round trips counted (``bench.workers counted``), on the Redis (or cluster) of
     ``redis_url``; with ``lineage``, also the published model lineage once the trainer has
-    learnt everything."""
+    learnt everything.
+
+    By default the data set is all in ``topic`` before the processes start (a backlog);
+    ``alongside`` are started once every process owns partitions and run until the group
+    has committed everything (``PacedFeed`` in ``bench/lineage_quality.py`` produces the data
+    set into ``topic`` meanwhile). ``settings``: more ``STREAMSCORE_*`` settings."""
     stack = ctx.stack
-    topic = ctx.input_topic(partitions)
+    topic = topic or ctx.input_topic(partitions)
     names, prefix = _scorer_names(stack, label, topic)
-    env = stack.scorer_env(names, redis_url=redis_url)
+    env = stack.scorer_env(names, redis_url=redis_url, **(settings or {}))
     stats_file = stack.log_dir / f"{label}-stats.json"
     env["BENCH_STATS_FILE"] = str(stats_file)
     argv = [sys.executable, "-m", "bench.workers", "naive" if naive else "counted"]
     what = "naive scorer (user-by-user Redis)" if naive else "streamscore run"
-    quiet = wait_quiet()
+    quiet = wait_quiet(quiet_wait_s)
     log(f"{label}: {processes} × {what} on {partitions} partitions")
     procs = [stack.start(argv, env, f"{label}-{i}") for i in range(processes)]
     try:
+        if alongside:
+            _wait_assigned(stack, procs, names["kafka_group_id"], label)
+            for job in alongside:
+                job.start(names)
         result = watch(
             stack, procs, names["kafka_group_id"], topic, len(ctx.data),
             timeout_s=timeout_s, label=label, infra_pids=infra_pids,
         )  # fmt: skip
+        for job in alongside:
+            result[job.key] = job.finish()
         if lineage:
             result["lineage"] = lineage_figures(stack, names, label)
     finally:
+        for job in alongside:
+            job.close()
         codes = [stack.stop(p) for p in procs]
     result["exit_codes"] = codes
     result["other_load_before"] = quiet
@@ -289,6 +306,35 @@ def run_scorer(
             outputs_per_event(stack, _output_names(names), result["events_committed"]), 4
         )
     return result
+
+
+class Alongside(Protocol):
+    """What a scorer run does while its processes work: feed them, watch what they publish."""
+
+    key: str  # where ``finish``'s figures go in the run's result
+
+    def start(self, names: dict[str, str]) -> None:
+        """Begin (``names``: the run's topics, group and key prefix)."""
+        ...
+
+    def finish(self) -> dict[str, Any]:
+        """The group has committed everything: stop, and say what happened."""
+        ...
+
+    def close(self) -> None:
+        """Stop, also when the run failed (idempotent)."""
+        ...
+
+
+def _wait_assigned(
+    stack: Stack, procs: Sequence[subprocess.Popen[bytes]], group: str, label: str
+) -> None:
+    """Until every process owns input partitions (the group has settled)."""
+    deadline = time.monotonic() + 120
+    while stack.members_with_partitions(group) < len(procs):
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            raise RuntimeError(f"{label}: processes did not join the group; see {stack.log_dir}")
+        time.sleep(0.1)
 
 
 def run_on_cluster(ctx: Context, *, label: str = "full-cluster") -> dict[str, Any]:
@@ -705,24 +751,29 @@ def lineage_figures(
             if time.monotonic() - t0 > timeout_s:
                 raise RuntimeError(f"{label}: the trainer did not catch up in {timeout_s:.0f}s")
             time.sleep(0.2)
-        version = published.load()
+        # Read as the next trainer would resume it: its whole progressive validation.
+        restored = published.restore()
     finally:
         store.close()
-    assert version is not None
-    summary = version.summary
+    assert restored is not None
+    summary = restored.trainer.summary()
+    churn = restored.trainer.quality.churn.report()
     out = {
-        "version": version.version,
+        "version": restored.version,
         "training_records": end,
         "caught_up_after_s": round(time.monotonic() - t0, 2),
         "labels_learnt": summary["labels_learnt"],
+        "labels_validated": summary["labels_validated"],
         "churn_auc": summary["churn_auc"],
+        "churn_log_loss": churn["log_loss"],
+        "churn_base_rate": churn["base_rate"],
         "churn_rolling_auc": summary["churn_rolling_auc"],
         "churn_rolling_log_loss": summary["churn_rolling_log_loss"],
         "value_rolling_mae": summary["value_rolling_mae"],
     }
     log(f"{label}: lineage version {out['version']} learnt {out['labels_learnt']} of "
-        f"{end:,} training records; churn AUC {out['churn_auc']}, rolling log loss "
-        f"{out['churn_rolling_log_loss']}")  # fmt: skip
+        f"{end:,} training records; churn AUC {out['churn_auc']}, log loss "
+        f"{out['churn_log_loss']} (all labels)")  # fmt: skip
     return out
 
 

@@ -173,6 +173,13 @@ MODEL_VERSION_AGE = Gauge(
     "Seconds since the model version this process scores with was published",
     registry=REGISTRY,
 )
+MODEL_EVENT_LAG = Gauge(
+    "streamscore_model_version_event_lag_seconds",
+    "This process's highest watermark minus the event time of the newest label the model "
+    "version it scores with has learnt: near the version's age in real time, days while a "
+    "backlog is caught up (0 until the version has learnt a label)",
+    registry=REGISTRY,
+)
 CHURN_AUC = Gauge(
     "streamscore_churn_rolling_auc", "Churn ROC AUC over recent labels", registry=REGISTRY
 )
@@ -332,8 +339,9 @@ class ScorerWatch:
         self._labels = {"churn": 0, "value": 0}
         self._events_seen = 0
 
-    def update(self, now_s: float) -> None:
-        """Refresh label, version, quality and drift metrics (cheap: every few seconds)."""
+    def update(self, now_s: float, watermark_ms: int = 0) -> None:
+        """Refresh label, version, quality and drift metrics (cheap: every few seconds);
+        ``watermark_ms``: the highest watermark of this process's partitions (0: none yet)."""
         s, published = self.scorer, self.outbox.published
         for model in ("churn", "value"):
             LABELS.labels(model).inc(published[model] - self._labels[model])
@@ -346,6 +354,9 @@ class ScorerWatch:
         if served.created_unix:
             MODEL_VERSION_AGE.set(max(now_s - served.created_unix, 0.0))
         quality = served.summary
+        until = quality.get("labels_until_ms")
+        if watermark_ms and isinstance(until, int):
+            MODEL_EVENT_LAG.set(max(watermark_ms - until, 0) / 1000)
         for gauge, key in (
             (CHURN_AUC, "churn_rolling_auc"),
             (CHURN_LOGLOSS, "churn_rolling_log_loss"),

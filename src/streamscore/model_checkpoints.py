@@ -218,6 +218,7 @@ class LineageStore:
             own = pickle.loads(published.trainer_state)
             trainer.quality, trainer.btyd_quality = own["quality"], own["btyd_quality"]
             trainer.drift, trainer.unlearnt = own["drift"], own["unlearnt"]
+            trainer.labels_until_ms = own.get("labels_until_ms", 0)  # older versions: 0
             window = RecentIds.from_state(self.window_size, own["window"])
         version = max(published.version, head.version if head else 0)
         return Restored(trainer, window, published.next_offset, version)
@@ -268,6 +269,7 @@ class LineageStore:
             "btyd_quality": trainer.btyd_quality,
             "drift": trainer.drift,
             "unlearnt": trainer.unlearnt,
+            "labels_until_ms": trainer.labels_until_ms,
             "window": window.state(),
         }
         blob = checkpoint.dump(

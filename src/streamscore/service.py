@@ -258,7 +258,7 @@ def _run(settings: Settings, stop: StopFlag, status: LoopStatus) -> int:
                 failed_commits = refused
             if now - last_lag > HEALTH_CHECK_S:
                 last_lag = now
-                watch.update(now)
+                watch.update(now, max(stats.watermarks.values(), default=0))
                 for p, lag in source.lag().items():
                     metrics.CONSUMER_LAG.labels(str(p)).set(lag)
                 metrics.SOURCE_CONNECTED.set(1 if source.health().connected else 0)

@@ -5,12 +5,14 @@ topic, ``MemoryStateStore`` for the published versions)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import orjson
 import pytest
 
+from streamscore import metrics
 from streamscore.adapters.memory import ListSource, MemoryGroup, MemoryStateStore
 from streamscore.config import Settings
 from streamscore.core.inputs import MODEL_INPUTS
@@ -18,6 +20,7 @@ from streamscore.core.lineage import ServedLineage
 from streamscore.core.models import Models
 from streamscore.core.population import Observation
 from streamscore.core.records import TOPIC_TRAINING, TrainingRecord, record_id
+from streamscore.core.scorer import Scorer
 from streamscore.core.segments import RfmScorer
 from streamscore.core.trainer import Trainer
 from streamscore.core.training_records import (
@@ -315,3 +318,32 @@ def test_an_unusable_version_is_relearnt_from_the_start_and_numbered_after_it() 
     assert b.stats.records == len(values), "learnt again from offset 0"
     assert b.version == refused + 1 and store_offset(store) == len(values)
     assert b.trainer is not None and weights(b.trainer) == weights(uninterrupted(values))
+
+
+def test_how_far_the_lineage_has_learnt_in_event_time_reaches_every_scorer() -> None:
+    """The newest label time learnt travels with each version and survives a resume; a scorer
+    reports its watermark's distance from it (what grows while a backlog is caught up)."""
+    values = calls(12)
+    newest = max(v["label_ms"] for v in values if v["type"] == "label")
+    store = MemoryStateStore()
+    a, _ = loop_on(topic(values, MemoryGroup()), store)
+    a.drain()
+    assert a.trainer is not None and a.trainer.labels_until_ms == newest
+    lineage = LineageStore(SETTINGS, store)
+    restored = lineage.restore()
+    assert restored is not None and restored.trainer.labels_until_ms == newest
+    published = lineage.load()
+    assert published is not None and published.summary["labels_until_ms"] == newest
+
+    served = ServedLineage(Models(SETTINGS.model_params()), RfmScorer())
+    served.replace(
+        published.models, published.rfm, version=published.version, writer=published.writer,
+        created_unix=published.created_unix, summary=published.summary,
+    )  # fmt: skip
+    outbox = TrainingOutbox(served)
+    watch = metrics.ScorerWatch(
+        Scorer(SETTINGS.scoring(), served, outbox), outbox, served, logging.getLogger("test")
+    )
+    watch.update(1.0, newest + 3 * DAY)
+    lag = metrics.REGISTRY.get_sample_value("streamscore_model_version_event_lag_seconds")
+    assert lag == 3 * DAY / 1000

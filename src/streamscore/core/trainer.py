@@ -45,6 +45,9 @@ class Trainer:
         self.btyd_quality = Quality()
         self.drift = drift or LabelDrift()
         self.unlearnt = 0  # examples validated but not learnt (made for older inputs)
+        # The event time of the newest label learnt (its snapshot's plus the horizon): how far
+        # the lineage has learnt in event time, which scorers compare with their watermarks.
+        self.labels_until_ms = 0
 
     def learn(self, example: TrainingExample) -> None:
         """Validate ``example`` against the prediction stored with it, then learn it."""
@@ -69,6 +72,7 @@ class Trainer:
             learnt = self.models.learn_value(example.inputs, example.orders, w)
         if not learnt:
             self.unlearnt += 1
+        self.labels_until_ms = max(self.labels_until_ms, example.label_ms)
 
     def observe(self, sample: PopulationSample) -> None:
         """Add a customer at a snapshot to the RFM population."""
@@ -98,6 +102,7 @@ class Trainer:
             "labels_learnt": {"churn": self.models.churn_learnt, "value": self.models.value_learnt},
             "labels_validated": {"churn": churn.count, "value": value.count},
             "labels_not_learnt": self.unlearnt,
+            "labels_until_ms": self.labels_until_ms or None,
             "churn_auc": churn.auc(),
             "churn_rolling_auc": churn.rolling_auc(),
             "churn_rolling_log_loss": churn.rolling_log_loss(),
