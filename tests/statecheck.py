@@ -75,6 +75,10 @@ SNAPSHOT_PREDICTIONS = (
     "model_generation",
     "baseline_churn",  # the BTYD model's, which the population fit (a model) changes
     "baseline_value",
+    "churn_served_btyd",  # which of the two the scores carried: the serving gate's choice
+    "value_served_btyd",
+    "served_churn",
+    "served_value",
 )
 FLOAT32 = {"rel": 1e-6, "abs": 1e-6}  # snapshot numbers are stored as float32
 FEATURE = {"rel": 1e-9, "abs": 1e-9}

@@ -138,6 +138,8 @@ def report(scorer: Scorer, trainer: Trainer, summary: RunSummary) -> dict[str, A
             "population": trainer.models.population.describe(),
         },
         "labels_not_learnt": trainer.unlearnt,
+        # Which prediction scores carry now, and on how many labels the choice rests.
+        "serving_gate": trainer.models.gate.describe(),
         "model_version": trainer.models.version,
         "config": {
             "churn_horizon_days": scorer.config.churn_horizon_days,

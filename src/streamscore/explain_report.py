@@ -85,8 +85,8 @@ def build(scorer: Scorer, state: UserState, watermark: int, *, restored: bool) -
         "pending_snapshots": [
             {
                 "at": iso(s.t_ms),
-                "predicted_churn": round(s.churn_p, 4),
-                "predicted_value": round(s.value_p, 2),
+                "predicted_churn": round(s.served_churn, 4),
+                "predicted_value": round(s.served_value, 2),
                 "active_since": s.returned,
                 "spend_since": round(s.spend, 2),
                 "churn_label_due": iso(s.t_ms + cfg.churn_horizon_ms),

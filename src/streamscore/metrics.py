@@ -189,6 +189,13 @@ CHURN_LOGLOSS = Gauge(
 VALUE_MAE = Gauge(
     "streamscore_value_rolling_mae", "Value MAE over recent labels", registry=REGISTRY
 )
+CORRECTIONS_SERVED = Gauge(
+    "streamscore_corrections_served",
+    "1 while scores carry the learnt corrections, 0 while they carry the BTYD model's "
+    "prediction (the serving gate: whichever had the lower loss on recent labels)",
+    ["model"],
+    registry=REGISTRY,
+)
 MODEL_INFO = Gauge(
     "streamscore_model_info", "Current model version", ["version"], registry=REGISTRY
 )
@@ -358,6 +365,10 @@ class ScorerWatch:
             value = quality.get(key)
             if isinstance(value, int | float):
                 gauge.set(value)
+        serving = quality.get("serving")
+        if isinstance(serving, dict):
+            for model in ("churn", "value"):
+                CORRECTIONS_SERVED.labels(model).set(serving.get(model) == "corrected")
         rows = quality.get("calibration")
         for row in rows if isinstance(rows, list) else ():
             CALIBRATION.labels(row["bucket"], "observed").set(row["observed_rate"])

@@ -12,6 +12,7 @@ from streamscore.core.glm import MAX_CORRECTION, sigmoid
 from streamscore.core.inputs import MODEL_INPUTS
 from streamscore.core.models import Models
 from streamscore.core.records import ChurnAlert, Explanation, UserScore
+from tests.unit.test_serving_gate import serve_corrections
 
 BASE = {**dict.fromkeys(MODEL_INPUTS, 0.0), "x": 2.0, "t_x": 20.0, "T": 60.0, "px": 2.0}
 BASE |= {"pt_x": 20.0, "orders": 3.0, "mean_order": 30.0}
@@ -32,6 +33,7 @@ def _trained(seed: int = 3) -> Models:
                           strict=True))  # fmt: skip
         models.learn_churn(inputs, churned=rng.random() < 0.2 + 0.2 * tickets)
         models.learn_value(inputs, orders=float(rng.randint(0, 2) + carts // 2))
+    serve_corrections(models)
     return models
 
 

@@ -198,10 +198,13 @@ def test_snapshot_stores_the_prediction_made_then() -> None:
     feed.advance(G0)
     (snap,) = feed.state.snapshots
     models = learnt(scorer).models
-    churn_p, value_p, base = models.predict_both(snap.churn_x)
-    assert (snap.churn_p, snap.value_p) == pytest.approx((churn_p, value_p))
-    # Nothing learnt yet: the prediction is the BTYD model's own, stored beside it.
-    assert snap.baseline_churn == pytest.approx(base.p_churn)
+    p = models.predict_all(snap.churn_x)
+    assert (snap.churn_p, snap.value_p) == pytest.approx((p.corrected_churn, p.corrected_value))
+    # Nothing learnt yet: the prediction is the BTYD model's own, stored beside it, and the
+    # corrections have no record, so the scores carried the BTYD model's.
+    assert snap.baseline_churn == pytest.approx(p.base.p_churn)
+    assert snap.churn_served_btyd and snap.value_served_btyd
+    assert (snap.served_churn, snap.served_value) == (snap.baseline_churn, snap.baseline_value)
     assert snap.churn_p == pytest.approx(snap.baseline_churn)
     assert snap.value_p == pytest.approx(snap.baseline_value)
     assert snap.naive_value == 0.0  # nothing spent yet

@@ -3,9 +3,10 @@ raise the score."""
 
 from __future__ import annotations
 
-from streamscore.core.glm import logit, sigmoid
+from streamscore.core.glm import logit
 from streamscore.core.inputs import MODEL_INPUTS
 from streamscore.core.models import Models
+from tests.unit.test_serving_gate import serve_corrections
 
 BASE = {**dict.fromkeys(MODEL_INPUTS, 0.0), "x": 2.0, "t_x": 20.0, "T": 60.0, "px": 2.0}
 BASE |= {"pt_x": 20.0, "orders": 3.0, "mean_order": 30.0}
@@ -20,7 +21,7 @@ def test_before_any_label_the_reason_is_the_btyd_evidence_that_made_the_score() 
     models = Models()
     churn, _ = models.predict(raw())
     base = models.baseline(raw())
-    assert churn == sigmoid(logit(base.p_churn))
+    assert churn == base.p_churn
     assert models.churn_reasons(raw()) == [
         {
             "feature": "btyd_churn_probability",
@@ -38,6 +39,7 @@ def test_corrections_that_raise_the_score_follow_largest_first() -> None:
     for i in range(600):
         tickets = float(i % 2)
         models.learn_churn({**inputs, "tickets": tickets * 3}, churned=bool(tickets))
+    serve_corrections(models)
     reasons = models.churn_reasons(raw(tickets=3.0), top=5)
     assert reasons[0]["feature"] == "btyd_churn_probability"
     corrections = reasons[1:]

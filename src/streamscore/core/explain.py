@@ -9,6 +9,9 @@ the link scale a score is a sum:
   population model's expected orders), and the predicted value is that count times
   Gamma-Gamma's expected order value, reported as its own factor.
 
+While the serving gate serves the BTYD model's prediction (``gate.py``), that score has the
+offset as its only term.
+
 ``zᵢ`` is the standardised input (clipped at ±4 sd) and ``wᵢ`` its learnt weight; a correction
 beyond the safety bound (±4) is cut, and the cut is a term of its own (``bound``), so the
 terms always add up to the link value the score was computed from. Contributions are rounded
@@ -28,10 +31,23 @@ OFFSET_CHURN = "btyd_churn_logit"
 OFFSET_VALUE = "btyd_log_orders"
 
 
+def _offset_term(name: str, offset: float, value: float) -> dict[str, Any]:
+    return {"feature": name, "contribution": round(offset, 4), "value": round(value, 6)}
+
+
 def _terms(
-    glm: OffsetGLM, x: dict[str, float], offset_name: str, offset: float, offset_value: float
+    glm: OffsetGLM,
+    x: dict[str, float],
+    offset_name: str,
+    offset: float,
+    offset_value: float,
+    *,
+    served: bool,
 ) -> tuple[float, list[dict[str, Any]]]:
-    """The link value and its terms: offset, intercept, inputs (largest first), bound."""
+    """The link value and its terms: offset, intercept, inputs (largest first), bound; the
+    offset alone when the corrections are not ``served``."""
+    if not served:
+        return offset, [_offset_term(offset_name, offset, offset_value)]
     intercept = glm.intercept["intercept"]
     parts = glm.correction(x)
     correction = intercept + sum(parts.values())
@@ -39,7 +55,7 @@ def _terms(
     link = min(max(offset + kept, -MAX_LINK), MAX_LINK)
     bound = link - offset - correction
     terms: list[dict[str, Any]] = [
-        {"feature": offset_name, "contribution": round(offset, 4), "value": round(offset_value, 6)},
+        _offset_term(offset_name, offset, offset_value),
         {"feature": "intercept", "contribution": round(intercept, 4), "value": None},
     ]
     inputs = sorted(parts.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
@@ -58,11 +74,19 @@ def explain(models: Models, raw: Sequence[float]) -> dict[str, Any]:
     ``explanation`` of ``records.Explanation``."""
     base = models.baseline(raw)
     x = models.correction_inputs(raw, base)
+    gate = models.gate
     churn_link, churn_terms = _terms(
-        models.churn, x, OFFSET_CHURN, logit(base.p_churn), base.p_churn
+        models.churn,
+        x,
+        OFFSET_CHURN,
+        logit(base.p_churn),
+        base.p_churn,
+        served=gate.serve_churn_corrections,
     )
     log_orders = math.log(max(base.orders, 1e-9))
-    value_link, value_terms = _terms(models.value, x, OFFSET_VALUE, log_orders, base.orders)
+    value_link, value_terms = _terms(
+        models.value, x, OFFSET_VALUE, log_orders, base.orders, served=gate.serve_value_corrections
+    )
     return {
         "churn": {"logit": round(churn_link, 4), "terms": churn_terms},
         "value": {

@@ -14,6 +14,10 @@
   within the horizon; the order value is Gamma-Gamma's. Both factors are positive, so a
   customer the model thinks alive is never flattened to zero.
 
+Which of the corrected and the BTYD predictions a score carries is the serving gate's choice
+(``gate.py``): the corrections are served only while their own stored predictions beat the
+BTYD model's on the labels resolved since.
+
 Snapshots keep the raw inputs (``inputs.MODEL_INPUTS``), and the offsets are computed with
 the population parameters current when a label is learnt, so the corrections always correct
 the BTYD model in use. Every step of the corrections is weighted by the snapshot's sampling
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 
 from river import optim
 
+from streamscore.core.gate import ServingGate
 from streamscore.core.glm import OffsetGLM, logit, sigmoid
 from streamscore.core.inputs import FEATURE_SCHEMA, MODEL_INPUTS
 from streamscore.core.population import Observation, PopulationModel
@@ -47,6 +52,27 @@ SUMMARY_INPUTS = ("x", "t_x", "T", "px", "pt_x", "orders", "mean_order")
 def model_version(generation: int) -> str:
     """The version every score carries: family, input schema and checkpoint generation."""
     return f"{MODEL_FAMILY}-{FEATURE_SCHEMA[:6]}-g{generation}"
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The corrected predictions, the BTYD model's, and which of each is served."""
+
+    corrected_churn: float
+    corrected_value: float
+    base: Baseline
+    serve_churn: bool  # the corrected churn probability (else the BTYD model's)
+    serve_value: bool
+
+    @property
+    def churn(self) -> float:
+        """The churn probability scores carry."""
+        return self.corrected_churn if self.serve_churn else self.base.p_churn
+
+    @property
+    def value(self) -> float:
+        """The expected spend scores carry."""
+        return self.corrected_value if self.serve_value else self.base.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +121,15 @@ class Models:
         )
         self.churn = OffsetGLM(optim.losses.Log(), learning_rate=p.learning_rate, l2=p.l2)
         self.value = OffsetGLM(optim.losses.Poisson(), learning_rate=p.learning_rate, l2=p.l2)
+        self.gate = ServingGate()
         self.generation = 0
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Read models pickled before the serving gate: the corrections start without a
+        record, so the BTYD model is served until they earn one."""
+        self.__dict__.update(state)
+        if "gate" not in state:
+            self.gate = ServingGate()
 
     @property
     def churn_learnt(self) -> int:
@@ -160,18 +194,25 @@ class Models:
 
     # -- predicting -------------------------------------------------------------------------
 
-    def predict_both(self, raw: Sequence[float]) -> tuple[float, float, Baseline]:
-        """Churn probability, expected spend within the value horizon, and the baseline."""
+    def predict_all(self, raw: Sequence[float]) -> Prediction:
+        """Both models' predictions for this customer, and which of them is served."""
         base = self.baseline(raw)
         x = self._inputs(raw, base)
         churn = sigmoid(self.churn.link(x, logit(base.p_churn)))
         orders = math.exp(self.value.link(x, math.log(max(base.orders, 1e-9))))
-        return churn, orders * base.order_value, base
+        gate = self.gate
+        return Prediction(
+            churn,
+            orders * base.order_value,
+            base,
+            serve_churn=gate.serve_churn_corrections,
+            serve_value=gate.serve_value_corrections,
+        )
 
     def predict(self, raw: Sequence[float]) -> tuple[float, float]:
-        """Churn probability and expected spend within the value horizon."""
-        churn, value, _ = self.predict_both(raw)
-        return churn, value
+        """The served churn probability and expected spend within the value horizon."""
+        p = self.predict_all(raw)
+        return p.churn, p.value
 
     # -- learning ---------------------------------------------------------------------------
 
@@ -210,10 +251,11 @@ class Models:
 
         The first reason is the BTYD model's own evidence (its churn probability for this
         customer's rhythm and silence, as a logit); then the learnt corrections that raise
-        the score, each weight × standardised input.
+        the score, each weight × standardised input, while the corrections are served.
         """
         base = self.baseline(raw)
         x = self._inputs(raw, base)
+        served = self.gate.serve_churn_corrections
         reasons: list[dict[str, float | str]] = [
             {
                 "feature": "btyd_churn_probability",
@@ -225,6 +267,6 @@ class Models:
         reasons += [
             {"feature": k, "contribution": round(c, 4), "value": round(x[k], 3)}
             for c, k in terms[: top - 1]
-            if round(c, 4) > 0
+            if served and round(c, 4) > 0
         ]
         return reasons

@@ -209,7 +209,7 @@ class LabelRecord(_Record):
         "null: not derivable"
     )
     label: float = Field(description="churn: 1 churned, 0 not; value: spend within the horizon")
-    predicted: float = Field(description="the prediction stored with the snapshot")
+    predicted: float = Field(description="the prediction the scores carried at the snapshot")
     baseline: float | None = Field(description="value: the naive baseline; churn: null")
     snapshot_ms: int
     label_ms: int = Field(description="when the label became final (snapshot + horizon)")
@@ -217,6 +217,11 @@ class LabelRecord(_Record):
     model_version: str | None = Field(description="version that made the prediction")
     orders: float | None = Field(description="value: orders within the horizon")
     btyd: float | None = Field(description="the buy-till-you-die model's own prediction then")
+    corrected: float | None = Field(
+        default=None,
+        description="the corrected model's prediction then, served or not (the serving "
+        "gate's race); absent from records of scorers before it",
+    )
 
 
 class PopulationRecord(_Record):

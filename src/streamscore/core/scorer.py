@@ -328,20 +328,22 @@ class Scorer:
         f = state.features
         raw = model_inputs(f, t_ms, cfg.purchase_activity)
         models = self.lineage.models
-        churn_p, value_p, base = models.predict_both(raw)
+        p = models.predict_all(raw)
         tenure = max(t_ms - f.first_seen_ms, 0) / DAY_MS
         naive = f.spend / max(tenure, 1.0) * cfg.value_horizon_days
         snap = Snapshot(
             t_ms,
             raw,
             [],
-            churn_p,
-            value_p,
+            p.corrected_churn,
+            p.corrected_value,
             naive,
             model_generation=models.generation,
             weight=weight,
-            baseline_churn=base.p_churn,
-            baseline_value=base.value,
+            baseline_churn=p.base.p_churn,
+            baseline_value=p.base.value,
+            churn_served_btyd=not p.serve_churn,
+            value_served_btyd=not p.serve_value,
         )
         state.snapshots.append(snap)
         state.last_snapshot_ms = t_ms
@@ -360,7 +362,12 @@ class Scorer:
             recency = max(raw[_T] - raw[_T_X], 0.0) if len(raw) > _T else math.nan
             self.outcomes.append(
                 LabelOutcome(
-                    state.user_id, snap.t_ms, churned, snap.churn_p, recency, snap.baseline_churn
+                    state.user_id,
+                    snap.t_ms,
+                    churned,
+                    snap.served_churn,
+                    recency,
+                    snap.baseline_churn,
                 )
             )
         self.learner.learn(
@@ -368,13 +375,14 @@ class Scorer:
                 kind=LabelKind.CHURN,
                 inputs=named(MODEL_INPUTS, raw),
                 label=1.0 if churned else 0.0,
-                predicted=snap.churn_p,
+                predicted=snap.served_churn,
                 baseline=None,
                 snapshot_ms=snap.t_ms,
                 label_ms=label_ms,
                 weight=snap.weight,
                 model_version=_version(snap),
                 btyd=snap.baseline_churn,
+                corrected=snap.churn_p,
                 id=record_id("label", state.user_id, snap.t_ms, LabelKind.CHURN.value),
             )
         )
@@ -386,7 +394,7 @@ class Scorer:
                 kind=LabelKind.VALUE,
                 inputs=named(MODEL_INPUTS, snap.churn_x),
                 label=snap.spend,
-                predicted=snap.value_p,
+                predicted=snap.served_value,
                 baseline=snap.naive_value,
                 snapshot_ms=snap.t_ms,
                 label_ms=snap.t_ms + self.config.value_horizon_ms,
@@ -394,6 +402,7 @@ class Scorer:
                 model_version=_version(snap),
                 orders=snap.orders,
                 btyd=snap.baseline_value,
+                corrected=snap.value_p,
                 id=record_id("label", state.user_id, snap.t_ms, LabelKind.VALUE.value),
             )
         )

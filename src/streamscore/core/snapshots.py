@@ -8,9 +8,15 @@ records.
 
 Record, layout 4 (little endian): ``t_ms`` int64 · ``churn_p``, ``value_p``, naive value,
 spend, weight, orders, the BTYD baseline's churn and value predictions float32 · flags uint8
-(returned, churn learnt, value learnt) · model generation uint32 (``0xFFFFFFFF``: unknown) ·
+(returned, churn learnt, value learnt, churn served the BTYD model's, value served the BTYD
+model's) · model generation uint32 (``0xFFFFFFFF``: unknown) ·
 inputs float32 × n (churn's, then value's; NaN: not derivable). The inputs are raw counts
 and durations (a buy-till-you-die summary), which float16 would round.
+
+``churn_p`` and ``value_p`` are the corrected models' predictions; the two "served the BTYD
+model's" flags say when the scores carried the baseline instead (``gate.py``), so that both
+are validated. The flags were added within layout 4: a reader from before them takes
+``churn_p`` for the served prediction, which it was whenever the flag is clear.
 
 Layout 3 (state format v3) had float16 inputs and no weight, orders or baseline; it is read
 as layout 4 with weight 1, orders and baseline unknown (NaN). Layout 2 (state format v2) had
@@ -77,6 +83,7 @@ class Snapshot:
         "baseline_value",
         "churn_learnt",
         "churn_p",
+        "churn_served_btyd",
         "model_generation",
         "naive_value",
         "orders",
@@ -85,6 +92,7 @@ class Snapshot:
         "t_ms",
         "value_learnt",
         "value_p",
+        "value_served_btyd",
         "weight",
     )
 
@@ -106,8 +114,12 @@ class Snapshot:
         orders: float = 0.0,  # orders within the value horizon (NaN: unknown)
         baseline_churn: float = _NAN,  # the fitted BTYD model's own predictions then
         baseline_value: float = _NAN,
+        churn_served_btyd: bool = False,  # scores carried baseline_churn, not churn_p
+        value_served_btyd: bool = False,
     ) -> None:
         self.t_ms = t_ms
+        self.churn_served_btyd = churn_served_btyd
+        self.value_served_btyd = value_served_btyd
         self.weight = weight
         self.orders = orders
         self.baseline_churn = baseline_churn
@@ -147,6 +159,16 @@ class Snapshot:
         return self._churn_x, self._value_x
 
     @property
+    def served_churn(self) -> float:
+        """The churn probability the scores carried at ``t_ms``."""
+        return self.baseline_churn if self.churn_served_btyd else self.churn_p
+
+    @property
+    def served_value(self) -> float:
+        """The expected spend the scores carried at ``t_ms``."""
+        return self.baseline_value if self.value_served_btyd else self.value_p
+
+    @property
     def done(self) -> bool:
         """Both labels learnt: the snapshot can go."""
         return self.churn_learnt and self.value_learnt
@@ -168,6 +190,8 @@ class Snapshot:
             _nan_safe(self.orders),
             _nan_safe(self.baseline_churn),
             _nan_safe(self.baseline_value),
+            self.churn_served_btyd,
+            self.value_served_btyd,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -180,7 +204,13 @@ class Snapshot:
 
     def pack(self) -> bytes:
         """The layout-4 record."""
-        flags = self.returned | self.churn_learnt << 1 | self.value_learnt << 2
+        flags = (
+            self.returned
+            | self.churn_learnt << 1
+            | self.value_learnt << 2
+            | self.churn_served_btyd << 3
+            | self.value_served_btyd << 4
+        )
         generation = self.model_generation
         head = _HEAD.pack(
             self.t_ms,
@@ -223,6 +253,8 @@ class Snapshot:
             snap.baseline_value = base_value
             snap.churn_learnt = bool(flags & 2)
             snap.value_learnt = bool(flags & 4)
+            snap.churn_served_btyd = bool(flags & 8)
+            snap.value_served_btyd = bool(flags & 16)
             snap.model_generation = None if generation == UNKNOWN_GENERATION else generation
             snap._churn_x = snap._value_x = None
             snap._n_churn = n_churn

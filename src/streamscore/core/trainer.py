@@ -2,7 +2,8 @@
 
 Every resolved label arrives here as a ``TrainingExample`` and is, in this order, scored
 against the prediction stored with its snapshot (progressive validation, the label-drift
-detectors) and learnt (DESIGN.md §4). The trainer needs no user id and no user state, so it
+detectors, the serving gate's race of corrected against BTYD predictions) and learnt
+(DESIGN.md §4). The trainer needs no user id and no user state, so it
 runs wherever the ``training-examples`` topic is read (``streamscore/training.py``).
 """
 
@@ -58,6 +59,7 @@ class Trainer:
             if not math.isnan(btyd):
                 self.btyd_quality.churn.update(btyd, churned, example.snapshot_ms, w)
             self.drift.churn_label(example.predicted, churned, example.label_ms)
+            self.models.gate.churn_label(example.corrected, btyd, churned, w)
             learnt = self.models.learn_churn(example.inputs, churned, w)
         else:
             spend = example.label
@@ -66,6 +68,7 @@ class Trainer:
             if not math.isnan(btyd):
                 self.btyd_quality.value.update(btyd, baseline, spend, w)
             self.drift.value_label(example.predicted, spend, example.label_ms)
+            self.models.gate.value_label(example.corrected, btyd, spend, w)
             learnt = self.models.learn_value(example.inputs, example.orders, w)
         if not learnt:
             self.unlearnt += 1
@@ -109,4 +112,5 @@ class Trainer:
                 for row in churn.report()["calibration"]
             ],
             "bias": {"churn": self.drift.churn_bias, "value": self.drift.value_bias},
+            **self.models.gate.describe(),
         }

@@ -79,6 +79,7 @@ def label_record(ex: TrainingExample) -> dict[str, Any]:
         "model_version": ex.model_version,
         "orders": _num(ex.orders),
         "btyd": _num(ex.btyd),
+        "corrected": _num(ex.corrected),
     }
 
 
@@ -146,6 +147,8 @@ def decode(record: object) -> tuple[str, TrainingCall]:
                 model_version=record["model_version"],
                 orders=_float(record["orders"]),
                 btyd=_float(record["btyd"]),
+                # absent from records of scorers before the serving gate
+                corrected=_float(record.get("corrected")),
                 id=rid,
             )
         elif kind == RFM:

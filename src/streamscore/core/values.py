@@ -171,6 +171,7 @@ class TrainingExample:
     model_version: str | None = None  # of the models that made ``predicted``, when known
     orders: float = math.nan  # value: orders within the horizon (NaN: unknown)
     btyd: float = math.nan  # the fitted BTYD model's own prediction then (NaN: unknown)
+    corrected: float = math.nan  # the corrected model's prediction then, served or not
     id: str = ""  # deterministic (a hash of user, snapshot time and kind): how the trainer
     # recognises an example published twice (``core/training_records.py``)
 
