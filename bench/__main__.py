@@ -1,4 +1,5 @@
-"""``python -m bench {all,core,bare,full,naive,latency,scaling,quality,lineage-quality}``.
+"""``python -m bench {all,core,bare,full,naive,latency,batch-cost,scaling,quality,
+lineage-quality}``.
 
 ``quality`` (no servers) replays real and simulated purchase logs through ``streamscore
 replay`` at monthly cutoffs and compares the scores with buy-till-you-die baselines; its own
@@ -38,7 +39,7 @@ from bench.common import (
 )
 from bench.report import markdown, profiles_text
 
-COMMANDS = ("all", "core", "bare", "full", "naive", "latency", "scaling")
+COMMANDS = ("all", "core", "bare", "full", "naive", "latency", "batch-cost", "scaling")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +53,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seconds", type=float, default=20.0, help="paced load duration")
     p.add_argument(
         "--latency-warmup", type=int, default=20_000, help="events processed before the paced load"
+    )
+    p.add_argument(
+        "--latency-runs",
+        type=int,
+        default=1,
+        help="latency: measure the full scorer this many times (bare and anatomy once)",
+    )
+    p.add_argument(
+        "--latency-only-full",
+        action="store_true",
+        help="latency: skip the bare loop and the in-process anatomy",
+    )
+    p.add_argument(
+        "--flat-out",
+        action="store_true",
+        help="latency: also run `full` (no profile) and print CPU per event at the rate ÷ flat out",
+    )
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="latency: a setting of the measured scorer (batch_linger_ms=0); repeatable",
     )
     p.add_argument(
         "--naive-seconds", type=float, default=45.0, help="time cap of the naive variant"
@@ -72,6 +96,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="JSON result path (default bench/results/...)")
     return p
+
+
+def _latency(args: argparse.Namespace, ctx: Any, results: dict[str, Any]) -> None:
+    """The latency runs at ``--rate``; with ``--flat-out``, CPU per event against ``full``."""
+    from bench import stack_runs as sr
+
+    settings = dict(item.split("=", 1) for item in args.setting)
+
+    def measure(kind: str, run: int = 0) -> dict[str, Any]:
+        return sr.run_latency(
+            ctx,
+            kind=kind,
+            rate=args.rate,
+            seconds=args.latency_seconds,
+            warmup=args.latency_warmup,
+            settings=settings if kind == "full" else None,
+            run=run,
+        )
+
+    if args.flat_out and "full" not in results:
+        results["full"] = sr.run_scorer(ctx, label="full")
+    latency: dict[str, Any] = {} if args.latency_only_full else {"bare": measure("bare")}
+    runs = [measure("full", i) for i in range(args.latency_runs)]
+    latency["full"] = runs[0]
+    results["latency"] = latency
+    if len(runs) > 1:
+        results["latency_full_runs"] = runs
+    if not args.latency_only_full:
+        results["anatomy"] = sr.run_anatomy(
+            ctx,
+            rate=args.rate,
+            seconds=min(args.latency_seconds, 15.0),
+            warmup=args.latency_warmup,
+        )
+    flat = (results.get("full") or {}).get("cpu_us_per_event")
+    if flat:
+        results["low_rate_cpu_ratio"] = [round(r["cpu_us_per_event"] / flat, 2) for r in runs]
+        log(
+            f"CPU per event at {args.rate:,}/s ÷ flat out ({flat} µs): "
+            + ", ".join(f"{x:.2f}" for x in results["low_rate_cpu_ratio"])
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,22 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                     naive.update(sr.round_trip_cost(full, naive))
                 results["naive"] = naive
             if cmd in {"all", "latency"}:
-                results["latency"] = {
-                    kind: sr.run_latency(
-                        ctx,
-                        kind=kind,
-                        rate=args.rate,
-                        seconds=args.latency_seconds,
-                        warmup=args.latency_warmup,
-                    )
-                    for kind in ("bare", "full")
-                }
-                results["anatomy"] = sr.run_anatomy(
-                    ctx,
-                    rate=args.rate,
-                    seconds=min(args.latency_seconds, 15.0),
-                    warmup=args.latency_warmup,
-                )
+                _latency(args, ctx, results)
+            if cmd == "batch-cost":
+                from bench.batch_cost import run_batch_cost
+
+                results["batch_cost"] = run_batch_cost(ctx)
             if cmd in {"all", "scaling"}:
                 results["scaling"] = sr.run_scaling(ctx)
         finally:

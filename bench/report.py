@@ -173,6 +173,27 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     _verdict(ok),
                 )
             )
+    runs = results.get("latency_full_runs") or []
+    if runs:
+        ratios = results.get("low_rate_cpu_ratio") or []
+        rows.append(
+            (
+                f"full at {runs[0]['offered_rate']:,}/s, {len(runs)} runs",
+                "p99 "
+                + ", ".join(f"{r['p99_ms']}" for r in runs)
+                + " ms; CPU "
+                + ", ".join(f"{r['cpu_us_per_event']:.0f}" for r in runs)
+                + " µs/event"
+                + (" (÷ flat out: " + ", ".join(f"{x:.2f}" for x in ratios) + ")" if ratios else "")
+                + "; busy elsewhere "
+                + ", ".join(f"{r['other_busy_cores']}" for r in runs)
+                + " cores",
+                "p99 < 100 ms; CPU ≤ 1.5× flat out",
+                _verdict(
+                    all(r["p99_ms"] < 100 for r in runs) and bool(ratios) and max(ratios) <= 1.5
+                ),
+            )
+        )
     anatomy = results.get("anatomy")
     if anatomy:
         ms = anatomy["ms_per_batch"]

@@ -434,6 +434,8 @@ def run_latency(
     seconds: float,
     warmup: int = 20_000,
     partitions: int = 4,
+    settings: dict[str, str] | None = None,
+    run: int = 0,
 ) -> dict[str, Any]:
     """Event → output latency at ``rate`` events/s offered, Kafka timestamps on both sides.
 
@@ -449,9 +451,13 @@ def run_latency(
     matched to the first ``trigger: event`` score of its user whose ``as_of`` (the event
     time of the user's last event in that batch) is at or after the event's own time;
     for the bare loop, an output is the input's bytes, so it matches itself.
+
+    CPU per event is the process's CPU from the start of the paced load until all of it is
+    committed, over the paced events; ``settings`` are extra scorer settings (an A/B run),
+    ``run`` numbers repeated runs.
     """
     stack = ctx.stack
-    label = f"latency-{kind}"
+    label = f"latency-{kind}" + (f"-{run}" if run else "")  # its own topics and group
     need = warmup + int(rate * seconds)
     if need > len(ctx.data):
         raise ValueError(f"latency needs {need:,} events; the data set has {len(ctx.data):,}")
@@ -465,7 +471,8 @@ def run_latency(
     else:
         names, _ = _scorer_names(stack, label, topic)
         group, out_topic = names["kafka_group_id"], names["scores_topic"]
-        proc = stack.start(stack.scorer_argv(), stack.scorer_env(names), label)
+        env = stack.scorer_env(names, **(settings or {}))
+        proc = stack.start(stack.scorer_argv(), env, label)
     quiet = wait_quiet()
     log(f"{label}: warm-up with {warmup:,} events, then {rate:,} events/s for {seconds:g}s")
     try:
@@ -477,15 +484,16 @@ def run_latency(
             time.sleep(0.1)
         start_offsets = stack.end_offsets(topic)
         paced = ctx.data[warmup:need]
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0, busy0, t0 = cpu_seconds(proc.pid), machine_jiffies()[0], time.monotonic()
         offered_s = produce_paced(topic, paced, rate)
         cpu1 = cpu_seconds(proc.pid)
         deadline = time.monotonic() + max(60.0, seconds * 3)
         while stack.committed(group, topic) < need and time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"{label}: process exited; see {stack.log_dir}")
-            time.sleep(0.1)
+            time.sleep(0.02)
         drained = stack.committed(group, topic)
+        cpu2, busy2, t2 = cpu_seconds(proc.pid), machine_jiffies()[0], time.monotonic()
     finally:
         stack.stop(proc)
     inputs = stack.read_topic(topic, start_offsets)
@@ -519,6 +527,11 @@ def run_latency(
         "matched": len(lat),
         "all_committed": drained >= need,
         "scorer_cpu_cores_at_rate": round((cpu1 - cpu0) / offered_s, 2),
+        "cpu_us_per_event": round((cpu2 - cpu0) / len(paced) * 1e6, 1),
+        # Cores the rest of the machine kept busy meanwhile (this benchmark's producer, the
+        # broker and Redis included).
+        "other_busy_cores": round(max((busy2 - busy0) / 100 - (cpu2 - cpu0), 0) / (t2 - t0), 2),
+        "settings": settings or {},
         "p50_ms": percentile(lat, 50),
         "p95_ms": percentile(lat, 95),
         "p99_ms": percentile(lat, 99),
@@ -531,7 +544,8 @@ def run_latency(
         f"{label}: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 "
         f"{result['p99_ms']} ms, max {result['max_ms']} ms ({len(lat):,}/{len(paced):,} "
         f"matched; {result['achieved_offered_rate']:,.0f}/s offered; process used "
-        f"{result['scorer_cpu_cores_at_rate']} cores)"
+        f"{result['scorer_cpu_cores_at_rate']} cores, {result['cpu_us_per_event']} µs CPU/event; "
+        f"{result['other_busy_cores']} cores busy elsewhere)"
     )
     return result
 

@@ -10,8 +10,10 @@ masters while clients work (``reshard``), and takes the same credentials and TLS
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -207,14 +209,42 @@ class RedisServer(Server):
 
 
 def free_cluster_ports(count: int = CLUSTER_MASTERS) -> list[int]:
-    """Free loopback ports whose cluster bus ports (+10000) are free too."""
+    """Free loopback ports whose cluster bus ports (+10000) are free too, both below the
+    kernel's ephemeral range.
+
+    A port the kernel hands out (``bind(0)``) is ephemeral, and so is its bus port 10,000
+    higher: any client's outgoing connection (Kafka's, Redis's) may hold that bus port by the
+    time the node binds it, and the node then exits with "Address already in use". Below the
+    ephemeral range only listeners take ports, and those can be checked.
+    """
+    low = _ephemeral_low() - CLUSTER_BUS_OFFSET
+    rng = random.Random()
     ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        bus = port + CLUSTER_BUS_OFFSET
-        if bus <= 65535 and not port_open(bus) and port not in ports:
+    for _ in range(10_000):
+        if len(ports) == count:
+            return ports
+        port = rng.randrange(1024, low) if low > 1024 else free_port()
+        if port not in ports and _can_bind(port) and _can_bind(port + CLUSTER_BUS_OFFSET):
             ports.append(port)
-    return ports
+    raise DevstackError(f"found no {count} free ports for a Redis Cluster on 127.0.0.1")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _can_bind(port: int) -> bool:
+    if port > 65535:
+        return False
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def check_cluster_ports(ports: Sequence[int], replicas: int = 0) -> None:

@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     poll_timeout_ms: int = Field(
         default=200, ge=1, description="longest wait of one poll when no record is there"
     )
+    batch_linger_ms: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="run: once a poll finds records, how long it may wait for more before the "
+        "batch starts (never longer; 0: not at all); at moderate rates a fuller batch shares "
+        "its fixed costs (flush, save, commit) among more events, for up to this much latency",
+    )
     max_poll_interval_ms: int = Field(
         default=300_000,
         ge=10_000,

@@ -100,7 +100,12 @@ def build_service(settings: Settings, stop: threading.Event | None = None) -> Se
     outbox = TrainingOutbox(served)
     scorer = Scorer(settings.scoring(), served, outbox)
     watch = BrokerWatch(settings.kafka_bootstrap_servers)
-    source = KafkaSource(settings, watch=watch, on_tombstone=metrics.TOMBSTONES.inc)
+    source = KafkaSource(
+        settings,
+        watch=watch,
+        on_tombstone=metrics.TOMBSTONES.inc,
+        linger_ms=settings.batch_linger_ms,
+    )
     outputs = {settings.scores_topic, settings.alerts_topic, settings.segments_topic}
     missing = sorted(
         (outputs | {settings.dlq_topic, settings.training_topic}) - source.topics_on_broker

@@ -14,6 +14,12 @@ def _f(value: object, fmt: str = ".3f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
+def _serving(report: dict[str, Any], model: str) -> str:
+    gate = report.get("serving_gate") or {}
+    chosen = str((gate.get("serving") or {}).get(model))
+    return {"corrected": "the corrected model", "btyd": "the BTYD model"}.get(chosen, "-")
+
+
 def print_demo(result: DemoResult, out_dir: Path) -> None:
     """The demo's summary: throughput, model quality next to the oracle, segments, alerts."""
     s = result.summary
@@ -42,6 +48,9 @@ def print_demo(result: DemoResult, out_dir: Path) -> None:
         f"{_f(btyd['churn']['calibration_error'])}",
         "  (BTYD alone: the Pareto/NBD model fitted to the population, without the learnt "
         "corrections)",
+        f"  scores now carry    {_serving(result.report, 'churn')} for churn, "
+        f"{_serving(result.report, 'value')} for value",
+        "  (the serving gate: whichever had the lower loss on the last 2,000 labels)",
         "",
         "value (spend in the next horizon)   model    BTYD × Gamma-Gamma   naive",
         f"  MAE                               {_f(value['mae'], '.2f')}    "

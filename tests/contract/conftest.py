@@ -349,7 +349,9 @@ class KafkaSourceHarness(SourceHarness):
         self.producer.flush()
 
     def open(self) -> Source:
-        source = KafkaSource(self.settings())
+        # Lingering, so that every case also holds for polls that wait for more records
+        # (rebalances and commits arrive in the polls of a linger too).
+        source = KafkaSource(self.settings(), linger_ms=30)
         self.sources.append(source)
         return source
 

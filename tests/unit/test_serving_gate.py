@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +142,19 @@ def test_a_training_record_carries_the_corrected_prediction() -> None:
     _, older = decode(record)
     assert isinstance(older, TrainingExample)
     assert math.isnan(older.corrected)
+
+
+def test_the_demo_summary_says_which_model_scores_carry(tmp_path: Path, capsys: Any) -> None:
+    from streamscore.config import Settings
+    from streamscore.embedded import demo
+    from streamscore.simulator import SimulationConfig
+    from streamscore.summary import print_demo
+
+    result = demo(
+        Settings(), SimulationConfig(users=120, days=30, seed=3), tmp_path, show_progress=False
+    )
+    print_demo(result, tmp_path)
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "scores now carry" in x]
+    serving = result.report["serving_gate"]["serving"]
+    names = {"corrected": "the corrected model", "btyd": "the BTYD model"}
+    assert f"{names[serving['churn']]} for churn, {names[serving['value']]} for value" in line

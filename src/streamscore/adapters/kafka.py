@@ -9,6 +9,11 @@ queues what changed and the runtime applies it between batches, on its own threa
 Records come with their key and, for a record a scorer re-keyed, the origin its header names
 (``SourceRecord``); the runtime checks the key contract (``key_contract``).
 
+A poll that finds records may wait a bounded while for more (``linger_ms``, the setting
+``batch_linger_ms``), so that at moderate rates a batch's fixed costs (flush, state save,
+commit, the due-user query) are shared by more records: it polls again until the batch is
+full or ``linger_ms`` has passed since the first records came, never longer.
+
 Tombstones (records whose value is null) carry no event: they are counted, logged, and
 committed past like any processed record, so they can neither stall a partition nor be read
 again after a restart.
@@ -102,18 +107,18 @@ class _GroupJoinGuard:
         self.join_wait_s = join_wait_s
         self.stalled_polls = 0
 
-    def _joining(self) -> bool:
+    def joining(self) -> bool:
         c = self.coordinator
         return c is not None and getattr(c, "state", None) == MemberState.REBALANCING
 
     def poll_timeout(self, timeout_s: float) -> float:
         """The caller's timeout, or long enough for an in-flight join to finish."""
-        return max(timeout_s, self.join_wait_s) if self._joining() else timeout_s
+        return max(timeout_s, self.join_wait_s) if self.joining() else timeout_s
 
     def after_poll(self) -> None:
         """Restart a join that finished while no poll awaited it and will not be applied."""
         c = self.coordinator
-        if c is None or not self._joining():
+        if c is None or not self.joining():
             self.stalled_polls = 0
             return
         task = getattr(c, "_join_task", None)
@@ -141,10 +146,13 @@ class KafkaSource:
         watch: BrokerWatch | None = None,
         on_tombstone: Callable[[], None] | None = None,
         topic_setting: str = "STREAMSCORE_INPUT_TOPIC",
+        linger_ms: int = 0,
     ) -> None:
         """``topic_setting`` names the setting of ``topic`` in errors (the input topic's by
-        default; the trainer reads ``training-examples`` with one of these)."""
+        default; the trainer reads ``training-examples`` with one of these); ``linger_ms``:
+        how long a poll that found records may wait for more (see the module's docstring)."""
         self.topic = topic or settings.input_topic
+        self.linger_s = linger_ms / 1000
         self.watch = watch or BrokerWatch(settings.kafka_bootstrap_servers)
         self.on_tombstone = on_tombstone
         self._events: queue.SimpleQueue[tuple[str, set[int]]] = queue.SimpleQueue()
@@ -234,8 +242,40 @@ class KafkaSource:
         self._skipped.clear()
         if self._fenced_by is not None:
             raise self._fenced(self._fenced_by)
+        out = self._poll_once(max_records, self._join_guard.poll_timeout(timeout_s))
+        if out and self.linger_s > 0 and len(out) < max_records:
+            out = self._linger(out, max_records)
+        return out
+
+    def _linger(self, out: list[SourceRecord], max_records: int) -> list[SourceRecord]:
+        """Poll again until the batch is full or ``linger_s`` after ``out`` came.
+
+        Each poll may bring a rebalance or a seek: what was collected of a partition that went
+        away or was sought is dropped, as ``_poll_once`` drops its own. A poll that fails ends
+        the wait instead of losing what was collected (the consumer's position is past it);
+        the failure comes back at the next poll. So does a group join under way, which would
+        hold a poll far longer than the bound (``_GroupJoinGuard``).
+        """
+        deadline = time.monotonic() + self.linger_s
+        while len(out) < max_records and not self._join_guard.joining():
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            try:
+                more = self._poll_once(max_records - len(out), left_ms / 1000)
+            except TransientError as exc:
+                log.debug("poll while lingering failed (%s); the batch goes on", exc)
+                break
+            if self._seeked or any(r.partition not in self.owned for r in out):
+                out = [
+                    r for r in out if r.partition in self.owned and r.partition not in self._seeked
+                ]
+            out += more
+        return out
+
+    def _poll_once(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        """One consumer poll: rebalances applied, deferred commits retried, records read."""
         self._seeked.clear()  # a seek between polls: the consumer fetches from there anyway
-        timeout_s = self._join_guard.poll_timeout(timeout_s)
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except FencedInstanceIdError as exc:
@@ -250,12 +290,10 @@ class KafkaSource:
         # A partition a hook sought now is read from there by the next fetch; what this poll
         # brought of it came from the old position.
         sought = set(self._seeked)
-        if self.uncommitted and (
-            not self.commits_in_flight or time.monotonic() - self._commit_sent > BROKER_WAIT_S
-        ):
-            # Offsets whose commit failed (a rebalance, an outage). A failure here must not
-            # lose the polled records (the consumer's position has moved past them): the next
-            # poll tries again.
+        if self.uncommitted and self._may_commit():
+            # Offsets whose commit failed (a rebalance, an outage) or waited for the answer to
+            # the one before (``commit``). A failure here must not lose the polled records
+            # (the consumer's position has moved past them): the next poll tries again.
             try:
                 self._commit_uncommitted()
             except TransientError as exc:
@@ -325,11 +363,22 @@ class KafkaSource:
         of a batch at 5k events/s, to every event's latency. The answer arrives in a later
         ``poll``; offsets stay in ``uncommitted`` until then, and ``close`` commits what is
         still unconfirmed synchronously.
+
+        One commit is in flight at a time: while one is unanswered, these offsets wait in
+        ``uncommitted`` and go out after the poll that brings the answer, together with any
+        later batch's. A fast loop of small batches then neither pays for commits the next
+        one supersedes nor piles them up past the client's in-flight limit (which refused
+        them: ``NodeNotReadyError``, retried later all the same).
         """
         for p, o in next_offsets.items():
             if p in self.owned:  # a revoked partition's next owner commits for it
                 self.uncommitted[p] = max(o, self.uncommitted.get(p, o))
-        self._commit_uncommitted()
+        if self._may_commit():
+            self._commit_uncommitted()
+
+    def _may_commit(self) -> bool:
+        """No commit is unanswered (or its answer is overdue, so it may be lost)."""
+        return not self.commits_in_flight or time.monotonic() - self._commit_sent > BROKER_WAIT_S
 
     def _owned_uncommitted(self) -> dict[TopicPartition, OffsetAndMetadata]:
         return {
