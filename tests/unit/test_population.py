@@ -136,3 +136,14 @@ def test_a_model_pickled_before_the_young_schedule_keeps_its_regular_one() -> No
     assert restored.repeaters == model.repeaters
     assert restored.first_ms == model.first_ms
     assert not restored._grown(rows[-1][2] + DAY), "a fitted model is not young again"
+
+
+def test_a_first_fit_at_one_instant_does_not_refit_at_every_observation() -> None:
+    model = PopulationModel(size=100_000, refit_ms=7 * DAY, same_process=True)
+    repeat = Observation(x=2, t_x=4.0, T=5.0, px=2, pt_x=4.0, orders=3, mean_order=9.0)
+    for k in range(2 * MIN_CUSTOMERS_TO_FIT + 5):  # all at one event time
+        model.observe(k, repeat, 10 * DAY)
+    # The first fit, and one more as the sample doubled: not one per observation.
+    assert model.fits <= 2
+    model.observe(10_000, repeat, 10 * DAY + 3_600_000)
+    assert model.fits <= 3

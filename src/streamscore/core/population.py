@@ -148,7 +148,11 @@ class PopulationModel:
         span = t_ms - self.first_ms
         if self.fitted_span_ms >= self.refit_ms:
             return False  # grown up: the regular schedule alone
-        return span >= 2 * self.fitted_span_ms or len(self.sample) >= 2 * self.fitted_size
+        # A fit over no span at all (every observation so far at one instant) does not start
+        # the span's doubling, or every observation at that instant would refit.
+        if (self.fitted_span_ms > 0 or not self.fits) and span >= 2 * self.fitted_span_ms:
+            return True
+        return len(self.sample) >= 2 * self.fitted_size
 
     def refit(self, t_ms: int) -> None:
         """Refit every model to the sample (no-op while it is too small)."""
