@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaProducer, TopicPartition
@@ -119,6 +120,18 @@ def test_commits_faster_than_the_answers_are_coalesced_not_refused(names: dict[s
     of small batches committed that way had most of its commits refused and sent again."""
     topic = names["input_topic"]
     source = KafkaSource(settings_for(names))
+    # What the broker (or the client) answered each commit with. A rebalance that happens to
+    # run meanwhile refuses commits too, and rightly: that is the group protocol, not the
+    # requests in flight, so only refusals of the in-flight kind fail the test.
+    refusals: list[str] = []
+    answer = source._on_commit
+
+    def record(offsets: Any, result: Any, sent_at: float) -> None:
+        if isinstance(result, Exception):
+            refusals.append(type(result).__name__)
+        answer(offsets, result, sent_at)
+
+    source._on_commit = record  # type: ignore[method-assign]
     try:
         _joined(source)
         produce(SHARED, topic, [(b"u", b"%d" % i) for i in range(40)])
@@ -129,7 +142,7 @@ def test_commits_faster_than_the_answers_are_coalesced_not_refused(names: dict[s
         while source.commit_status().pending:
             assert time.monotonic() < deadline, source.commit_status()
             source.poll(100, 0.1)
-        assert source.commit_status().failed == 0
+        assert [r for r in refusals if r != "RebalanceInProgressError"] == [], refusals
         committed = source.consumer.committed(TopicPartition(topic, partition))
         assert committed == 20
     finally:
