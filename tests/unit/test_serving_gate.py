@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from streamscore.core.gate import ServingGate
+from streamscore.core.inputs import MODEL_INPUTS
 from streamscore.core.models import Models
 from streamscore.core.snapshots import Snapshot
 from streamscore.core.trainer import Trainer
@@ -75,7 +76,7 @@ def test_the_models_serve_what_the_gate_chose() -> None:
     # Give the corrections something to say, so that the two predictions differ.
     for _ in range(200):
         models.learn_churn(INPUTS, True)
-    raw = [INPUTS[k] for k in models_inputs()]
+    raw = [INPUTS[k] for k in MODEL_INPUTS]
     p = models.predict_all(raw)
     assert p.corrected_churn != pytest.approx(p.base.p_churn)
     assert (p.churn, p.value) == (p.base.p_churn, p.base.value)
@@ -86,12 +87,6 @@ def test_the_models_serve_what_the_gate_chose() -> None:
     p = models.predict_all(raw)
     assert p.churn == p.corrected_churn
     assert p.value == p.base.value, "value keeps its own race"
-
-
-def models_inputs() -> list[str]:
-    from streamscore.core.inputs import MODEL_INPUTS
-
-    return list(MODEL_INPUTS)
 
 
 def test_the_trainer_races_the_predictions_stored_with_the_snapshot() -> None:
