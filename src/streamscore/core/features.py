@@ -67,6 +67,10 @@ def _occasions(final: int, last_final_ms: int, recent: list[int]) -> int:
     return count
 
 
+# Two half-lives, as the stored layout has (unpacking fails at import if that changes).
+_SHORT_SPAN_MS, _LONG_SPAN_MS = (hl * DAY_MS for hl in HALF_LIVES_DAYS)
+
+
 def _decay(value: float, elapsed_ms: float, half_life_days: float) -> float:
     return value * math.exp2(-elapsed_ms / (half_life_days * DAY_MS))
 
@@ -278,16 +282,14 @@ class UserFeatures:
 
     def decayed_at(self, t_ms: int) -> tuple[list[float], list[float]]:
         """Decayed event counts and spend as of ``t_ms`` (never before the reference)."""
-        elapsed = max(t_ms - self.decay_ref_ms, 0)
-        ev = [
-            _decay(v, elapsed, hl)
-            for v, hl in zip(self.decayed_events, HALF_LIVES_DAYS, strict=True)
-        ]
-        sp = [
-            _decay(v, elapsed, hl)
-            for v, hl in zip(self.decayed_spend, HALF_LIVES_DAYS, strict=True)
-        ]
-        return ev, sp
+        # Each half-life's factor once for counts and spend alike, computed as ``_decay``
+        # does (so the same values) and unrolled: every score and snapshot asks for these,
+        # and comprehensions cost more than the arithmetic here.
+        elapsed = -max(t_ms - self.decay_ref_ms, 0)
+        short, long = math.exp2(elapsed / _SHORT_SPAN_MS), math.exp2(elapsed / _LONG_SPAN_MS)
+        e_short, e_long = self.decayed_events
+        s_short, s_long = self.decayed_spend
+        return [e_short * short, e_long * long], [s_short * short, s_long * long]
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by its name (for comparisons and debugging; not the stored form)."""
@@ -370,7 +372,17 @@ _CLASS_ORDER = UserFeatures.__slots__ == _CURRENT_FIELDS
 _DECAYED_NAMES = tuple((f"events_hl{hl:g}d", f"spend_hl{hl:g}d") for hl in HALF_LIVES_DAYS)
 
 
-def derive(f: UserFeatures, t_ms: int) -> dict[str, float]:
+# The purchase-gap statistics and the decayed counts and spend as of a time: what both
+# ``derive`` and the models' inputs need, computed once when a score asks for both.
+DerivedParts = tuple[tuple[float, float], tuple[list[float], list[float]]]
+
+
+def derived_parts(f: UserFeatures, t_ms: int) -> DerivedParts:
+    """``(purchase gap mean and sd, (decayed counts, decayed spend))`` as of ``t_ms``."""
+    return f.purchase_gap_stats(), f.decayed_at(t_ms)
+
+
+def derive(f: UserFeatures, t_ms: int, parts: DerivedParts | None = None) -> dict[str, float]:
     """Features as of event time ``t_ms``: what segments, lifecycle and drift look at."""
     day = DAY_MS
     recency = max(t_ms - f.last_seen_ms, 0) / day
@@ -378,9 +390,8 @@ def derive(f: UserFeatures, t_ms: int) -> dict[str, float]:
     since_purchase = max(t_ms - f.last_purchase_ms, 0) / day if f.purchases else tenure
     session_span = (f.last_session_ms - f.first_session_ms) / day
     session_gap = session_span / (f.sessions - 1) if f.sessions > 1 else max(tenure, 1.0)
-    gap_mean, gap_std = f.purchase_gap_stats()
+    (gap_mean, gap_std), (dec_events, dec_spend) = parts or derived_parts(f, t_ms)
     usual_gap = gap_mean if f.purchases > 1 else max(tenure, 1.0)
-    dec_events, dec_spend = f.decayed_at(t_ms)
     out = {
         "recency_days": recency,
         "tenure_days": tenure,

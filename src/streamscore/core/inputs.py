@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from streamscore.core.features import UserFeatures, btyd_summary
+from streamscore.core.features import DerivedParts, UserFeatures, btyd_summary, derived_parts
 from streamscore.core.timeutil import DAY_MS
 
 # The models' inputs (state format v4 on): a buy-till-you-die summary of the churn-defining
@@ -145,11 +145,13 @@ def remap(values: list[float], old: InputSchema, new: InputSchema) -> tuple[list
     return out, missing
 
 
-def model_inputs(f: UserFeatures, t_ms: int, purchase_activity: bool) -> list[float]:
-    """The models' inputs as of ``t_ms``, in ``MODEL_INPUTS`` order."""
+def model_inputs(
+    f: UserFeatures, t_ms: int, purchase_activity: bool, parts: DerivedParts | None = None
+) -> list[float]:
+    """The models' inputs as of ``t_ms``, in ``MODEL_INPUTS`` order (``parts``: those
+    ``derive`` computed for the same features and time, when the caller has them)."""
     x, t_x, big_t, px, pt_x = btyd_summary(f, t_ms, purchase_activity)
-    gap_mean, gap_std = f.purchase_gap_stats()
-    dec_events, dec_spend = f.decayed_at(t_ms)
+    (gap_mean, gap_std), (dec_events, dec_spend) = parts or derived_parts(f, t_ms)
     browsed = f.last_browse_ms > 0
     return [
         x,

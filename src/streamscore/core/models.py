@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from river import optim
 
+from streamscore.core.btyd import ParetoNbd
 from streamscore.core.gate import ServingGate
 from streamscore.core.glm import OffsetGLM, logit, sigmoid
 from streamscore.core.inputs import FEATURE_SCHEMA, MODEL_INPUTS
@@ -54,9 +55,11 @@ def model_version(generation: int) -> str:
     return f"{MODEL_FAMILY}-{FEATURE_SCHEMA[:6]}-g{generation}"
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """The corrected predictions, the BTYD model's, and which of each is served."""
+class Prediction(NamedTuple):
+    """The corrected predictions, the BTYD model's, and which of each is served.
+
+    Every score and snapshot makes one (a named tuple: immutable, and built several times
+    faster than a frozen dataclass)."""
 
     corrected_churn: float
     corrected_value: float
@@ -75,8 +78,7 @@ class Prediction:
         return self.corrected_value if self.serve_value else self.base.value
 
 
-@dataclass(frozen=True, slots=True)
-class Baseline:
+class Baseline(NamedTuple):
     """What the fitted BTYD model says of one customer."""
 
     p_alive: float
@@ -88,6 +90,57 @@ class Baseline:
     def value(self) -> float:
         """Expected spend within the value horizon."""
         return self.orders * self.order_value
+
+
+# The corrections' inputs, in the order the models see them; the purchase process's own
+# two only where it is not the churn-defining activity.
+_OWN_INPUTS = (
+    "log_x",
+    "log_tenure",
+    "log_recency",
+    "log_order_value",
+    "gap_cv",
+    "log_spend_30d",
+    "log_browse_recency",
+    "browses",
+    "log_events_30d",
+    "log_carts",
+    "log_tickets",
+    "refund_rate",
+    "logit_alive",
+)
+_ALL_INPUTS = (*_OWN_INPUTS, "log_px", "log_purchase_recency")
+
+
+class _BaselineCache:
+    """The fitted BTYD model's P(alive), churn probability and expected purchases by
+    customer summary ``(x, t_x, T, px, pt_x)``, for the models fitted now.
+
+    In an order log times are whole days, so at a given fit many customers share a summary
+    (every one-time buyer silent for the same number of days): on the CDNOW master log more
+    than half the evaluations repeat one. The values are those computed the first time, so
+    the same; the cache is bounded and starts again at every refit.
+    """
+
+    __slots__ = ("activity", "purchases", "values")
+    LIMIT = 65_536
+
+    def __init__(self) -> None:
+        self.activity: ParetoNbd | None = None
+        self.purchases: ParetoNbd | None = None
+        self.values: dict[tuple[float, ...], tuple[float, float, float]] = {}
+
+    def reset(self, activity: ParetoNbd, purchases: ParetoNbd) -> None:
+        self.activity, self.purchases = activity, purchases
+        self.values = {}
+
+    def get(self, key: tuple[float, ...]) -> tuple[float, float, float] | None:
+        return self.values.get(key)
+
+    def put(self, key: tuple[float, ...], value: tuple[float, float, float]) -> None:
+        if len(self.values) >= self.LIMIT:
+            self.values = {}
+        self.values[key] = value
 
 
 def _l1p(v: float) -> float:
@@ -123,6 +176,13 @@ class Models:
         self.value = OffsetGLM(optim.losses.Poisson(), learning_rate=p.learning_rate, l2=p.l2)
         self.gate = ServingGate()
         self.generation = 0
+        self._baselines = _BaselineCache()
+
+    def __getstate__(self) -> dict[str, object]:
+        """Checkpoints hold the models, not the cache of their predictions."""
+        state = self.__dict__.copy()
+        state.pop("_baselines", None)
+        return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Read models pickled before the serving gate: the corrections start without a
@@ -130,6 +190,7 @@ class Models:
         self.__dict__.update(state)
         if "gate" not in state:
             self.gate = ServingGate()
+        self._baselines = _BaselineCache()
 
     @property
     def churn_learnt(self) -> int:
@@ -152,44 +213,59 @@ class Models:
         """The fitted BTYD model's view of this customer."""
         x, t_x, big_t, px, pt_x, orders, mean_order = raw[:7]
         pop = self.population
-        p = self.params
         activity, purchases = pop.activity, pop.purchases
-        alive = activity.p_alive(x, t_x, big_t)  # the costly part: computed once when shared
-        same = purchases is activity and px == x and pt_x == t_x
-        return Baseline(
-            p_alive=alive,
-            p_churn=activity.p_none(x, t_x, big_t, p.churn_horizon_days, alive),
-            orders=purchases.expected_transactions(
-                px, pt_x, big_t, p.value_horizon_days, alive if same else None
-            ),
-            order_value=pop.order_value(orders, mean_order),
-        )
+        cache = self._baselines
+        if cache.activity is not activity or cache.purchases is not purchases:
+            cache.reset(activity, purchases)
+        key = (x, t_x, big_t, px, pt_x)
+        known = cache.get(key)
+        if known is None:
+            p = self.params
+            alive = activity.p_alive(x, t_x, big_t)  # the costly part: once when shared
+            same = purchases is activity and px == x and pt_x == t_x
+            known = (
+                alive,
+                activity.p_none(x, t_x, big_t, p.churn_horizon_days, alive),
+                purchases.expected_transactions(
+                    px, pt_x, big_t, p.value_horizon_days, alive if same else None
+                ),
+            )
+            cache.put(key, known)
+        return Baseline(*known, order_value=pop.order_value(orders, mean_order))
 
     def correction_inputs(self, raw: Sequence[float], base: Baseline) -> dict[str, float]:
         """The corrections' inputs for this customer (before standardisation)."""
         return self._inputs(raw, base)
 
     def _inputs(self, raw: Sequence[float], base: Baseline) -> dict[str, float]:
+        return dict(zip(self._input_names, self._input_values(raw, base), strict=True))
+
+    @property
+    def _input_names(self) -> tuple[str, ...]:
+        return _OWN_INPUTS if self.params.purchase_activity else _ALL_INPUTS
+
+    def _input_values(self, raw: Sequence[float], base: Baseline) -> list[float]:
+        """The corrections' inputs in ``_input_names`` order."""
         g = raw.__getitem__
         big_t = g(_IDX["T"])
-        out = {
-            "log_x": _l1p(g(_IDX["x"])),
-            "log_tenure": _l1p(big_t),
-            "log_recency": _l1p(big_t - g(_IDX["t_x"])),
-            "log_order_value": _l1p(g(_IDX["mean_order"])),
-            "gap_cv": g(_IDX["gap_cv"]),
-            "log_spend_30d": _l1p(g(_IDX["spend_30d"])),
-            "log_browse_recency": _l1p(g(_IDX["browse_recency"])),
-            "browses": g(_IDX["browses"]),
-            "log_events_30d": _l1p(g(_IDX["events_30d"])),
-            "log_carts": _l1p(g(_IDX["carts"])),
-            "log_tickets": _l1p(g(_IDX["tickets"])),
-            "refund_rate": g(_IDX["refund_rate"]),
-            "logit_alive": logit(base.p_alive),
-        }
+        out = [
+            _l1p(g(_IDX["x"])),
+            _l1p(big_t),
+            _l1p(big_t - g(_IDX["t_x"])),
+            _l1p(g(_IDX["mean_order"])),
+            g(_IDX["gap_cv"]),
+            _l1p(g(_IDX["spend_30d"])),
+            _l1p(g(_IDX["browse_recency"])),
+            g(_IDX["browses"]),
+            _l1p(g(_IDX["events_30d"])),
+            _l1p(g(_IDX["carts"])),
+            _l1p(g(_IDX["tickets"])),
+            g(_IDX["refund_rate"]),
+            logit(base.p_alive),
+        ]
         if not self.params.purchase_activity:
-            out["log_px"] = _l1p(g(_IDX["px"]))
-            out["log_purchase_recency"] = _l1p(big_t - g(_IDX["pt_x"]))
+            out.append(_l1p(g(_IDX["px"])))
+            out.append(_l1p(big_t - g(_IDX["pt_x"])))
         return out
 
     # -- predicting -------------------------------------------------------------------------
@@ -197,9 +273,9 @@ class Models:
     def predict_all(self, raw: Sequence[float]) -> Prediction:
         """Both models' predictions for this customer, and which of them is served."""
         base = self.baseline(raw)
-        x = self._inputs(raw, base)
-        churn = sigmoid(self.churn.link(x, logit(base.p_churn)))
-        orders = math.exp(self.value.link(x, math.log(max(base.orders, 1e-9))))
+        names, x = self._input_names, self._input_values(raw, base)
+        churn = sigmoid(self.churn.link_values(names, x, logit(base.p_churn)))
+        orders = math.exp(self.value.link_values(names, x, math.log(max(base.orders, 1e-9))))
         gate = self.gate
         return Prediction(
             churn,

@@ -18,7 +18,7 @@ from streamscore.core import outputs
 from streamscore.core.drift import DriftLog, PopulationDrift
 from streamscore.core.events import Event, EventType
 from streamscore.core.explain import explain
-from streamscore.core.features import derive
+from streamscore.core.features import derive, derived_parts
 from streamscore.core.inputs import MODEL_INPUTS, model_inputs, named
 from streamscore.core.lineage import Learner, Lineage
 from streamscore.core.models import model_version
@@ -413,8 +413,9 @@ class Scorer:
         """Score a user as of ``t_ms`` without changing anything."""
         cfg = self.config
         f = state.features
-        derived = derive(f, t_ms)
-        raw = model_inputs(f, t_ms, cfg.purchase_activity)
+        parts = derived_parts(f, t_ms)
+        derived = derive(f, t_ms, parts)
+        raw = model_inputs(f, t_ms, cfg.purchase_activity, parts)
         churn_p, value_p = self.lineage.models.predict(raw)
         r, fr, m = self.lineage.rfm.scores(
             derived["days_since_purchase"], derived["purchases"], derived["spend"]
