@@ -111,7 +111,10 @@ def customer_record(obs: CustomerObservation) -> dict[str, Any]:
 
 def _inputs(record: dict[str, Any]) -> list[float]:
     """A record's input vector in this version's input set (NaN where not derivable)."""
-    values = [_float(v) for v in record["inputs"]]
+    # Floats and nulls are nearly every input: those without a call each (``_float``
+    # handles, and refuses, the rest as before).
+    nan = math.nan
+    values = [v if type(v) is float else nan if v is None else _float(v) for v in record["inputs"]]
     schema = known_schema(str(record["schema_id"]))
     if schema is None:
         raise UnreadableRecordError(
