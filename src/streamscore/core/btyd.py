@@ -452,6 +452,11 @@ def pareto_log_likelihood(
     return ParetoRows(x, t_x, T).log_likelihood(params)
 
 
+# A Gamma shape above this means rates that vary by under 10% across customers (CV =
+# 1/sqrt(shape)): a warm-started fit that ends there is checked from the neutral start.
+HOMOGENEOUS_SHAPE = 100.0
+
+
 def fit_pareto(
     x: FloatArray,
     t_x: FloatArray,
@@ -464,7 +469,7 @@ def fit_pareto(
     """Maximum-likelihood Pareto/NBD parameters for a sample of customers."""
     w = np.ones_like(x) if weights is None else weights
     scale = max(float(np.mean(T)), 1.0)
-    first = start.as_tuple() if start is not None else (1.0, scale, 1.0, scale)
+    neutral = (1.0, scale, 1.0, scale)
     rows = ParetoRows(x, t_x, T)
 
     def objective(v: FloatArray) -> float:
@@ -474,11 +479,26 @@ def fit_pareto(
             return 1e300
         return _penalised_nll(ll, w, v, prior_weight)
 
-    result = optimize.minimize(
-        objective,
-        np.log(np.asarray(first, dtype=np.float64)),
-        method="L-BFGS-B",
-        bounds=[(-12.0, 12.0)] * 4,
-    )
-    r, alpha, s, beta = (float(v) for v in np.exp(result.x))
-    return ParetoNbd(r, alpha, s, beta)
+    def minimise(first: tuple[float, float, float, float]) -> tuple[float, ParetoNbd]:
+        result = optimize.minimize(
+            objective,
+            np.log(np.asarray(first, dtype=np.float64)),
+            method="L-BFGS-B",
+            bounds=[(-12.0, 12.0)] * 4,
+        )
+        r, alpha, s, beta = (float(v) for v in np.exp(result.x))
+        return float(result.fun), ParetoNbd(r, alpha, s, beta)
+
+    if start is None:
+        return minimise(neutral)[1]
+    value, warm = minimise(start.as_tuple())
+    if max(warm.r, warm.s) <= HOMOGENEOUS_SHAPE:
+        return warm
+    # A shape this large says the rates hardly vary across customers: the likelihood is a
+    # flat ridge there, a warm start can stray along it far from the optimum, and every
+    # evaluation is costly (the hypergeometric function's parameters grow with r + s).
+    # On a simulated shop read partition by partition, warm fits stayed on such a ridge
+    # (r ~ 3,500) 113 nats of log-likelihood worse than a fit from the neutral start, at
+    # 60 times its cost. So such a fit is checked against one from the neutral start.
+    cold_value, cold = minimise(neutral)
+    return cold if cold_value < value else warm
