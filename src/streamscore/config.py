@@ -205,7 +205,8 @@ class Settings(BaseSettings):
     state_retention_days: float = Field(
         default=400.0,
         gt=0,
-        description="a user's state expires this long after their last event",
+        description="a user's state expires this long after its last save (their last event "
+        "or rescoring), or up to an hour earlier (1 % of this, if less)",
     )
     pseudonym_key: SecretStr | None = Field(
         default=None,
