@@ -121,9 +121,10 @@ class Settings(BaseSettings):
         default=20,
         ge=0,
         le=1000,
-        description="run: once a poll finds records, how long it may wait for more before the "
-        "batch starts (never longer; 0: not at all); at moderate rates a fuller batch shares "
-        "its fixed costs (flush, save, commit) among more events, for up to this much latency",
+        description="run and train: once a poll finds records, how long it may wait for more "
+        "before the batch starts (never longer; 0: not at all); at moderate rates a fuller "
+        "batch shares its fixed costs (flush, save, commit) among more events, for up to this "
+        "much latency; the trainer's polls of training-examples linger the same",
     )
     max_poll_interval_ms: int = Field(
         default=300_000,

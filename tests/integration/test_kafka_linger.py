@@ -1,7 +1,8 @@
 """A batch's fixed costs on the real broker. A lingering poll (``batch_linger_ms``) collects
 what arrives within its bound and nothing after it, and returns a full batch without waiting;
 a scorer fed in a trickle, so that its batches end where the linger ends them, leaves the
-state and scores of an uninterrupted run; commits sent faster than the broker answers go out
+state and scores of an uninterrupted run; the trainer's polls of training-examples linger
+the same way; commits sent faster than the broker answers go out
 one at a time, none refused."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kafka import KafkaProducer, TopicPartition
 from devstack import produce
 from streamscore.adapters.kafka import KafkaSource
 from streamscore.ports import SourceRecord
+from streamscore.trainer_service import TrainerRunner
 
 from .conftest import SHARED
 from .helpers import (
@@ -85,6 +87,49 @@ def test_a_poll_collects_what_arrives_within_the_linger_and_nothing_after(
         assert time.monotonic() - started < LINGER_MS / 1000, "a full batch waited"
     finally:
         source.close()
+
+
+def test_the_trainer_lingers_on_training_examples_too(names: dict[str, str]) -> None:
+    topic = names["training_topic"]
+    linger_ms = 800  # the setting's largest is 1,000
+    settings = settings_for(names, batch_linger_ms=linger_ms, checkpoint_key="linger-test-key")
+    runner = TrainerRunner(settings, threading.Event())
+    producer = KafkaProducer(acks="all", **SHARED)
+    sender = threading.Thread(target=lambda: None)
+    try:
+        producer.partitions_for(topic)  # metadata fetched: a send below goes out at once
+        source = runner.loop.source
+        assert isinstance(source, KafkaSource)
+        deadline = time.monotonic() + 60
+        while not source.owned:
+            assert time.monotonic() < deadline, "the trainer got no partition within 60s"
+            assert runner.turn(0.2) == 0
+
+        def send(value: bytes) -> None:
+            producer.send(topic, value=value)
+            producer.flush()
+
+        def later() -> None:
+            time.sleep(0.2)  # well inside the linger
+            send(b"within")
+            time.sleep(2 * linger_ms / 1000)  # well after it
+            send(b"after")
+
+        send(b"first")
+        sender = threading.Thread(target=later, daemon=True)
+        sender.start()
+        # Records the trainer cannot learn (it logs and skips them), counted all the same.
+        assert runner.turn(30.0) == 2
+        deadline = time.monotonic() + 30
+        while not (n := runner.turn(0.5)):
+            assert time.monotonic() < deadline, "the record after the linger never came"
+        assert n == 1
+        assert runner.loop.next_offset == 3
+    finally:
+        if sender.is_alive():
+            sender.join(timeout=30)
+        producer.close()
+        runner.close()
 
 
 def test_a_scorer_fed_in_a_trickle_leaves_an_uninterrupted_runs_state(
