@@ -124,7 +124,8 @@ class Settings(BaseSettings):
         description="run and train: once a poll finds records, how long it may wait for more "
         "before the batch starts (never longer; 0: not at all); at moderate rates a fuller "
         "batch shares its fixed costs (flush, save, commit) among more events, for up to this "
-        "much latency; the trainer's polls of training-examples linger the same",
+        "much latency; the trainer waits this long after a poll that found records before it "
+        "polls again (it has no such fixed costs, and a poll is most of its cost)",
     )
     max_poll_interval_ms: int = Field(
         default=300_000,
