@@ -321,18 +321,6 @@ class RedisStateStore:
     ) -> None:
         """States (the TTL set where ``redis_ttl`` says), due entries (None removes), then
         watermarks (never lowered)."""
-        try:
-            self._save(states, due, watermarks)
-        except BaseException:
-            self._ttls.forget_all()  # whatever a failed save did, set every TTL again
-            raise
-
-    def _save(
-        self,
-        states: Mapping[str, bytes],
-        due: Mapping[int, Mapping[str, int | None]],
-        watermarks: Mapping[int, int],
-    ) -> None:
         commands: list[Command] = []
         fresh = self._ttls.current()
         expiring: list[str] = []  # users whose EXPIRE this save sends
@@ -357,9 +345,9 @@ class RedisStateStore:
         what = f"saving {len(states)} user states"
         wm = (self._wm_key, ("EVALSHA", self._wm_sha, 1, self._wm_key, *wm_args))
         if wm_args and self._batches.ordered:  # last in the same pipeline
-            values = self._send(what, [*commands, wm], write=True, script=len(commands))
+            values = self._write(what, [*commands, wm], script=len(commands))
         else:  # on a cluster, every master holds the states before the watermarks move
-            values = self._send(what, commands, write=True) if commands else []
+            values = self._write(what, commands) if commands else []
         # HSET answers the fields it added: 1 when the key was not there (a user key holds
         # one field), so it has no TTL now, though this process had set one.
         created = [u for i, u in kept if values[i] == 1]
@@ -367,11 +355,22 @@ class RedisStateStore:
             self._expire_created(what, created)
         self._ttls.set(expiring)
         if wm_args and not self._batches.ordered:
-            self._send(what, [wm], write=True, script=0)
+            self._write(what, [wm], script=0)
+
+    def _write(
+        self, what: str, commands: Sequence[Command], script: int | None = None
+    ) -> list[Any]:
+        """``_send`` of a save's writes; when it fails, whatever it did to the user keys, the
+        next save of every user sets their TTL again."""
+        try:
+            return self._send(what, commands, write=True, script=script)
+        except BaseException:
+            self._ttls.forget_all()
+            raise
 
     def _expire_created(self, what: str, users: list[str]) -> None:
         """Set the TTL of user keys a save created although this process had set their TTL:
-        someone deleted them meanwhile (an erasure elsewhere, expiry, eviction, a flush)."""
+        someone deleted them meanwhile (an erasure elsewhere, an eviction, a flush)."""
         log.info(
             "%d user keys were gone from %s and written again (deleted, evicted or flushed "
             "elsewhere); setting their TTL",
@@ -379,7 +378,7 @@ class RedisStateStore:
             self.kind,
         )
         keys = [self.user_key(u) for u in users]
-        self._send(what, [(k, ("EXPIRE", k, self.ttl_s)) for k in keys], write=True)
+        self._write(what, [(k, ("EXPIRE", k, self.ttl_s)) for k in keys])
         self._ttls.set(users)
 
     def erase(
