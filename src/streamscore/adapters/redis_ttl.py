@@ -12,14 +12,15 @@ remaining TTL never falls below the TTL minus the window (400 days minus an hour
 What the memo cannot see is a key that went away behind its back within a window: erased by
 another process (after a rebalance, or by a scorer that lost its partition without knowing),
 expired, evicted, flushed by an operator, lost in a failover. The store does not rely on it
-for those: ``HSET`` answers how many fields it *added*, and since a user key holds one field,
-1 means the key did not exist and has no TTL now; the store then sends ``EXPIRE`` for those
-keys at once, in one more round trip (a rare one), and forgets them until it has. Beyond
-that the memo is dropped whenever a batch call fails (whatever the failure did, every key
-gets its ``EXPIRE`` again) and ``erase`` forgets the users it deletes, so a user saved again
-after their erasure costs no extra round trip. A key can be left without a TTL only by a
-process killed between those two round trips (or an operator's ``PERSIST``); the next save
-of that user by any process sets it, as a new process remembers no one.
+for those, so it needs no word of rebalances: ``HSET`` answers how many fields it *added*,
+and since a user key holds one field, 1 means the key did not exist and has no TTL now; the
+store then sends ``EXPIRE`` for those keys at once, in one more round trip (a rare one), and
+counts them as set only once that is answered. Beyond that, the memo is dropped whenever a
+write of a save fails (whatever the failure did, every key gets its ``EXPIRE`` again), and
+``erase`` forgets the users it deletes, so a user saved again after their erasure costs no
+extra round trip. A key can be left without a TTL only by a process killed between those two
+round trips (or by an operator's ``PERSIST``); the next save of that user by any process
+sets it, as a new process remembers no one.
 
 The memo holds at most ``MAX_USERS`` ids (10 MB with ids of a dozen characters); once full,
 users beyond it get ``EXPIRE`` with every save, as before, until the next window.
