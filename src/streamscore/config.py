@@ -121,9 +121,11 @@ class Settings(BaseSettings):
         default=20,
         ge=0,
         le=1000,
-        description="run: once a poll finds records, how long it may wait for more before the "
-        "batch starts (never longer; 0: not at all); at moderate rates a fuller batch shares "
-        "its fixed costs (flush, save, commit) among more events, for up to this much latency",
+        description="run and train: once a poll finds records, how long it may wait for more "
+        "before the batch starts (never longer; 0: not at all); at moderate rates a fuller "
+        "batch shares its fixed costs (flush, save, commit) among more events, for up to this "
+        "much latency; the trainer waits this long after a poll that found records before it "
+        "polls again (it has no such fixed costs, and a poll is most of its cost)",
     )
     max_poll_interval_ms: int = Field(
         default=300_000,
@@ -205,7 +207,8 @@ class Settings(BaseSettings):
     state_retention_days: float = Field(
         default=400.0,
         gt=0,
-        description="a user's state expires this long after their last event",
+        description="a user's state expires this long after its last save (their last event "
+        "or rescoring), or up to an hour earlier (1 % of this, if less)",
     )
     pseudonym_key: SecretStr | None = Field(
         default=None,

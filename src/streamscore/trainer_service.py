@@ -97,10 +97,18 @@ class TrainerRunner:
         )
         self.watch = metrics.TrainerWatch(self.loop, log)
         self._lag_at = 0.0
+        self.stop = stop
+        self.linger_s = settings.batch_linger_ms / 1000
+        self._polled = 0
 
     def turn(self, timeout_s: float = POLL_S) -> int:
-        """One turn of the loop, then the metrics; returns the records polled."""
-        n = self.loop.run_once(timeout_s)
+        """One turn of the loop, then the metrics; returns the records polled.
+
+        After a turn that found records but not a full batch, the next waits ``linger_s``
+        before it polls (the module's docstring says why it waits before, not after)."""
+        if self.linger_s and 0 < self._polled < self.loop.max_records:
+            self.stop.wait(self.linger_s)
+        n = self._polled = self.loop.run_once(timeout_s)
         now = time.time()
         lag = now - self._lag_at >= LAG_EVERY_S
         if lag:

@@ -40,6 +40,7 @@ from streamscore.adapters.kafka_sink import KafkaSink
 from streamscore.adapters.memory import ListSink, ListSource, MemoryGroup, MemoryStateStore
 from streamscore.adapters.pseudonymous import PseudonymousStore, Pseudonyms
 from streamscore.adapters.redis_store import RedisStateStore
+from streamscore.adapters.redis_ttl import Clock
 from streamscore.config import Settings
 from streamscore.core.records import (
     OUTPUT_TOPICS,
@@ -100,8 +101,8 @@ def make_redis_store(redis_client: redis.Redis) -> Iterator[MakeRedisStore]:
     prefix = f"sstest-{uuid.uuid4().hex[:12]}"
     stores: list[RedisStateStore] = []
 
-    def make(**overrides: Any) -> RedisStateStore:
-        store = RedisStateStore.from_settings(redis_settings(prefix, **overrides))
+    def make(clock: Clock = time.monotonic, **overrides: Any) -> RedisStateStore:
+        store = RedisStateStore.from_settings(redis_settings(prefix, **overrides), clock=clock)
         stores.append(store)
         return store
 
@@ -125,9 +126,9 @@ def make_cluster_store(redis_cluster: RedisCluster) -> Iterator[MakeRedisStore]:
     prefix = f"sstest-{uuid.uuid4().hex[:12]}"
     stores: list[RedisStateStore] = []
 
-    def make(**overrides: Any) -> RedisStateStore:
+    def make(clock: Clock = time.monotonic, **overrides: Any) -> RedisStateStore:
         settings = Settings(redis_url=redis_cluster.url, redis_key_prefix=prefix, **overrides)
-        store = RedisStateStore.from_settings(settings)
+        store = RedisStateStore.from_settings(settings, clock=clock)
         stores.append(store)
         return store
 

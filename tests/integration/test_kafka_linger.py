@@ -1,7 +1,8 @@
 """A batch's fixed costs on the real broker. A lingering poll (``batch_linger_ms``) collects
 what arrives within its bound and nothing after it, and returns a full batch without waiting;
 a scorer fed in a trickle, so that its batches end where the linger ends them, leaves the
-state and scores of an uninterrupted run; commits sent faster than the broker answers go out
+state and scores of an uninterrupted run; the trainer, which waits before its polls instead,
+polls at most once per wait while records flow; commits sent faster than the broker answers go out
 one at a time, none refused."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kafka import KafkaProducer, TopicPartition
 from devstack import produce
 from streamscore.adapters.kafka import KafkaSource
 from streamscore.ports import SourceRecord
+from streamscore.trainer_service import TrainerRunner
 
 from .conftest import SHARED
 from .helpers import (
@@ -85,6 +87,56 @@ def test_a_poll_collects_what_arrives_within_the_linger_and_nothing_after(
         assert time.monotonic() - started < LINGER_MS / 1000, "a full batch waited"
     finally:
         source.close()
+
+
+def test_the_trainer_polls_at_most_once_per_linger_while_records_flow(
+    names: dict[str, str],
+) -> None:
+    """A record every 20 ms for two seconds: without the wait, a turn for (about) each; with
+    it, every turn that finds records is followed by the wait, and nothing is left behind."""
+    topic = names["training_topic"]
+    linger_s, sent = 0.5, 100
+    settings = settings_for(
+        names, batch_linger_ms=int(linger_s * 1000), checkpoint_key="linger-test-key"
+    )
+    runner = TrainerRunner(settings, threading.Event())
+    producer = KafkaProducer(acks="all", **SHARED)
+    sender = threading.Thread(target=lambda: None)
+    try:
+        producer.partitions_for(topic)  # metadata fetched: a send below goes out at once
+        source = runner.loop.source
+        assert isinstance(source, KafkaSource)
+        deadline = time.monotonic() + 60
+        while not source.owned:
+            assert time.monotonic() < deadline, "the trainer got no partition within 60s"
+            assert runner.turn(0.2) == 0
+
+        def trickle() -> None:
+            for i in range(sent):
+                producer.send(topic, value=b"%d" % i)
+                producer.flush()
+                time.sleep(0.02)
+
+        sender = threading.Thread(target=trickle, daemon=True)
+        started = time.monotonic()
+        sender.start()
+        turns_with_records, polled = 0, 0
+        deadline = started + 60
+        while polled < sent:
+            assert time.monotonic() < deadline, f"{polled} of {sent} records polled in 60s"
+            n = runner.turn(0.2)  # records the trainer cannot learn: skipped, but counted
+            turns_with_records += n > 0
+            polled += n
+        elapsed = time.monotonic() - started
+        assert polled == sent
+        assert runner.loop.next_offset == sent
+        # Each turn with records but the last was followed by a wait of linger_s.
+        assert turns_with_records <= 1 + elapsed / linger_s, (turns_with_records, elapsed)
+    finally:
+        if sender.is_alive():
+            sender.join(timeout=30)
+        producer.close()
+        runner.close()
 
 
 def test_a_scorer_fed_in_a_trickle_leaves_an_uninterrupted_runs_state(

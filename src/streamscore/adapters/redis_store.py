@@ -6,6 +6,10 @@ every batch call pipelines its commands (``transaction=False``): one round trip 
 Redis, one pipeline per master it touches on a cluster (``redis_cluster.ClusterBatches``).
 The watermark "never go back" rule runs server-side in a Lua script on the one watermarks key.
 
+A save sends one ``HSET`` per user, and an ``EXPIRE`` only where the key is new or its TTL
+was not set for a while (``redis_ttl.py``): a state expires between ``state_retention_days``
+minus an hour and ``state_retention_days`` after the user's last save.
+
 Retrying a failed ``save`` is safe: every command in it is idempotent (HSET of the same bytes,
 EXPIRE, ZADD/ZREM of the same entries, max of the same watermarks). Watermarks are written
 after the states they cover, so a save cut short never leaves a watermark ahead of states it
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -43,6 +48,7 @@ from streamscore.adapters.redis_connect import (
     redis_cause,
     start_errors,
 )
+from streamscore.adapters.redis_ttl import Clock, TtlMemo
 from streamscore.errors import ConfigError, StreamscoreError, TransientError
 
 if TYPE_CHECKING:
@@ -53,7 +59,7 @@ log = logging.getLogger("streamscore.redis")
 # -- keys and scripts: the whole Redis layout ----------------------------------------------
 # ``{...}`` is a Redis Cluster hash tag: only the part inside the braces picks the slot.
 DEFAULT_PREFIX = "ss"
-USER_KEY = "{prefix}:u:{{{user_id}}}"  # HASH, one per user, TTL = retention
+USER_KEY = "{prefix}:u:{{{user_id}}}"  # HASH, one per user, TTL = retention (redis_ttl.py)
 USER_STATE_FIELD = "s"  #   field: the serialized UserState (opaque bytes); no other field
 #   yet: the port hands the store opaque bytes, so a last-event-time field would mean parsing.
 DUE_KEY = "{prefix}:due:{{p{partition}}}"  # ZSET per input partition: user_id -> due time ms
@@ -132,9 +138,11 @@ class RedisStateStore:
         retention_days: float = 400.0,
         where: str | None = None,
         wait_replicas: int = 0,
+        clock: Clock = time.monotonic,
     ) -> None:
         """Wrap a client (no I/O happens here); ``where`` names the server in messages;
-        ``wait_replicas``: replicas that must hold every write before it counts."""
+        ``wait_replicas``: replicas that must hold every write before it counts; ``clock``
+        times the TTL refresh window (``redis_ttl.py``)."""
         if not prefix or "{" in prefix or "}" in prefix:
             raise ConfigError(
                 f"redis_key_prefix {prefix!r} must be non-empty and contain no braces (they "
@@ -151,6 +159,7 @@ class RedisStateStore:
         self.kind = "Redis Cluster" if self.cluster else "Redis"
         self.prefix = prefix
         self.ttl_s = max(1, round(retention_days * DAY_S))
+        self._ttls = TtlMemo(self.ttl_s, clock)
         self.where = where or _describe(client)
         self.wait_replicas = wait_replicas
         self._wait = ("WAIT", wait_replicas, WAIT_TIMEOUT_MS) if wait_replicas else None
@@ -158,7 +167,7 @@ class RedisStateStore:
         self._wm_sha = WATERMARK_MAX_SHA
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RedisStateStore:
+    def from_settings(cls, settings: Settings, *, clock: Clock = time.monotonic) -> RedisStateStore:
         """Connect as configured; ``ConfigError`` when Redis is unreachable or refuses us."""
         client, to = connect(settings)
         try:
@@ -168,6 +177,7 @@ class RedisStateStore:
                 retention_days=settings.state_retention_days,
                 where=to.where,
                 wait_replicas=settings.redis_wait_replicas,
+                clock=clock,
             )
         except ConfigError:
             client.close()
@@ -309,12 +319,20 @@ class RedisStateStore:
         due: Mapping[int, Mapping[str, int | None]],
         watermarks: Mapping[int, int],
     ) -> None:
-        """States (TTL refreshed), due entries (None removes), then watermarks (never lowered)."""
+        """States (the TTL set where ``redis_ttl`` says), due entries (None removes), then
+        watermarks (never lowered)."""
         commands: list[Command] = []
+        fresh = self._ttls.current()
+        expiring: list[str] = []  # users whose EXPIRE this save sends
+        kept: list[tuple[int, str]] = []  # (index of the HSET, user) of the others
         for u, data in states.items():
             key = self.user_key(u)
             commands.append((key, ("HSET", key, USER_STATE_FIELD, data)))
-            commands.append((key, ("EXPIRE", key, self.ttl_s)))
+            if u in fresh:
+                kept.append((len(commands) - 1, u))
+            else:
+                commands.append((key, ("EXPIRE", key, self.ttl_s)))
+                expiring.append(u)
         for partition, entries in due.items():
             key = self.due_key(partition)
             add = [x for u, at in entries.items() if at is not None for x in (at, u)]
@@ -325,17 +343,43 @@ class RedisStateStore:
                 commands.append((key, ("ZREM", key, *drop)))
         wm_args = [x for p, wm in watermarks.items() for x in (str(p), str(int(wm)))]
         what = f"saving {len(states)} user states"
-        if not wm_args:
-            if commands:
-                self._send(what, commands, write=True)
-            return
         wm = (self._wm_key, ("EVALSHA", self._wm_sha, 1, self._wm_key, *wm_args))
-        if self._batches.ordered:  # last in the same pipeline
-            self._send(what, [*commands, wm], write=True, script=len(commands))
-            return
-        if commands:  # every master holds the states before the watermarks move
-            self._send(what, commands, write=True)
-        self._send(what, [wm], write=True, script=0)
+        if wm_args and self._batches.ordered:  # last in the same pipeline
+            values = self._write(what, [*commands, wm], script=len(commands))
+        else:  # on a cluster, every master holds the states before the watermarks move
+            values = self._write(what, commands) if commands else []
+        # HSET answers the fields it added: 1 when the key was not there (a user key holds
+        # one field), so it has no TTL now, though this process had set one.
+        created = [u for i, u in kept if values[i] == 1]
+        if created:
+            self._expire_created(what, created)
+        self._ttls.set(expiring)
+        if wm_args and not self._batches.ordered:
+            self._write(what, [wm], script=0)
+
+    def _write(
+        self, what: str, commands: Sequence[Command], script: int | None = None
+    ) -> list[Any]:
+        """``_send`` of a save's writes; when it fails, whatever it did to the user keys, the
+        next save of every user sets their TTL again."""
+        try:
+            return self._send(what, commands, write=True, script=script)
+        except BaseException:
+            self._ttls.forget_all()
+            raise
+
+    def _expire_created(self, what: str, users: list[str]) -> None:
+        """Set the TTL of user keys a save created although this process had set their TTL:
+        someone deleted them meanwhile (an erasure elsewhere, an eviction, a flush)."""
+        log.info(
+            "%d user keys were gone from %s and written again (deleted, evicted or flushed "
+            "elsewhere); setting their TTL",
+            len(users),
+            self.kind,
+        )
+        keys = [self.user_key(u) for u in users]
+        self._write(what, [(k, ("EXPIRE", k, self.ttl_s)) for k in keys])
+        self._ttls.set(users)
 
     def erase(
         self,
@@ -357,6 +401,7 @@ class RedisStateStore:
             if drop:
                 mark_cmds.append((key, ("HDEL", key, *drop)))
         user_cmds: list[Command] = []
+        self._ttls.forget(users)  # saved again, they are new keys
         for user, due_partition in users.items():
             key = self.user_key(user)
             user_cmds.append((key, ("DEL", key)))
