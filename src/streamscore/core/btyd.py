@@ -499,6 +499,9 @@ def fit_pareto(
     # evaluation is costly (the hypergeometric function's parameters grow with r + s).
     # On a simulated shop read partition by partition, warm fits stayed on such a ridge
     # (r ~ 3,500) 113 nats of log-likelihood worse than a fit from the neutral start, at
-    # 60 times its cost. So such a fit is checked against one from the neutral start.
+    # 60 times its cost. So such a fit is checked against one from the neutral start, and
+    # the warm one kept only when the data favour it by more than one nat (a likelihood
+    # ratio of e): along a flat ridge the two are equally supported, and the next warm
+    # start is cheaper from the neutral side.
     cold_value, cold = minimise(neutral)
-    return cold if cold_value < value else warm
+    return warm if (cold_value - value) * float(w.sum()) > 1.0 else cold
