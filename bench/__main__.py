@@ -1,11 +1,13 @@
 """``python -m bench {all,core,bare,full,naive,latency,batch-cost,scaling,quality,
-lineage-quality}``.
+lineage-quality,sparse}``.
 
 ``quality`` (no servers) replays real and simulated purchase logs through ``streamscore
 replay`` at monthly cutoffs and compares the scores with buy-till-you-die baselines; its own
 options: ``python -m bench quality --help`` (``bench/quality.py``). ``lineage-quality``
 compares the model quality of 1, 2 and 3 processes on a paced stream, several runs each
-(``bench/lineage_quality.py``, ``--help``).
+(``bench/lineage_quality.py``, ``--help``). ``sparse`` replays a wide, sparse user base
+(default 1,000,000 users, about one event each per month, 12 months) through ``streamscore
+run`` (``bench/sparse.py``, ``--help``).
 
 Everything but ``core`` runs against the local stack (``scripts/stack up``): Kafka on
 127.0.0.1:9092 and Redis on :6379 (``BENCH_KAFKA`` / ``BENCH_REDIS`` to change); ``full
@@ -149,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import lineage_quality
 
         return lineage_quality.main(argv[1:])
+    if argv[:1] == ["sparse"]:
+        from bench import sparse
+
+        return sparse.main(argv[1:])
     args = _parser().parse_args(argv)
     spec = DatasetSpec(users=args.users, days=args.days, seed=args.seed, events=args.events)
     cmd = args.command
