@@ -21,11 +21,8 @@ These are figures, never assertions: nothing here fails because a number is low.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,7 @@ from bench.common import (
     dump_json,
     ensure_stack,
     log,
+    machine_facts,
     make_dataset,
 )
 from bench.report import markdown, profiles_text
@@ -162,14 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "command": cmd,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg(),
-            "kafka_python": version("kafka-python"),
-            "river": version("river"),
-            "redis_py": version("redis"),
-        },
+        "machine": machine_facts(),
         "code": code_version(),
     }
     started = time.monotonic()

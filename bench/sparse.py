@@ -25,18 +25,25 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench.common import RESULTS_DIR, Stack, code_version, dump_json, log, percentile, wait_quiet
+from bench.common import (
+    RESULTS_DIR,
+    Stack,
+    code_version,
+    dump_json,
+    log,
+    machine_facts,
+    percentile,
+    wait_quiet,
+)
 from bench.sparse_shop import SparseSpec, sparse_events
 from streamscore.simulator import encode_event
 
@@ -269,14 +276,7 @@ def main(argv: list[str]) -> int:
         "argv": ["python", "-m", "bench", "sparse", *argv],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "spec": {k: getattr(spec, k) for k in SparseSpec.__dataclass_fields__},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg(),
-            "kafka_python": version("kafka-python"),
-            "river": version("river"),
-            "redis_py": version("redis"),
-        },
+        "machine": machine_facts(),
         "code": code_version(),
     }
     started = time.monotonic()
