@@ -1,11 +1,13 @@
 """``python -m bench {all,core,bare,full,naive,latency,batch-cost,scaling,quality,
-lineage-quality}``.
+lineage-quality,sparse}``.
 
 ``quality`` (no servers) replays real and simulated purchase logs through ``streamscore
 replay`` at monthly cutoffs and compares the scores with buy-till-you-die baselines; its own
 options: ``python -m bench quality --help`` (``bench/quality.py``). ``lineage-quality``
 compares the model quality of 1, 2 and 3 processes on a paced stream, several runs each
-(``bench/lineage_quality.py``, ``--help``).
+(``bench/lineage_quality.py``, ``--help``). ``sparse`` replays a wide, sparse user base
+(default 1,000,000 users, about one event each per month, 12 months) through ``streamscore
+run`` (``bench/sparse.py``, ``--help``).
 
 Everything but ``core`` runs against the local stack (``scripts/stack up``): Kafka on
 127.0.0.1:9092 and Redis on :6379 (``BENCH_KAFKA`` / ``BENCH_REDIS`` to change); ``full
@@ -19,11 +21,8 @@ These are figures, never assertions: nothing here fails because a number is low.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from bench.common import (
     dump_json,
     ensure_stack,
     log,
+    machine_facts,
     make_dataset,
 )
 from bench.report import markdown, profiles_text
@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import lineage_quality
 
         return lineage_quality.main(argv[1:])
+    if argv[:1] == ["sparse"]:
+        from bench import sparse
+
+        return sparse.main(argv[1:])
     args = _parser().parse_args(argv)
     spec = DatasetSpec(users=args.users, days=args.days, seed=args.seed, events=args.events)
     cmd = args.command
@@ -156,14 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "command": cmd,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg(),
-            "kafka_python": version("kafka-python"),
-            "river": version("river"),
-            "redis_py": version("redis"),
-        },
+        "machine": machine_facts(),
         "code": code_version(),
     }
     started = time.monotonic()

@@ -8,6 +8,7 @@ started), also when a benchmark fails half-way.
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -420,6 +422,18 @@ def dump_json(path: Path, data: Any) -> None:
             data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS
         )
     )
+
+
+def machine_facts() -> dict[str, Any]:
+    """What a result was measured on: cores, load when it started, interpreter and clients."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+        "kafka_python": version("kafka-python"),
+        "river": version("river"),
+        "redis_py": version("redis"),
+    }
 
 
 def code_version() -> dict[str, Any]:

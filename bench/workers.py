@@ -6,7 +6,10 @@ unchanged to one output topic, flushing and committing per batch. No decoding, n
 
 ``counted`` is ``streamscore run`` unchanged but for a counter of Redis round trips (requests
 written to a Redis socket: one per command, one per pipeline and node), by store call; the
-counts go to ``BENCH_STATS_FILE`` at exit. The counter costs a Python call per round trip.
+counts go to ``BENCH_STATS_FILE`` at exit, with the process's own counters (events, due users
+loaded, labels resolved, outputs by topic). The counter costs a Python call per round trip.
+With ``BENCH_COUNT_SCORES=1`` it also counts scores by trigger (``event``: a user's own
+events; ``silence``: a silent user rescored), for one more Python call per score.
 
 ``naive`` is ``streamscore run`` itself (the same ``run_service``, scorer and Kafka adapters)
 with one change: its Redis state store goes user by user. Every user of a batch costs one
@@ -188,13 +191,45 @@ def counted(args: argparse.Namespace) -> int:
     AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
     for name in ("load", "save", "due", "watermarks", "get_blob", "put_blob"):
         setattr(RedisStateStore, name, attributed(name))
+    scores: dict[str, int] = {}
+    if os.environ.get("BENCH_COUNT_SCORES") == "1":
+        _count_scores(scores)
     try:
         return cli.main(["run"])
     finally:
         path = os.environ.get("BENCH_STATS_FILE")
         if path:
+            stats = {"round_trips": trips, "scores": scores, "metrics": _own_counters()}
             with open(path, "wb") as fp:
-                fp.write(orjson.dumps({"round_trips": trips}))
+                fp.write(orjson.dumps(stats))
+
+
+def _count_scores(by_trigger: dict[str, int]) -> None:
+    """Count the scorer's scores by trigger, in ``by_trigger``."""
+    from streamscore.core.scorer import Scorer
+
+    score = Scorer._score
+
+    def counting(self: Any, *a: Any, trigger: str, **kw: Any) -> Any:
+        by_trigger[trigger] = by_trigger.get(trigger, 0) + 1
+        return score(self, *a, trigger=trigger, **kw)
+
+    Scorer._score = counting  # type: ignore[method-assign]
+
+
+def _own_counters() -> dict[str, float]:
+    """This process's streamscore counters (``name{label=value}``: total)."""
+    from streamscore.metrics import REGISTRY
+
+    out: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        if family.type != "counter" or family.name == "streamscore_segment_changes":
+            continue  # segment moves by pair: their total is outputs_total{topic=segment-...}
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
 
 
 def produce(args: argparse.Namespace) -> int:
