@@ -167,8 +167,9 @@ def test_scorers_killed_and_added_mid_stream_keep_one_lineage_learning_each_labe
         produce(SHARED, topic, events)
 
         # The process that trains dies mid-stream, with learning published and more to
-        # learn; another takes the partition over.
-        _wait_for_learning(settings, scorers, 200)
+        # learn; another takes the partition over. (100 labels: with 200, a run on a loaded
+        # machine killed it only once 81% of the input was committed.)
+        _wait_for_learning(settings, scorers, 100)
         at = progress.fraction()
         assert at < 0.8, f"the trainer's kill came late: {at:.0%} of the input committed"
         scorers.kill(first)
