@@ -140,6 +140,21 @@ def bgnbd_log_likelihood(
     return np.asarray(base + np.logaddexp(alive, dead), dtype=np.float64)
 
 
+def _minimise_log(
+    objective: Callable[[FloatArray], float], first: tuple[float, float, float, float]
+) -> tuple[float, tuple[float, float, float, float]]:
+    """L-BFGS-B over the log of four positive parameters from ``first``: the minimum found
+    and the parameters there."""
+    result = optimize.minimize(
+        objective,
+        np.log(np.asarray(first, dtype=np.float64)),
+        method="L-BFGS-B",
+        bounds=[(-12.0, 12.0)] * 4,
+    )
+    a, b, c, d = (float(v) for v in np.exp(result.x))
+    return float(result.fun), (a, b, c, d)
+
+
 def _penalised_nll(
     ll: FloatArray, w: FloatArray, centred: FloatArray, prior_weight: float
 ) -> float:
@@ -175,13 +190,7 @@ def fit_bgnbd(
         ll = bgnbd_log_likelihood((p[0], p[1], p[2], p[3]), x, t_x, T, modified)
         return _penalised_nll(ll, w, v, prior_weight)
 
-    result = optimize.minimize(
-        objective,
-        np.log(np.asarray(first, dtype=np.float64)),
-        method="L-BFGS-B",
-        bounds=[(-12.0, 12.0)] * 4,
-    )
-    r, alpha, a, b = (float(v) for v in np.exp(result.x))
+    r, alpha, a, b = _minimise_log(objective, first)[1]
     return BgNbd(r, alpha, a, b, modified)
 
 
@@ -480,14 +489,8 @@ def fit_pareto(
         return _penalised_nll(ll, w, v, prior_weight)
 
     def minimise(first: tuple[float, float, float, float]) -> tuple[float, ParetoNbd]:
-        result = optimize.minimize(
-            objective,
-            np.log(np.asarray(first, dtype=np.float64)),
-            method="L-BFGS-B",
-            bounds=[(-12.0, 12.0)] * 4,
-        )
-        r, alpha, s, beta = (float(v) for v in np.exp(result.x))
-        return float(result.fun), ParetoNbd(r, alpha, s, beta)
+        value, (r, alpha, s, beta) = _minimise_log(objective, first)
+        return value, ParetoNbd(r, alpha, s, beta)
 
     if start is None:
         return minimise(neutral)[1]
