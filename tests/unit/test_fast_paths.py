@@ -84,7 +84,7 @@ def _link_reference(glm: OffsetGLM, x: dict[str, float], offset: float) -> float
     st.lists(st.lists(finite, min_size=4, max_size=4), min_size=1, max_size=6),
     st.floats(-40, 40),
 )
-def test_link_values_is_link_between_and_after_learning_steps(
+def test_link_is_the_plain_sum_between_and_after_learning_steps(
     examples: list[tuple[list[float], bool]], queries: list[list[float]], offset: float
 ) -> None:
     """Constant inputs (deviation 0), inputs never learnt ("d" only from the second step)
@@ -93,12 +93,12 @@ def test_link_values_is_link_between_and_after_learning_steps(
     for values, label in examples:
         for q in queries:
             x = dict(zip(NAMES, q, strict=True))
-            assert glm.link_values(NAMES, q, offset) == _link_reference(glm, x, offset)
+            assert glm.link(NAMES, q, offset) == _link_reference(glm, x, offset)
         names = NAMES if glm.learnt else NAMES[:3]
         glm.learn(dict(zip(names, values, strict=False)), 0.0, float(label))
     for q in queries:
         x = dict(zip(NAMES, q, strict=True))
-        assert glm.link_values(NAMES, q, offset) == _link_reference(glm, x, offset)
+        assert glm.link(NAMES, q, offset) == _link_reference(glm, x, offset)
 
 
 def _raw(rng: random.Random) -> list[float]:

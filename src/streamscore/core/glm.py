@@ -99,33 +99,15 @@ class OffsetGLM:
             out[k] = m.scale(v) if m is not None else 0.0
         return out
 
-    def link(self, x: Mapping[str, float], offset: float) -> float:
-        """The linear predictor for inputs ``x`` on top of ``offset``.
+    def link(self, names: tuple[str, ...], values: Sequence[float], offset: float) -> float:
+        """The linear predictor for the inputs ``dict(zip(names, values))`` on top of
+        ``offset``: ``_standardised`` then ``_predictor``, as learning computes it, in one
+        loop without building the standardised inputs (the same operations in the same
+        order, so the same value).
 
-        Every score computes this: the standardising and the weighted sum run in one loop
-        without building the standardised inputs (same operations in the same order as
-        ``_standardised`` then ``_predictor``, so the same value).
-        """
-        moments, weights = self.moments.get, self.weights.get
-        c = self.intercept["intercept"]
-        for k, v in x.items():
-            m = moments(k)
-            # ``_Moments.scale`` inlined: about a million calls per replay of a large log.
-            if m is None or m.sd <= 1e-9:
-                z = 0.0
-            else:
-                z = (v - m.mean) / m.sd
-                z = MAX_Z if z > MAX_Z else -MAX_Z if z < -MAX_Z else z
-            c += weights(k, 0.0) * z
-        return self._bounded(c, offset)
-
-    def link_values(self, names: tuple[str, ...], values: Sequence[float], offset: float) -> float:
-        """``link`` for the inputs ``dict(zip(names, values))``, the way every score asks.
-
-        Between two learning steps the weights and moments are constants, so each input's
-        mean, deviation and weight are looked up once per step (a plan for this order of
-        names) instead of twice per input per score; the arithmetic is ``link``'s, in the
-        same order, so the value is the same.
+        Every score computes this. Between two learning steps the weights and moments are
+        constants, so each input's mean, deviation and weight are looked up once per step
+        (a plan for this order of names) instead of twice per input per score.
         """
         plan = self._plan
         if plan is None or plan.names is not names or plan.learnt != self.learnt:

@@ -274,8 +274,8 @@ class Models:
         """Both models' predictions for this customer, and which of them is served."""
         base = self.baseline(raw)
         names, x = self._input_names, self._input_values(raw, base)
-        churn = sigmoid(self.churn.link_values(names, x, logit(base.p_churn)))
-        orders = math.exp(self.value.link_values(names, x, math.log(max(base.orders, 1e-9))))
+        churn = sigmoid(self.churn.link(names, x, logit(base.p_churn)))
+        orders = math.exp(self.value.link(names, x, math.log(max(base.orders, 1e-9))))
         gate = self.gate
         return Prediction(
             churn,
