@@ -148,8 +148,11 @@ def btyd_baseline(s: Summary, horizon: float) -> tuple[np.ndarray, np.ndarray]:
         dtype=float,
     )
     repeat = s.x > 0
+    # Gamma-Gamma is defined for positive spend only: a log with free orders (CDNOW master
+    # has some) fits on the customers whose repeat orders cost something, and scores all.
+    paid = repeat & (s.repeat_mean > 0)
     gg = GammaGammaFitter(penalizer_coef=0.0)
-    gg.fit(s.x[repeat], s.repeat_mean[repeat])
+    gg.fit(s.x[paid], s.repeat_mean[paid])
     order_value = np.asarray(
         gg.conditional_expected_average_profit(s.x, np.where(repeat, s.repeat_mean, 0.0)),
         dtype=float,

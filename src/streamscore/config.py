@@ -137,14 +137,19 @@ class Settings(BaseSettings):
         default=500,
         ge=1,
         description="silent users rescored per batch and partition; the rest wait for the "
-        "next, so a burst of silences cannot stall fresh events",
+        "next, so a burst of silences cannot stall fresh events (users due further behind "
+        "the watermark than allowed_lateness_seconds are not left waiting: see "
+        "due_users_per_record)",
     )
     due_users_per_record: float = Field(
         default=0.5,
         gt=0,
         description="silent users a batch rescores per input record (at least 25 per "
         "partition, at most due_users_per_batch), so their work grows with the batch "
-        "instead of spiking",
+        "instead of spiking; users due further behind the watermark than "
+        "allowed_lateness_seconds are rescored at once (up to batch_max_records per "
+        "partition), and while some are left the next batch reads one record: a label or "
+        "snapshot taken late would be predicted by models that learnt from its horizon",
     )
     session_timeout_ms: int = Field(
         default=45_000,

@@ -118,6 +118,13 @@ DUE_USERS_LOADED = Counter(
     "of their silence fell due",
     registry=REGISTRY,
 )
+DUE_BEHIND_BATCHES = Counter(
+    "streamscore_due_behind_batches_total",
+    "Batches that left silent users further behind their watermark than the allowed "
+    "lateness: the next batch reads one record, so that their labels and snapshots are not "
+    "taken late (a steady rise: the scorer cannot keep up with its silent users)",
+    registry=REGISTRY,
+)
 STATES_REMOVED = Counter(
     "streamscore_states_removed_total",
     "User states removed: reason=expired (state_retention_days passed; counted when their due "
@@ -314,6 +321,8 @@ def observe_batch(stats: BatchStats, now_s: float) -> None:
             WATERMARK.labels(str(partition)).set(wm / 1000)
             EVENT_TIME_LAG.labels(str(partition)).set(max(now_s - wm / 1000, 0.0))
     DUE_USERS_LOADED.inc(stats.due_users)
+    if stats.due_behind:
+        DUE_BEHIND_BATCHES.inc()
     STATES_REMOVED.labels("expired").inc(stats.due_expired)
     STATES_REMOVED.labels("erased").inc(stats.outputs.get(TOPIC_CONFIRMATIONS, 0))
     ERASED_EVENTS.inc(stats.erased_events)
