@@ -148,8 +148,9 @@ class Settings(BaseSettings):
         "partition, at most due_users_per_batch), so their work grows with the batch "
         "instead of spiking; users due further behind the watermark than "
         "allowed_lateness_seconds are rescored at once (up to batch_max_records per "
-        "partition), and while some are left the next batch reads one record: a label or "
-        "snapshot taken late would be predicted by models that learnt from its horizon",
+        "partition), and while some are left the next batch reads one record at most, "
+        "without waiting for it: a label or snapshot taken late would be predicted by "
+        "models that learnt from its horizon",
     )
     session_timeout_ms: int = Field(
         default=45_000,

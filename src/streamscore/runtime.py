@@ -189,7 +189,8 @@ class Pipeline:
         self._last_input_ms: dict[int, int] = {}
         self._following: set[int] = set()
         # Whether the last batch left users further behind their watermark than the
-        # lateness allowed (``_advance_due_users``): the next batch then reads one record.
+        # lateness allowed (``_advance_due_users``): the next batch then reads one record at
+        # most, without waiting for it.
         self._due_behind = False
         self.clock = clock
         self.retry = retry or RetryPolicy()
@@ -237,10 +238,10 @@ class Pipeline:
         The steps in order; each crossing of a process boundary is retried on its own.
         """
         t0 = time.perf_counter()
-        wanted = 1 if self._due_behind else self.batch_size
-        records = self.retry.run(
-            "poll", lambda: self.source.poll(wanted, self.poll_timeout_s), self.on_retry
-        )
+        # Behind on silent users: one record at most, and no waiting for it (there is work).
+        behind = self._due_behind
+        wanted, wait = (1, 0.0) if behind else (self.batch_size, self.poll_timeout_s)
+        records = self.retry.run("poll", lambda: self.source.poll(wanted, wait), self.on_retry)
         batch_context(records)  # log lines from here on name the batch's offsets
         batch = _Batch(records, self.clock())
         if self.erasures is not None:  # before the events: none may bring an erased user back
