@@ -239,8 +239,7 @@ class Pipeline:
         """
         t0 = time.perf_counter()
         # Behind on silent users: one record at most, and no waiting for it (there is work).
-        behind = self._due_behind
-        wanted, wait = (1, 0.0) if behind else (self.batch_size, self.poll_timeout_s)
+        wanted, wait = (1, 0.0) if self._due_behind else (self.batch_size, self.poll_timeout_s)
         records = self.retry.run("poll", lambda: self.source.poll(wanted, wait), self.on_retry)
         batch_context(records)  # log lines from here on name the batch's offsets
         batch = _Batch(records, self.clock())
