@@ -65,13 +65,20 @@ def test_a_delayed_burst_of_due_users_resolves_the_same_labels() -> None:
     what is left after the input ends."""
     records = _burst_records()
     reports = []
+    max_due = []
     for per_record in (None, 0.01):
         p = _pipeline(records, due_limit=10_000, due_per_record=per_record)
-        p.run_until_exhausted()
+        due: list[int] = []
+        p.run_until_exhausted(lambda stats: due.append(stats.due_users))  # noqa: B023
+        max_due.append(max(due))
         trainer = p.scorer.lineage  # in one process, the trainer is the lineage scored with
         assert isinstance(trainer, Trainer)
         reports.append((trainer.quality.churn.count, trainer.quality.value.count))
         assert p.store.due(p.watermarks, 10_000) == {}, "users left due at the end"
+    uncapped, capped = max_due
+    assert uncapped > DUE_FLOOR_PER_PARTITION, "the data must have bursts for the cap to bite"
+    # The share, and at most a batch's worth of users further behind than the lateness.
+    assert capped <= DUE_FLOOR_PER_PARTITION + p.batch_size
     assert reports[0] == reports[1]
     assert reports[0][0] > 0
 
